@@ -1,0 +1,204 @@
+"""The engine host: a child process that owns llama.cpp.
+
+It is the only process that imports `llama_cpp`, so an abort inside ggml or
+a segfault on a bad file ends this process and not the window. Its standard
+output and error go to a log file (llama.cpp logs a great deal).
+
+Two threads: a reader that receives commands from the pipe, and the main
+thread that runs them one at a time. Cancel and Shutdown take effect at once:
+the reader sets a flag that generation polls between tokens and between
+prefill batches, and that the load's progress callback polls too.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import sys
+import threading
+import time
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING
+
+from engine.protocol import (
+    Cancel,
+    Chat,
+    ChatFailed,
+    Command,
+    Event,
+    HostStarted,
+    LoadFailed,
+    LoadModel,
+    LoadProgress,
+    ModelLoaded,
+    Shutdown,
+    TextDelta,
+    TurnFinished,
+)
+
+if TYPE_CHECKING:
+    from engine.runner import LlamaLog, ModelRunner
+
+# Text deltas are coalesced so that a fast GPU does not flood the pipe and the
+# GUI's event loop with one message per token; 10 ms is below what an eye sees.
+TEXT_FLUSH_INTERVAL_S = 0.010
+PROGRESS_STEP = 0.01
+
+
+class _Inbox:
+    """Commands for the main thread, plus the cancel state the reader sets."""
+
+    def __init__(self) -> None:
+        self.commands: queue.Queue[Command] = queue.Queue()
+        self._lock = threading.Lock()
+        self._cancelled: set[int] = set()
+        self._cancel_all = False
+        self.shutting_down = False
+
+    def cancel(self, request_id: int | None) -> None:
+        with self._lock:
+            if request_id is None:
+                self._cancel_all = True
+            else:
+                self._cancelled.add(request_id)
+
+    def is_cancelled(self, request_id: int | None) -> bool:
+        with self._lock:
+            return self.shutting_down or self._cancel_all or request_id in self._cancelled
+
+    def begin(self) -> None:
+        """Called before each command: a bare Cancel applies to what runs now only."""
+        with self._lock:
+            self._cancel_all = False
+
+
+def _read_commands(connection: Connection, inbox: _Inbox) -> None:
+    while True:
+        try:
+            command = connection.recv()
+        except (EOFError, OSError):
+            command = Shutdown()
+        if isinstance(command, Cancel):
+            inbox.cancel(command.request_id)
+            continue
+        if isinstance(command, Shutdown):
+            inbox.shutting_down = True
+            inbox.commands.put(command)
+            return
+        inbox.commands.put(command)
+
+
+class _Host:
+    def __init__(self, connection: Connection, log: LlamaLog) -> None:
+        self._connection = connection
+        self._log = log
+        self._runner: ModelRunner | None = None
+        self.inbox = _Inbox()
+
+    def send(self, event: Event) -> None:
+        try:
+            self._connection.send(event)
+        except (BrokenPipeError, OSError):
+            self.inbox.shutting_down = True
+
+    def serve(self) -> None:
+        while True:
+            command = self.inbox.commands.get()
+            self.inbox.begin()
+            if isinstance(command, Shutdown):
+                break
+            if isinstance(command, LoadModel):
+                self._load(command)
+            elif isinstance(command, Chat):
+                self._chat(command)
+        if self._runner is not None:
+            self._runner.close()
+
+    def _load(self, command: LoadModel) -> None:
+        from engine.gguf_file import ModelFileError, read_gguf
+        from engine.runner import Error, ModelRunner
+
+        path = command.config.model_path
+        try:
+            gguf = read_gguf(path)
+        except ModelFileError as exc:
+            # The file never reaches llama.cpp, and the current model stays.
+            loaded = self._runner.info if self._runner is not None else None
+            self.send(LoadFailed(path, str(exc), loaded))
+            return
+        if self._runner is not None:
+            self._runner.close()
+            self._runner = None
+        last_sent = -1.0
+
+        def on_progress(fraction: float) -> bool:
+            nonlocal last_sent
+            if fraction - last_sent >= PROGRESS_STEP or fraction >= 1.0:
+                last_sent = fraction
+                self.send(LoadProgress(fraction))
+            return not self.inbox.is_cancelled(None)
+
+        try:
+            self._runner = ModelRunner(command.config, gguf, self._log, on_progress)
+        except Error as exc:
+            self.send(LoadFailed(path, str(exc)))
+            return
+        self.send(ModelLoaded(self._runner.info))
+
+    def _chat(self, command: Chat) -> None:
+        from engine.runner import Error
+
+        request_id = command.request_id
+        if self._runner is None:
+            self.send(ChatFailed(request_id, "no model is loaded"))
+            return
+        pending: list[str] = []
+        last_flush = 0.0
+
+        def flush() -> None:
+            nonlocal last_flush
+            if pending:
+                self.send(TextDelta(request_id, "".join(pending)))
+                pending.clear()
+            last_flush = time.perf_counter()
+
+        def on_text(text: str) -> None:
+            pending.append(text)
+            if time.perf_counter() - last_flush >= TEXT_FLUSH_INTERVAL_S:
+                flush()
+
+        try:
+            text, stats = self._runner.chat(
+                command.messages,
+                command.sampling,
+                should_stop=lambda: self.inbox.is_cancelled(request_id),
+                on_text=on_text,
+            )
+        except Error as exc:
+            flush()
+            self.send(ChatFailed(request_id, str(exc)))
+            return
+        flush()
+        self.send(TurnFinished(request_id, text, stats))
+
+
+def main(connection: Connection, log_path: str) -> None:
+    """The host process's entry point (a `multiprocessing` spawn target)."""
+    log_file = open(log_path, "a", buffering=1, encoding="utf-8", errors="replace")  # noqa: SIM115
+    # Native code writes to file descriptors 1 and 2 directly, not to sys.stderr.
+    os.dup2(log_file.fileno(), 1)
+    os.dup2(log_file.fileno(), 2)
+    sys.stdout = sys.stderr = log_file
+    print(f"--- engine host {os.getpid()} started {time.strftime('%Y-%m-%d %H:%M:%S')}")
+
+    from engine.runner import LlamaLog, gpu_offload_supported, llama_cpp_version
+
+    host = _Host(connection, LlamaLog())
+    reader = threading.Thread(
+        target=_read_commands, args=(connection, host.inbox), name="commands", daemon=True
+    )
+    reader.start()
+    host.send(HostStarted(os.getpid(), llama_cpp_version(), gpu_offload_supported()))
+    host.serve()
+    print(f"--- engine host {os.getpid()} stopped")
+    connection.close()

@@ -1,0 +1,394 @@
+"""ModelRunner: one model and one context in llama.cpp, driven through its C API.
+
+Only the engine host imports this module. It talks to llama.cpp through
+llama-cpp-python's low-level bindings rather than the high-level `Llama`
+class, for three reasons: the model-loading progress callback is reachable
+only there, sampling stays in C (the high-level class samples in Python,
+which costs decode speed on small models), and the KV cache is trimmed to
+exactly the shared prefix of the previous turn.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import llama_cpp
+import psutil
+
+from engine.chat_template import ChatTemplate, TemplateError
+from engine.gguf_file import GgufInfo
+from engine.protocol import (
+    ChatMessage,
+    LoadConfig,
+    ModelInfo,
+    Sampling,
+    StopReason,
+    TurnStats,
+)
+from engine.text_stream import Utf8Stream
+
+DEFAULT_CONTEXT = 4096
+ALL_LAYERS = 999
+PENALTY_LAST_N = 64
+
+_FLASH_ATTENTION = {
+    "auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
+    "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+    "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+}
+
+
+class Error(Exception):
+    """Base class of this module's errors; messages are meant for a person."""
+
+
+class LoadError(Error):
+    """llama.cpp could not load the model or create its context."""
+
+
+class ChatError(Error):
+    """A turn could not run: a template failure or a prompt that does not fit."""
+
+
+class LlamaLog:
+    """Receives llama.cpp's log, writes it to stderr (the host's log file) and
+    keeps the last lines, so an error can say what llama.cpp complained of."""
+
+    def __init__(self, keep: int = 40) -> None:
+        self._lines: deque[str] = deque(maxlen=keep)
+        self._partial = ""
+        self._callback = llama_cpp.llama_log_callback(self._on_log)
+        llama_cpp.llama_log_set(self._callback, ctypes.c_void_p(0))
+
+    def _on_log(self, level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        decoded = text.decode("utf-8", errors="replace")
+        sys.stderr.write(decoded)
+        self._partial += decoded
+        *complete, self._partial = self._partial.split("\n")
+        self._lines.extend(line for line in complete if line.strip())
+
+    def last_errors(self, count: int = 3) -> str:
+        """The last few lines that look like errors, or the last lines at all."""
+        lines = list(self._lines)
+        errors = [line for line in lines if "error" in line.lower() or "failed" in line.lower()]
+        chosen = (errors or lines)[-count:]
+        return "; ".join(line.strip() for line in chosen)
+
+
+def physical_cores() -> int:
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
+def llama_cpp_version() -> str:
+    return str(llama_cpp.__version__)
+
+
+def gpu_offload_supported() -> bool:
+    return bool(llama_cpp.llama_supports_gpu_offload())
+
+
+class ModelRunner:
+    """A loaded model with one context, whose KV cache carries over between turns.
+
+    All methods must be called from one thread.
+    """
+
+    def __init__(
+        self,
+        config: LoadConfig,
+        gguf: GgufInfo,
+        log: LlamaLog,
+        on_progress: Callable[[float], bool] = lambda _fraction: True,
+    ) -> None:
+        """Loads the model and creates its context.
+
+        Args:
+            config: what to load and how; None fields take the defaults.
+            gguf: the file's header, already checked by `read_gguf`.
+            log: llama.cpp's log, for error messages.
+            on_progress: called with the fraction loaded; returning False
+                aborts the load.
+
+        Raises:
+            LoadError: llama.cpp refused the model or the context.
+        """
+        started = time.perf_counter()
+        self._log = log
+        self.path = Path(config.model_path)
+        llama_cpp.llama_backend_init()
+
+        offload = gpu_offload_supported()
+        model_params = llama_cpp.llama_model_default_params()
+        requested_layers = ALL_LAYERS if config.n_gpu_layers is None else config.n_gpu_layers
+        model_params.n_gpu_layers = requested_layers if offload else 0
+        self._aborted = False
+
+        def progress(fraction: float, _user_data: ctypes.c_void_p) -> bool:
+            keep_going = on_progress(fraction)
+            self._aborted = not keep_going
+            return keep_going
+
+        # Held on self: ctypes callbacks must outlive the call that uses them.
+        self._progress_callback = llama_cpp.llama_progress_callback(progress)
+        model_params.progress_callback = self._progress_callback
+        model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), model_params)
+        if not model:
+            if self._aborted:
+                raise LoadError("loading was cancelled")
+            raise LoadError(f"llama.cpp could not load {self.path.name}: {log.last_errors()}")
+        self._model = model
+        self._vocab = llama_cpp.llama_model_get_vocab(model)
+        self.n_ctx_train = int(llama_cpp.llama_model_n_ctx_train(model))
+        self.n_layers = int(llama_cpp.llama_model_n_layer(model))
+
+        n_ctx = config.n_ctx or min(DEFAULT_CONTEXT, self.n_ctx_train or DEFAULT_CONTEXT)
+        self.n_threads = config.n_threads or physical_cores()
+        self.n_batch = config.n_batch
+        context_params = llama_cpp.llama_context_default_params()
+        context_params.n_ctx = n_ctx
+        context_params.n_batch = config.n_batch
+        context_params.n_ubatch = config.n_batch
+        context_params.n_threads = self.n_threads
+        context_params.n_threads_batch = self.n_threads
+        context_params.flash_attn_type = _FLASH_ATTENTION[config.flash_attention]
+        context_params.no_perf = True
+        ctx = llama_cpp.llama_init_from_model(model, context_params)
+        if not ctx:
+            llama_cpp.llama_model_free(model)
+            raise LoadError(
+                f"llama.cpp could not create a context of {n_ctx} tokens for "
+                f"{self.path.name}: {log.last_errors()}"
+            )
+        self._ctx = ctx
+        self._memory = llama_cpp.llama_get_memory(ctx)
+        self.n_ctx = int(llama_cpp.llama_n_ctx(ctx))
+        self._cached: list[int] = []
+
+        try:
+            self._template = ChatTemplate.compile(gguf.chat_template)
+        except TemplateError:
+            self._template = ChatTemplate.compile(None)
+        self._bos_text = self._token_text(llama_cpp.llama_vocab_bos(self._vocab))
+        self._eos_text = self._token_text(llama_cpp.llama_vocab_eos(self._vocab))
+        self._add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
+
+        self.info = ModelInfo(
+            path=str(self.path),
+            name=gguf.name,
+            architecture=gguf.architecture,
+            n_params=int(llama_cpp.llama_model_n_params(model)),
+            size_bytes=int(llama_cpp.llama_model_size(model)),
+            n_ctx=self.n_ctx,
+            n_ctx_train=self.n_ctx_train,
+            n_threads=self.n_threads,
+            n_gpu_layers=min(requested_layers, self.n_layers + 1) if offload else 0,
+            n_layers=self.n_layers,
+            gpu_offload_supported=offload,
+            chat_template_source=self._template.source,
+            load_seconds=time.perf_counter() - started,
+        )
+
+    def close(self) -> None:
+        """Frees the context and the model; the runner is unusable afterwards."""
+        if self._ctx:
+            llama_cpp.llama_free(self._ctx)
+            self._ctx = None
+        if self._model:
+            llama_cpp.llama_model_free(self._model)
+            self._model = None
+
+    @property
+    def cached_tokens(self) -> int:
+        """How many tokens the KV cache holds now."""
+        return len(self._cached)
+
+    def _token_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return self.piece(token, special=True).decode("utf-8", errors="replace")
+
+    def piece(self, token: int, special: bool = False) -> bytes:
+        """The bytes of one token (special tokens render as nothing unless `special`)."""
+        buffer = ctypes.create_string_buffer(64)
+        length = llama_cpp.llama_token_to_piece(self._vocab, token, buffer, 64, 0, special)
+        if length < 0:
+            buffer = ctypes.create_string_buffer(-length)
+            length = llama_cpp.llama_token_to_piece(self._vocab, token, buffer, -length, 0, special)
+        return buffer.raw[:length]
+
+    def tokenize(self, text: str, add_special: bool) -> list[int]:
+        data = text.encode("utf-8")
+        capacity = len(data) + 16
+        tokens = (llama_cpp.llama_token * capacity)()
+        count = llama_cpp.llama_tokenize(
+            self._vocab, data, len(data), tokens, capacity, add_special, True
+        )
+        if count < 0:
+            capacity = -count
+            tokens = (llama_cpp.llama_token * capacity)()
+            count = llama_cpp.llama_tokenize(
+                self._vocab, data, len(data), tokens, capacity, add_special, True
+            )
+        return list(tokens[:count])
+
+    def render_prompt(self, messages: Sequence[ChatMessage]) -> list[int]:
+        """The conversation as the tokens the model sees, with its own template."""
+        try:
+            text = self._template.render(
+                messages, bos_token=self._bos_text, eos_token=self._eos_text
+            )
+        except TemplateError as exc:
+            raise ChatError(str(exc)) from exc
+        add_bos = self._add_bos and not (self._bos_text and text.startswith(self._bos_text))
+        return self.tokenize(text, add_special=add_bos)
+
+    def _decode(self, tokens: Sequence[int]) -> None:
+        array = (llama_cpp.llama_token * len(tokens))(*tokens)
+        status = llama_cpp.llama_decode(
+            self._ctx, llama_cpp.llama_batch_get_one(array, len(tokens))
+        )
+        if status != 0:
+            self._cached = self._cached[: self._memory_end()]
+            raise ChatError(f"llama.cpp failed to evaluate the prompt (status {status})")
+        self._cached.extend(tokens)
+
+    def _memory_end(self) -> int:
+        return int(llama_cpp.llama_memory_seq_pos_max(self._memory, 0)) + 1
+
+    def _reuse_prefix(self, prompt: Sequence[int]) -> int:
+        """Trims the cache to the longest prefix it shares with the prompt.
+
+        At least one token is always left to evaluate, since sampling needs
+        the logits of the prompt's last token.
+        """
+        shared = 0
+        for cached, new in zip(self._cached, prompt, strict=False):
+            if cached != new:
+                break
+            shared += 1
+        shared = min(shared, len(prompt) - 1)
+        if not llama_cpp.llama_memory_seq_rm(self._memory, 0, shared, -1):
+            llama_cpp.llama_memory_clear(self._memory, True)
+            shared = 0
+        del self._cached[shared:]
+        return shared
+
+    def _make_sampler(self, sampling: Sampling) -> llama_cpp.llama_sampler_p:
+        params = llama_cpp.llama_sampler_chain_default_params()
+        chain: llama_cpp.llama_sampler_p = llama_cpp.llama_sampler_chain_init(params)
+        add = llama_cpp.llama_sampler_chain_add
+        if sampling.repeat_penalty != 1.0:
+            add(
+                chain,
+                llama_cpp.llama_sampler_init_penalties(
+                    llama_cpp.llama_vocab_n_tokens(self._vocab),
+                    PENALTY_LAST_N,
+                    sampling.repeat_penalty,
+                    0.0,
+                    0.0,
+                ),
+            )
+        if sampling.temperature <= 0:
+            add(chain, llama_cpp.llama_sampler_init_greedy())
+            return chain
+        seed = sampling.seed if sampling.seed is not None else llama_cpp.LLAMA_DEFAULT_SEED
+        add(chain, llama_cpp.llama_sampler_init_top_k(sampling.top_k))
+        add(chain, llama_cpp.llama_sampler_init_top_p(sampling.top_p, 1))
+        add(chain, llama_cpp.llama_sampler_init_min_p(sampling.min_p, 1))
+        add(chain, llama_cpp.llama_sampler_init_temp(sampling.temperature))
+        add(chain, llama_cpp.llama_sampler_init_dist(seed))
+        return chain
+
+    def chat(
+        self,
+        messages: Sequence[ChatMessage],
+        sampling: Sampling,
+        should_stop: Callable[[], bool],
+        on_text: Callable[[str], None],
+    ) -> tuple[str, TurnStats]:
+        """Generates the assistant's reply to the conversation.
+
+        Only the tokens that are new since the previous turn are evaluated.
+        `should_stop` is polled between prefill batches and between tokens.
+        Text reaches `on_text` in pieces that are always whole characters.
+
+        Returns:
+            The reply's full text and the turn's statistics.
+
+        Raises:
+            ChatError: the template failed, the prompt does not fit the
+                context, or llama.cpp failed to evaluate.
+        """
+        started = time.perf_counter()
+        prompt = self.render_prompt(messages)
+        if len(prompt) >= self.n_ctx:
+            raise ChatError(
+                f"the conversation is {len(prompt)} tokens long, and the context holds "
+                f"{self.n_ctx}: start a new conversation or raise the context size"
+            )
+        reused = self._reuse_prefix(prompt)
+        pending = prompt[reused:]
+        stop_reason: StopReason | None = None
+
+        prefill_started = time.perf_counter()
+        for start in range(0, len(pending), self.n_batch):
+            if should_stop():
+                stop_reason = "cancelled"
+                break
+            self._decode(pending[start : start + self.n_batch])
+        prefill_seconds = time.perf_counter() - prefill_started
+        evaluated = len(self._cached) - reused
+
+        stream = Utf8Stream()
+        parts: list[str] = []
+        generated = 0
+        first_token_at = last_token_at = 0.0
+        sampler = self._make_sampler(sampling)
+        try:
+            while stop_reason is None:
+                if should_stop():
+                    stop_reason = "cancelled"
+                    break
+                token = llama_cpp.llama_sampler_sample(sampler, self._ctx, -1)
+                last_token_at = time.perf_counter()
+                if not generated:
+                    first_token_at = last_token_at
+                if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+                    stop_reason = "eos"
+                    break
+                generated += 1
+                text = stream.push(self.piece(token))
+                if text:
+                    parts.append(text)
+                    on_text(text)
+                if generated >= sampling.max_tokens:
+                    stop_reason = "length"
+                elif len(self._cached) + 1 >= self.n_ctx:
+                    stop_reason = "context_full"
+                else:
+                    self._decode([token])
+        finally:
+            llama_cpp.llama_sampler_free(sampler)
+        tail = stream.finish()
+        if tail:
+            parts.append(tail)
+            on_text(tail)
+
+        decode_seconds = last_token_at - first_token_at
+        stats = TurnStats(
+            prompt_tokens=len(prompt),
+            reused_tokens=reused,
+            evaluated_tokens=evaluated,
+            generated_tokens=generated,
+            time_to_first_token_s=(first_token_at - started) if first_token_at else 0.0,
+            prefill_tokens_per_s=evaluated / prefill_seconds if prefill_seconds > 0 else 0.0,
+            decode_tokens_per_s=(generated - 1) / decode_seconds if decode_seconds > 0 else 0.0,
+            stop_reason=stop_reason,
+        )
+        return "".join(parts), stats
