@@ -1,0 +1,1 @@
+"""kvchat's application layer: settings, the engine client and the controller."""

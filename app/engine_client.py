@@ -1,0 +1,167 @@
+"""The window's side of the engine: a host process and the thread that reads it.
+
+`EngineClient` lives on the GUI thread. Commands go straight down the pipe
+from there (a cancel never waits behind anything), and a dedicated QThread
+blocks on the pipe and turns each event into a queued Qt signal, so slots
+always run on the GUI thread with immutable event objects.
+"""
+
+from __future__ import annotations
+
+import itertools
+import weakref
+from collections.abc import Sequence
+from pathlib import Path
+
+from PySide6.QtCore import QObject, QThread, Signal
+
+from engine.client import HostProcess
+from engine.protocol import (
+    Cancel,
+    Chat,
+    ChatFailed,
+    ChatMessage,
+    Event,
+    HostExited,
+    HostStarted,
+    LoadConfig,
+    LoadFailed,
+    LoadModel,
+    LoadProgress,
+    ModelLoaded,
+    Sampling,
+    TextDelta,
+    TurnFinished,
+)
+
+READER_JOIN_MS = 1000
+
+# Every reader thread ever started, so tests can fail one that is left running.
+live_readers: weakref.WeakSet[EventReader] = weakref.WeakSet()
+
+
+class EventReader(QThread):
+    """Blocks on the host's pipe and emits each event; ends when the host does.
+
+    Signals:
+        event_received(object): an engine.protocol event.
+    """
+
+    event_received = Signal(object)
+
+    def __init__(self, host: HostProcess, parent: QObject) -> None:
+        super().__init__(parent)
+        self.setObjectName("kvchat-engine-reader")
+        self._host = host
+        live_readers.add(self)
+
+    def run(self) -> None:
+        while True:
+            event = self._host.receive(timeout=None)
+            if event is None:
+                continue
+            self.event_received.emit(event)
+            if isinstance(event, HostExited):
+                return
+
+
+class EngineClient(QObject):
+    """Starts the engine host and speaks to it; all methods run on the GUI thread.
+
+    Signals:
+        host_started(object): HostStarted.
+        load_progress(float): fraction of the model loaded.
+        model_loaded(object): ModelInfo.
+        load_failed(object): LoadFailed (its message is meant for a person).
+        text_received(int, str): request id, text to append.
+        turn_finished(int, str, object): request id, full reply, TurnStats.
+        chat_failed(int, str): request id, message for a person.
+        host_exited(object): HostExited, when the host ended without being asked.
+    """
+
+    host_started = Signal(object)
+    load_progress = Signal(float)
+    model_loaded = Signal(object)
+    load_failed = Signal(object)
+    text_received = Signal(int, str)
+    turn_finished = Signal(int, str, object)
+    chat_failed = Signal(int, str)
+    host_exited = Signal(object)
+
+    def __init__(self, log_path: Path, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._log_path = log_path
+        self._host: HostProcess | None = None
+        self._reader: EventReader | None = None
+        self._request_ids = itertools.count(1)
+        self._stopping = False
+
+    @property
+    def running(self) -> bool:
+        return self._host is not None and self._host.is_alive()
+
+    def start(self) -> None:
+        """Starts a host process and its reader; a no-op while one runs."""
+        if self.running:
+            return
+        self._discard()
+        self._stopping = False
+        self._host = HostProcess(self._log_path)
+        # Parented, so that dropping our reference inside a slot that this
+        # reader's own signal invoked (a restart after a crash) does not
+        # destroy it there: deleteLater does, once the event loop is back.
+        self._reader = EventReader(self._host, self)
+        self._reader.event_received.connect(self._dispatch)
+        self._reader.start()
+
+    def load(self, config: LoadConfig) -> None:
+        self.start()
+        assert self._host is not None
+        self._host.send(Cancel())
+        self._host.send(LoadModel(config))
+
+    def chat(self, messages: Sequence[ChatMessage], sampling: Sampling) -> int:
+        """Asks for a reply; returns the request id its events will carry."""
+        request_id = next(self._request_ids)
+        if self._host is None or not self._host.send(Chat(request_id, tuple(messages), sampling)):
+            self.chat_failed.emit(request_id, "the engine is not running")
+        return request_id
+
+    def cancel(self, request_id: int | None = None) -> None:
+        if self._host is not None:
+            self._host.send(Cancel(request_id))
+
+    def shutdown(self) -> None:
+        """Stops the host (killing it after a grace period) and joins the reader."""
+        self._stopping = True
+        if self._host is not None:
+            self._host.stop()
+        self._discard()
+
+    def _discard(self) -> None:
+        if self._reader is not None:
+            self._reader.event_received.disconnect(self._dispatch)
+            self._reader.wait(READER_JOIN_MS)
+            self._reader.deleteLater()
+            self._reader = None
+        if self._host is not None:
+            self._host.close()
+            self._host = None
+
+    def _dispatch(self, event: Event) -> None:
+        if isinstance(event, TextDelta):
+            self.text_received.emit(event.request_id, event.text)
+        elif isinstance(event, TurnFinished):
+            self.turn_finished.emit(event.request_id, event.text, event.stats)
+        elif isinstance(event, LoadProgress):
+            self.load_progress.emit(event.fraction)
+        elif isinstance(event, ModelLoaded):
+            self.model_loaded.emit(event.info)
+        elif isinstance(event, LoadFailed):
+            self.load_failed.emit(event)
+        elif isinstance(event, ChatFailed):
+            self.chat_failed.emit(event.request_id, event.message)
+        elif isinstance(event, HostStarted):
+            self.host_started.emit(event)
+        elif isinstance(event, HostExited) and not self._stopping:
+            self.host_exited.emit(event)

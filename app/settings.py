@@ -1,0 +1,65 @@
+"""The engine settings a person can choose, with their bounds.
+
+One typed pydantic model: every field has bounds and a description, so bad
+values are refused with a message that names the field. `None` means "the
+engine's default for people" (see `engine.protocol.LoadConfig`).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from engine.protocol import LoadConfig, Sampling
+
+
+class EngineSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    n_ctx: int | None = Field(
+        default=None,
+        ge=512,
+        le=1 << 20,
+        description="Context size in tokens; default 4096, capped by the model's trained context.",
+    )
+    n_threads: int | None = Field(
+        default=None, ge=1, le=512, description="CPU threads; default: the physical cores."
+    )
+    n_gpu_layers: int | None = Field(
+        default=None,
+        ge=0,
+        le=999,
+        description="Layers offloaded to the GPU; default: all, when the build supports it.",
+    )
+    n_batch: int = Field(default=512, ge=32, le=8192, description="Prompt tokens per batch.")
+    temperature: float = Field(default=0.7, ge=0.0, le=5.0, description="0 samples greedily.")
+    top_k: int = Field(default=40, ge=0, le=1000, description="Keep the k likeliest tokens.")
+    top_p: float = Field(default=0.95, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    min_p: float = Field(default=0.05, ge=0.0, le=1.0, description="Drop tokens below p x best.")
+    repeat_penalty: float = Field(default=1.1, ge=0.5, le=2.0, description="1.0 disables it.")
+    max_tokens: int = Field(default=1024, ge=1, le=1 << 20, description="Longest reply.")
+    seed: int | None = Field(
+        default=None, ge=0, lt=1 << 32, description="Sampling seed; default: random."
+    )
+    system_prompt: str = Field(
+        default="", max_length=100_000, description="Sent first in every conversation."
+    )
+
+    def load_config(self, model_path: str) -> LoadConfig:
+        return LoadConfig(
+            model_path=model_path,
+            n_ctx=self.n_ctx,
+            n_threads=self.n_threads,
+            n_gpu_layers=self.n_gpu_layers,
+            n_batch=self.n_batch,
+        )
+
+    def sampling(self) -> Sampling:
+        return Sampling(
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            min_p=self.min_p,
+            repeat_penalty=self.repeat_penalty,
+            max_tokens=self.max_tokens,
+            seed=self.seed,
+        )
