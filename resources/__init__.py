@@ -1,0 +1,1 @@
+"""Icons and the style sheet, read through importlib.resources."""

@@ -1,0 +1,1 @@
+"""kvchat's widgets: they render plain data and emit what the person asked for."""

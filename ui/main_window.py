@@ -1,0 +1,232 @@
+"""The main window: the conversation, the composer, loading progress and the status bar."""
+
+from __future__ import annotations
+
+import time
+
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
+from PySide6.QtWidgets import (
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QMainWindow,
+    QProgressBar,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ui.chat_view import ChatView
+from ui.composer import Composer
+from ui.theme import icon
+
+GGUF_FILTER = "GGUF models (*.gguf);;All files (*)"
+
+
+class MainWindow(QMainWindow):
+    """The chat window. It shows what it is told and emits what the person asks.
+
+    Signals:
+        message_submitted(str): the person sent a message (it is not empty).
+        stop_requested(): Stop was pressed (button or Esc).
+        model_file_chosen(str): File > Open model picked a file.
+        closing(): the window is about to close; the owner stops the engine.
+    """
+
+    message_submitted = Signal(str)
+    stop_requested = Signal()
+    model_file_chosen = Signal(str)
+    closing = Signal()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setWindowTitle("kvchat")
+        self.resize(900, 700)
+        self._can_send = False
+        self._loading_name = ""
+        self._loading_fraction = 0.0
+        self._loading_started = 0.0
+
+        self.chat_view = ChatView()
+        self.composer = Composer()
+        self.composer.submitted.connect(self._on_submitted)
+
+        self.banner = QLabel()
+        self.banner.setObjectName("banner")
+        self.banner.setWordWrap(True)
+        self.banner.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.banner.hide()
+
+        self.loading_label = QLabel()
+        self.loading_label.setObjectName("loadingLabel")
+        self.loading_bar = QProgressBar()
+        self.loading_bar.setRange(0, 1000)
+        self.loading_bar.setTextVisible(False)
+        self.loading_bar.setMaximumHeight(8)
+        loading = QWidget()
+        loading_layout = QVBoxLayout(loading)
+        loading_layout.setContentsMargins(0, 0, 0, 0)
+        loading_layout.addWidget(self.loading_label)
+        loading_layout.addWidget(self.loading_bar)
+        self.loading_panel = loading
+        self.loading_panel.hide()
+        self._loading_timer = QTimer(self)
+        self._loading_timer.setInterval(100)
+        self._loading_timer.timeout.connect(self._show_loading)
+
+        self.send_button = QToolButton()
+        self.send_button.setObjectName("sendButton")
+        self.send_button.setToolTip("Send (Enter)")
+        self.send_button.setIcon(icon("send"))
+        self.send_button.clicked.connect(self._send_clicked)
+        self.stop_button = QToolButton()
+        self.stop_button.setObjectName("stopButton")
+        self.stop_button.setToolTip("Stop (Esc)")
+        self.stop_button.setIcon(icon("stop"))
+        self.stop_button.clicked.connect(self.stop_requested)
+        self.stop_button.setEnabled(False)
+
+        input_row = QHBoxLayout()
+        input_row.addWidget(self.composer, 1)
+        input_row.addWidget(self.send_button, 0, Qt.AlignmentFlag.AlignBottom)
+        input_row.addWidget(self.stop_button, 0, Qt.AlignmentFlag.AlignBottom)
+
+        central = QWidget()
+        layout = QVBoxLayout(central)
+        layout.setContentsMargins(10, 10, 10, 6)
+        layout.addWidget(self.banner)
+        layout.addWidget(self.loading_panel)
+        layout.addWidget(self.chat_view, 1)
+        layout.addLayout(input_row)
+        self.setCentralWidget(central)
+
+        self.model_label = QLabel("No model")
+        self.context_label = QLabel()
+        self.speed_label = QLabel()
+        for label in (self.model_label, self.context_label, self.speed_label):
+            self.statusBar().addPermanentWidget(label)
+        self.statusBar().setSizeGripEnabled(False)
+
+        self._build_menu()
+        self._sync_buttons(busy=False)
+
+    def _build_menu(self) -> None:
+        file_menu = self.menuBar().addMenu("&File")
+        self.open_action = QAction(icon("open"), "&Open model…", self)
+        self.open_action.setShortcut(QKeySequence.StandardKey.Open)
+        self.open_action.triggered.connect(self._choose_model_file)
+        file_menu.addAction(self.open_action)
+        file_menu.addSeparator()
+        quit_action = QAction("&Quit", self)
+        quit_action.setShortcut(QKeySequence("Ctrl+Q"))
+        quit_action.setShortcutContext(Qt.ShortcutContext.ApplicationShortcut)
+        quit_action.triggered.connect(self.close)
+        file_menu.addAction(quit_action)
+        self.stop_action = QAction("Stop", self)
+        self.stop_action.setShortcut(QKeySequence(Qt.Key.Key_Escape))
+        self.stop_action.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
+        self.stop_action.triggered.connect(self._stop_pressed)
+        self.addAction(self.stop_action)
+
+    def refresh_theme(self) -> None:
+        """Redraws the icons after the system switched between light and dark."""
+        self.send_button.setIcon(icon("send"))
+        self.stop_button.setIcon(icon("stop"))
+        self.open_action.setIcon(icon("open"))
+
+    # What the owner tells the window.
+
+    def show_loading(self, model_name: str) -> None:
+        self._loading_name = model_name
+        self._loading_fraction = 0.0
+        self._loading_started = time.monotonic()
+        self.loading_bar.setValue(0)
+        self.loading_panel.show()
+        self._loading_timer.start()
+        self._show_loading()
+        self.model_label.setText(f"Loading {model_name}")
+        self._set_can_send(False)
+
+    def set_loading_progress(self, fraction: float) -> None:
+        self._loading_fraction = fraction
+        self.loading_bar.setValue(round(fraction * 1000))
+        self._show_loading()
+
+    def _show_loading(self) -> None:
+        elapsed = time.monotonic() - self._loading_started
+        self.loading_label.setText(
+            f"Loading {self._loading_name}: {self._loading_fraction:.0%} · {elapsed:.1f} s"
+        )
+
+    def hide_loading(self) -> None:
+        self._loading_timer.stop()
+        self.loading_panel.hide()
+
+    def show_model(self, name: str, detail: str, context: str) -> None:
+        """The model is ready: say which, with what context, and accept messages."""
+        self.hide_loading()
+        self.model_label.setText(name)
+        self.model_label.setToolTip(detail)
+        self.context_label.setText(context)
+        self.setWindowTitle(f"{name} · kvchat")
+        self._set_can_send(True)
+
+    def show_no_model(self) -> None:
+        self.hide_loading()
+        self.model_label.setText("No model: File > Open model…")
+        self.context_label.clear()
+        self.setWindowTitle("kvchat")
+        self._set_can_send(False)
+
+    def show_error(self, text: str) -> None:
+        self.banner.setText(text)
+        self.banner.show()
+
+    def clear_error(self) -> None:
+        self.banner.hide()
+        self.banner.clear()
+
+    def show_speed(self, text: str) -> None:
+        self.speed_label.setText(text)
+
+    def set_busy(self, busy: bool) -> None:
+        """While a reply streams, Send waits and Stop works."""
+        self._sync_buttons(busy)
+
+    def accept_message(self) -> None:
+        """The owner took the submitted message: clear the composer."""
+        self.composer.clear()
+
+    # Internals.
+
+    def _set_can_send(self, can_send: bool) -> None:
+        self._can_send = can_send
+        self._sync_buttons(busy=self.stop_button.isEnabled())
+
+    def _sync_buttons(self, busy: bool) -> None:
+        self.stop_button.setEnabled(busy)
+        self.send_button.setEnabled(self._can_send and not busy)
+
+    def _on_submitted(self, text: str) -> None:
+        if self.send_button.isEnabled():
+            self.message_submitted.emit(text)
+
+    def _send_clicked(self) -> None:
+        text = self.composer.toPlainText()
+        if text.strip():
+            self._on_submitted(text)
+
+    def _stop_pressed(self) -> None:
+        if self.stop_button.isEnabled():
+            self.stop_requested.emit()
+
+    def _choose_model_file(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open a GGUF model", "", GGUF_FILTER)
+        if path:
+            self.model_file_chosen.emit(path)
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        self._loading_timer.stop()
+        self.closing.emit()
+        super().closeEvent(event)
