@@ -1,0 +1,80 @@
+"""`kvchat chat` and the command line, run as a person would run them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from app.main import main
+
+
+def _kvchat(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app", *args, "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_chat_streams_a_reply_to_stdout(data_dir: Path) -> None:
+    result = _kvchat("chat", "--stats", "--seed", "5", "Say hello in French.", data_dir=data_dir)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip()
+    # Figures go to stderr, llama.cpp's log to the data dir, not the terminal.
+    assert "tok/s" in result.stderr
+    assert "llama" not in result.stderr.lower()
+    assert "load_tensors" in (data_dir / "logs" / "engine.log").read_text()
+
+
+def test_chat_with_a_zip_file_says_so(data_dir: Path, tmp_path: Path) -> None:
+    archive = tmp_path / "model.gguf"
+    with zipfile.ZipFile(archive, "w") as handle:
+        handle.writestr("x", "y")
+    result = _kvchat("chat", "--model", str(archive), "hello", data_dir=data_dir)
+    assert result.returncode == 2
+    assert result.stderr == (
+        "kvchat: could not load model.gguf: not a GGUF file: it starts with PK, a zip archive?\n"
+    )
+    assert result.stdout == ""
+
+
+def test_chat_with_a_missing_model(data_dir: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "missing.gguf"
+    result = _kvchat("chat", "--model", str(missing), "hello", data_dir=data_dir)
+    assert result.returncode == 2
+    assert f"the file does not exist ({missing})" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["chat", "   "], "kvchat: the question is empty\n"),
+        (
+            ["chat", "--ctx", "0", "hi"],
+            "kvchat: --ctx: Input should be greater than or equal to 512\n",
+        ),
+        (
+            ["chat", "--threads", "-2", "hi"],
+            "kvchat: --threads: Input should be greater than or equal to 1\n",
+        ),
+        (
+            ["--gpu-layers", "-5"],
+            "kvchat: --gpu-layers: Input should be greater than or equal to 0\n",
+        ),
+    ],
+)
+def test_bad_arguments_get_a_clear_message(
+    args: list[str], message: str, data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*args, "--data-dir", str(data_dir)]) == 2
+    assert capsys.readouterr().err == message
+
+
+def test_gui_process_never_imports_llama_cpp() -> None:
+    code = "import sys, app.gui, app.cli_chat, engine.client; sys.exit('llama_cpp' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0

@@ -1,0 +1,66 @@
+"""Shared fixtures: the bundled model, a private data folder, and a check that
+no test leaves an engine process or an engine thread running."""
+
+from __future__ import annotations
+
+import gc
+import os
+
+# Before any Qt import: tests run without a screen.
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from engine.models import bundled_model_path, missing_model_message
+
+
+@pytest.fixture(scope="session")
+def model_path() -> Path:
+    """The real bundled model; its absence fails the test rather than skipping it."""
+    path = bundled_model_path()
+    if path is None:
+        pytest.fail(missing_model_message())
+    return path
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A data folder of the test's own; KVCHAT_DATA_DIR points there too."""
+    path = tmp_path / "data"
+    path.mkdir()
+    monkeypatch.setenv("KVCHAT_DATA_DIR", str(path))
+    return path
+
+
+def _engine_processes() -> list[psutil.Process]:
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.is_running() and "spawn_main" in " ".join(child.cmdline()):
+                found.append(child)
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_engine_left_running() -> Iterator[None]:
+    """Fails a test that leaves an engine host process or a reader QThread running."""
+    yield
+    # Collect the test's Qt wrappers here, on the main thread. Left to chance,
+    # a collection may run on the engine reader thread, and Shiboken then
+    # deletes widgets from there.
+    gc.collect()
+    leftovers = [f"engine host pid {p.pid}" for p in _engine_processes()]
+    try:
+        from app.engine_client import live_readers
+    except ImportError:  # pragma: no cover - Qt missing
+        live_readers = set()  # type: ignore[assignment]
+    leftovers += [f"QThread {t.objectName()}" for t in list(live_readers) if t.isRunning()]
+    for process in _engine_processes():
+        process.kill()
+    assert not leftovers, f"left running after the test: {', '.join(leftovers)}"

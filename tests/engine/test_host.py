@@ -1,0 +1,186 @@
+"""The engine host as a real child process, over the real pipe."""
+
+from __future__ import annotations
+
+import os
+import signal
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from engine.client import HostProcess, describe_exit
+from engine.protocol import (
+    Cancel,
+    Chat,
+    ChatFailed,
+    ChatMessage,
+    Event,
+    HostExited,
+    HostStarted,
+    LoadConfig,
+    LoadFailed,
+    LoadModel,
+    LoadProgress,
+    ModelLoaded,
+    Sampling,
+    TextDelta,
+    TurnFinished,
+)
+
+TIMEOUT_S = 60.0
+STORY = (ChatMessage("user", "Write a long story about a lighthouse keeper."),)
+
+
+@pytest.fixture
+def host(data_dir: Path) -> Iterator[HostProcess]:
+    process = HostProcess(data_dir / "logs" / "engine.log")
+    yield process
+    process.close()
+
+
+def _next(host: HostProcess) -> Event:
+    event = host.receive(TIMEOUT_S)
+    assert event is not None, "the host sent nothing in time"
+    return event
+
+
+def _until(host: HostProcess, kind: type) -> list[Event]:
+    """Events up to and including the first of `kind`."""
+    events = []
+    while True:
+        event = _next(host)
+        events.append(event)
+        if isinstance(event, kind):
+            return events
+        assert not isinstance(event, HostExited), event
+
+
+def _load(host: HostProcess, path: Path) -> ModelLoaded:
+    host.send(LoadModel(LoadConfig(str(path))))
+    event = _until(host, ModelLoaded | LoadFailed)[-1]  # type: ignore[arg-type]
+    assert isinstance(event, ModelLoaded), event
+    return event
+
+
+def test_load_reports_progress_then_the_model(host: HostProcess, model_path: Path) -> None:
+    host.send(LoadModel(LoadConfig(str(model_path))))
+    events = _until(host, ModelLoaded)
+    assert isinstance(events[0], HostStarted)
+    assert events[0].pid == host.pid
+    fractions = [e.fraction for e in events if isinstance(e, LoadProgress)]
+    assert len(fractions) > 2 and fractions == sorted(fractions) and fractions[-1] == 1.0
+    info = events[-1].info  # type: ignore[union-attr]
+    assert info.name == "SmolLM2-135M-Instruct.Q4_1"
+    assert info.n_ctx == 4096
+
+
+def test_reply_streams_as_text_deltas(host: HostProcess, model_path: Path) -> None:
+    _load(host, model_path)
+    host.send(Chat(7, (ChatMessage("user", "Name three rivers."),), Sampling(max_tokens=40)))
+    events = _until(host, TurnFinished)
+    deltas = [e for e in events if isinstance(e, TextDelta)]
+    finished = events[-1]
+    assert isinstance(finished, TurnFinished)
+    assert len(deltas) > 3
+    assert {d.request_id for d in deltas} == {7}
+    assert finished.request_id == 7
+    assert "".join(d.text for d in deltas) == finished.text
+    assert finished.stats.generated_tokens > 3
+
+
+def test_cancel_stops_generation_at_once(host: HostProcess, model_path: Path) -> None:
+    _load(host, model_path)
+    host.send(Chat(1, STORY, Sampling(max_tokens=1000)))
+    first = _next(host)
+    assert isinstance(first, TextDelta)
+    host.send(Cancel(1))
+    events = _until(host, TurnFinished)
+    finished = events[-1]
+    assert isinstance(finished, TurnFinished)
+    assert finished.stats.stop_reason == "cancelled"
+    assert finished.stats.generated_tokens < 100
+    # A cancel for a finished request does not touch the next one.
+    host.send(Cancel(1))
+    host.send(Chat(2, STORY, Sampling(max_tokens=10)))
+    assert _until(host, TurnFinished)[-1].stats.stop_reason == "length"  # type: ignore[union-attr]
+
+
+def test_chat_before_any_model_fails_politely(host: HostProcess) -> None:
+    host.send(Chat(3, STORY))
+    failed = _until(host, ChatFailed)[-1]
+    assert failed == ChatFailed(3, "no model is loaded")
+
+
+def test_bad_file_never_reaches_llama_cpp_and_keeps_the_model(
+    host: HostProcess, model_path: Path, tmp_path: Path
+) -> None:
+    loaded = _load(host, model_path)
+    archive = tmp_path / "model.gguf"
+    with zipfile.ZipFile(archive, "w") as handle:
+        handle.writestr("x", "y")
+    host.send(LoadModel(LoadConfig(str(archive))))
+    failed = _until(host, LoadFailed)[-1]
+    assert isinstance(failed, LoadFailed)
+    assert failed.message == "not a GGUF file: it starts with PK, a zip archive?"
+    assert failed.loaded == loaded.info
+    # The old model still answers.
+    host.send(Chat(4, STORY, Sampling(max_tokens=5)))
+    assert isinstance(_until(host, TurnFinished)[-1], TurnFinished)
+    log = (host.log_path).read_text()
+    assert "model.gguf" not in log  # llama.cpp never saw the file
+
+
+def test_file_llama_cpp_rejects_gets_its_reason(host: HostProcess, tmp_path: Path) -> None:
+    import gguf
+    import numpy as np
+
+    path = tmp_path / "alien.gguf"
+    writer = gguf.GGUFWriter(str(path), "no-such-architecture")
+    writer.add_tensor("w", np.zeros((4, 32), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    host.send(LoadModel(LoadConfig(str(path))))
+    failed = _until(host, LoadFailed)[-1]
+    assert isinstance(failed, LoadFailed)
+    assert "llama.cpp could not load alien.gguf" in failed.message
+    assert "no-such-architecture" in failed.message
+    assert failed.loaded is None
+
+
+def test_host_killed_is_reported_with_its_signal(host: HostProcess, model_path: Path) -> None:
+    _load(host, model_path)
+    assert host.pid is not None
+    os.kill(host.pid, signal.SIGKILL)
+    exited = _until(host, HostExited)[-1]
+    assert isinstance(exited, HostExited)
+    assert exited.exit_code == -signal.SIGKILL
+    assert "SIGKILL" in exited.description
+    # The last lines llama.cpp logged come along, for the person to see.
+    assert exited.log_tail.strip()
+    assert host.log_path.read_text().endswith(exited.log_tail)
+    assert not host.is_alive()
+
+
+def test_stop_during_generation_ends_the_process(host: HostProcess, model_path: Path) -> None:
+    _load(host, model_path)
+    host.send(Chat(5, STORY, Sampling(max_tokens=2000)))
+    assert isinstance(_next(host), TextDelta)
+    host.stop()
+    assert not host.is_alive()
+
+
+def test_stop_during_load_ends_the_process(host: HostProcess, model_path: Path) -> None:
+    host.send(LoadModel(LoadConfig(str(model_path))))
+    host.stop()
+    assert not host.is_alive()
+
+
+def test_describe_exit() -> None:
+    assert describe_exit(0) == "the engine stopped"
+    assert describe_exit(-signal.SIGSEGV) == "the engine crashed with SIGSEGV"
+    assert "lack of memory" in describe_exit(-signal.SIGKILL)
+    assert describe_exit(3) == "the engine exited with code 3"

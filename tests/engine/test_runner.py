@@ -1,0 +1,172 @@
+"""ModelRunner against the real bundled model, in this process."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from engine.gguf_file import read_gguf
+from engine.protocol import ChatMessage, LoadConfig, Sampling
+from engine.runner import ChatError, LlamaLog, ModelRunner, physical_cores
+from engine.text_stream import Utf8Stream
+
+GREEDY = Sampling(temperature=0.0, max_tokens=48)
+
+
+@pytest.fixture(scope="module")
+def log() -> LlamaLog:
+    return LlamaLog()
+
+
+@pytest.fixture(scope="module")
+def runner(model_path: Path, log: LlamaLog) -> Iterator[ModelRunner]:
+    progress: list[float] = []
+    loaded = ModelRunner(
+        LoadConfig(str(model_path)), read_gguf(model_path), log, lambda f: not progress.append(f)
+    )
+    loaded.load_progress = progress  # type: ignore[attr-defined]
+    yield loaded
+    loaded.close()
+
+
+def _chat(
+    runner: ModelRunner, messages: list[ChatMessage], sampling: Sampling = GREEDY
+) -> tuple[str, list[str], object]:
+    pieces: list[str] = []
+    text, stats = runner.chat(messages, sampling, lambda: False, pieces.append)
+    return text, pieces, stats
+
+
+def test_defaults_are_for_people(runner: ModelRunner) -> None:
+    info = runner.info
+    assert info.n_ctx == 4096  # not llama-cpp-python's 512; the model trained on 8192
+    assert info.n_ctx_train == 8192
+    assert info.n_threads == physical_cores()
+    assert info.n_layers == 30
+    assert info.n_params == read_gguf(info.path).parameter_count
+    assert info.chat_template_source == "model"
+    # No GPU here: a CPU-only build reports nothing offloaded.
+    assert info.n_gpu_layers == (31 if info.gpu_offload_supported else 0)
+
+
+def test_load_reports_progress_up_to_one(runner: ModelRunner) -> None:
+    progress = runner.load_progress  # type: ignore[attr-defined]
+    assert len(progress) > 2
+    assert progress == sorted(progress)
+    assert progress[-1] == 1.0
+
+
+def test_context_capped_by_trained_context(model_path: Path, log: LlamaLog) -> None:
+    runner = ModelRunner(LoadConfig(str(model_path), n_ctx=1024), read_gguf(model_path), log)
+    try:
+        assert runner.info.n_ctx == 1024
+    finally:
+        runner.close()
+
+
+def test_reply_streams_in_pieces(runner: ModelRunner) -> None:
+    text, pieces, stats = _chat(runner, [ChatMessage("user", "List five fruits.")])
+    assert len(pieces) > 5
+    assert "".join(pieces) == text
+    assert text.strip()
+    assert stats.generated_tokens >= len(pieces)
+    assert stats.stop_reason in ("eos", "length")
+    assert stats.decode_tokens_per_s > 0
+    assert stats.prefill_tokens_per_s > 0
+    assert stats.time_to_first_token_s > 0
+
+
+def test_same_seed_same_reply(runner: ModelRunner) -> None:
+    sampling = Sampling(temperature=0.8, seed=1234, max_tokens=24)
+    messages = [ChatMessage("user", "Tell me about cats.")]
+    first, _, _ = _chat(runner, messages, sampling)
+    second, _, _ = _chat(runner, messages, sampling)
+    assert first == second
+
+
+def test_multi_turn_evaluates_only_new_tokens(runner: ModelRunner) -> None:
+    conversation = [ChatMessage("user", "My name is Ada. Say hello.")]
+    for question in ("What is two plus two?", "Thanks. Now name a colour."):
+        text, _, stats = _chat(runner, conversation)
+        conversation += [ChatMessage("assistant", text), ChatMessage("user", question)]
+    text, _, stats = _chat(runner, conversation)  # turn 3
+    assert stats.reused_tokens > 0
+    assert stats.evaluated_tokens == stats.prompt_tokens - stats.reused_tokens
+    assert stats.evaluated_tokens < stats.prompt_tokens / 2
+    # The model saw the whole conversation: the first turn is inside the prompt.
+    prompt = runner.render_prompt(conversation)
+    assert len(prompt) == stats.prompt_tokens
+    first = runner.tokenize("My name is Ada. Say hello.", add_special=False)
+    assert any(prompt[i : i + len(first)] == first for i in range(len(prompt)))
+
+
+def test_stop_ends_within_one_token(runner: ModelRunner) -> None:
+    pieces: list[str] = []
+    text, stats = runner.chat(
+        [ChatMessage("user", "Write a long story about a dragon.")],
+        Sampling(temperature=0.0, max_tokens=400),
+        should_stop=lambda: len(pieces) >= 5,
+        on_text=pieces.append,
+    )
+    assert stats.stop_reason == "cancelled"
+    assert len(pieces) == 5
+    assert text == "".join(pieces)
+    # A stopped turn leaves a cache the next turn can build on.
+    _, _, after = _chat(runner, [ChatMessage("user", "Write a long story about a dragon.")])
+    assert after.reused_tokens > 0
+
+
+def test_max_tokens_stops_with_length(runner: ModelRunner) -> None:
+    _, _, stats = _chat(
+        runner,
+        [ChatMessage("user", "Count from one to one hundred in words.")],
+        Sampling(temperature=0.0, max_tokens=7),
+    )
+    assert stats.stop_reason == "length"
+    assert stats.generated_tokens == 7
+
+
+def test_prompt_longer_than_context_is_refused_with_both_numbers(
+    model_path: Path, log: LlamaLog
+) -> None:
+    runner = ModelRunner(LoadConfig(str(model_path), n_ctx=512), read_gguf(model_path), log)
+    try:
+        with pytest.raises(ChatError, match=r"is \d+ tokens long, and the context holds 512"):
+            runner.chat(
+                [ChatMessage("user", "word " * 2000)], GREEDY, lambda: False, lambda _t: None
+            )
+    finally:
+        runner.close()
+
+
+def test_utf8_split_across_tokens_never_shows_replacement(runner: ModelRunner) -> None:
+    text = "Party 🎉 in 東京, 👩‍💻 and ☕!"
+    tokens = runner.tokenize(text, add_special=False)
+    pieces = [runner.piece(token) for token in tokens]
+
+    def is_whole(piece: bytes) -> bool:
+        try:
+            piece.decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+        return True
+
+    # The real vocabulary splits these characters across tokens...
+    assert not all(is_whole(piece) for piece in pieces)
+    # ...and the stream the runner uses never shows a broken character.
+    stream = Utf8Stream()
+    shown = [stream.push(piece) for piece in pieces] + [stream.finish()]
+    assert all("\ufffd" not in part for part in shown)
+    assert "".join(shown) == text
+
+
+def test_generated_japanese_streams_whole(runner: ModelRunner) -> None:
+    text, pieces, _ = _chat(
+        runner,
+        [ChatMessage("user", 'Translate "good morning" into Japanese.')],
+        Sampling(temperature=0.0, max_tokens=16),
+    )
+    assert any(ord(ch) > 0x3000 for ch in text), text  # the model did write kana or kanji
+    assert all("\ufffd" not in piece for piece in pieces)

@@ -1,0 +1,201 @@
+"""The real window driving the real model through the real engine host."""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PySide6.QtCore import Qt
+from pytestqt.qtbot import QtBot
+
+from app.controller import Controller
+from app.gui import build_window
+from app.settings import EngineSettings
+from engine.protocol import ModelInfo, TurnStats
+from ui.main_window import MainWindow
+
+WAIT_MS = 60_000
+
+
+@pytest.fixture
+def app_window(
+    qtbot: QtBot, data_dir: Path, request: pytest.FixtureRequest
+) -> Iterator[tuple[MainWindow, Controller]]:
+    model = getattr(request, "param", None)
+    window, controller = build_window(model, EngineSettings(seed=42, max_tokens=400), data_dir)
+    yield window, controller
+    _dispose(qtbot, window)
+
+
+def _dispose(qtbot: QtBot, window: MainWindow) -> None:
+    window.close()
+    window.deleteLater()
+    qtbot.wait(1)
+
+
+def _wait_loaded(qtbot: QtBot, controller: Controller) -> ModelInfo:
+    if controller.model is None:
+        with qtbot.waitSignal(controller.engine.model_loaded, timeout=WAIT_MS) as blocker:
+            pass
+        return blocker.args[0]  # type: ignore[no-any-return]
+    return controller.model
+
+
+def _type_and_send(qtbot: QtBot, window: MainWindow, text: str) -> None:
+    qtbot.keyClicks(window.composer, text)
+    qtbot.keyClick(window.composer, Qt.Key.Key_Return)
+
+
+def test_chat_streams_into_the_window(
+    qtbot: QtBot, app_window: tuple[MainWindow, Controller]
+) -> None:
+    window, controller = app_window
+    # The window is up before the model: it shows loading, then the model.
+    assert window.isVisible()
+    info = _wait_loaded(qtbot, controller)
+    assert window.model_label.text() == info.name == "SmolLM2-135M-Instruct.Q4_1"
+    assert window.context_label.text() == "context 4096 tokens"
+    assert window.send_button.isEnabled()
+
+    deltas: list[str] = []
+    controller.engine.text_received.connect(lambda _id, text: deltas.append(text))
+    with qtbot.waitSignal(controller.reply_finished, timeout=WAIT_MS) as finished:
+        _type_and_send(qtbot, window, "What is the capital of France?")
+        assert window.composer.toPlainText() == ""
+        assert window.stop_button.isEnabled()
+    stats: TurnStats = finished.args[0]
+    assert len(deltas) > 2
+    reply = "".join(deltas)
+    shown = window.chat_view.toPlainText()
+    assert "What is the capital of France?" in shown
+    assert reply in shown
+    assert window.speed_label.text() == f"last reply {stats.decode_tokens_per_s:.1f} tok/s"
+    assert controller.conversation[-1].content == reply
+
+    # Second turn: Stop after the first streamed text ends the reply, which stays.
+    deltas.clear()
+
+    def stop_on_first_text(_request_id: int, _text: str) -> None:
+        if len(deltas) == 1:
+            qtbot.mouseClick(window.stop_button, Qt.MouseButton.LeftButton)
+
+    controller.engine.text_received.connect(stop_on_first_text)
+    with qtbot.waitSignal(controller.reply_finished, timeout=WAIT_MS) as finished:
+        _type_and_send(qtbot, window, "Now tell me a very long story about Paris.")
+    stats = finished.args[0]
+    assert stats.stop_reason == "cancelled"
+    assert stats.generated_tokens < 20
+    assert stats.reused_tokens > 0  # the first turn came from the cache
+    partial = "".join(deltas)
+    assert partial and partial in window.chat_view.toPlainText()
+    assert "stopped" in window.chat_view.toPlainText().splitlines()[-1]
+    assert [m.role for m in controller.conversation] == ["user", "assistant"] * 2
+    assert not window.stop_button.isEnabled()
+
+
+def test_whitespace_message_is_not_sent(
+    qtbot: QtBot, app_window: tuple[MainWindow, Controller]
+) -> None:
+    window, controller = app_window
+    _wait_loaded(qtbot, controller)
+    _type_and_send(qtbot, window, "   ")
+    assert controller.conversation == []
+    assert not controller.busy
+
+
+def test_escape_stops_a_reply(qtbot: QtBot, app_window: tuple[MainWindow, Controller]) -> None:
+    window, controller = app_window
+    _wait_loaded(qtbot, controller)
+    with qtbot.waitSignal(controller.engine.text_received, timeout=WAIT_MS):
+        _type_and_send(qtbot, window, "Write a long poem about autumn.")
+    with qtbot.waitSignal(controller.reply_finished, timeout=WAIT_MS) as finished:
+        window.stop_action.trigger()  # what Esc is bound to
+    assert finished.args[0].stop_reason == "cancelled"
+    assert window.stop_action.shortcut().toString() == "Esc"
+
+
+def _zip(tmp_path: Path) -> str:
+    path = tmp_path / "model.gguf"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("weights", "x")
+    return str(path)
+
+
+def test_bad_model_is_explained_and_the_window_stays_usable(
+    qtbot: QtBot, data_dir: Path, tmp_path: Path, model_path: Path
+) -> None:
+    window, controller = build_window(_zip(tmp_path), EngineSettings(), data_dir)
+    try:
+        with qtbot.waitSignal(controller.engine.load_failed, timeout=WAIT_MS):
+            pass
+        assert window.banner.isVisibleTo(window)
+        assert window.banner.text() == (
+            "Could not load model.gguf: not a GGUF file: it starts with PK, a zip archive?"
+        )
+        assert not window.send_button.isEnabled()
+        qtbot.keyClicks(window.composer, "kept while no model is loaded")
+        # File > Open model picks a good file: it loads, the typed text is still there.
+        with qtbot.waitSignal(controller.engine.model_loaded, timeout=WAIT_MS):
+            window.model_file_chosen.emit(str(model_path))
+        assert not window.banner.isVisibleTo(window)
+        assert window.composer.toPlainText() == "kept while no model is loaded"
+        assert window.send_button.isEnabled()
+    finally:
+        _dispose(qtbot, window)
+
+
+def test_missing_model_path_is_explained(qtbot: QtBot, data_dir: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "gone.gguf"
+    window, controller = build_window(str(missing), EngineSettings(), data_dir)
+    try:
+        with qtbot.waitSignal(controller.engine.load_failed, timeout=WAIT_MS):
+            pass
+        assert (
+            window.banner.text() == f"Could not load gone.gguf: the file does not exist ({missing})"
+        )
+        assert window.model_label.text().startswith("No model")
+    finally:
+        _dispose(qtbot, window)
+
+
+def test_closing_while_a_reply_streams_leaves_nothing_running(
+    qtbot: QtBot, app_window: tuple[MainWindow, Controller]
+) -> None:
+    window, controller = app_window
+    _wait_loaded(qtbot, controller)
+    with qtbot.waitSignal(controller.engine.text_received, timeout=WAIT_MS):
+        _type_and_send(qtbot, window, "Write a long essay about the ocean.")
+    window.close()
+    assert not controller.engine.running
+    # The autouse fixture checks that no engine process or reader thread is left.
+
+
+def test_closing_while_the_model_loads_leaves_nothing_running(
+    qtbot: QtBot, app_window: tuple[MainWindow, Controller]
+) -> None:
+    window, controller = app_window
+    assert controller.model is None
+    window.close()
+    assert not controller.engine.running
+
+
+def test_engine_crash_keeps_the_window_and_restarts(
+    qtbot: QtBot, app_window: tuple[MainWindow, Controller]
+) -> None:
+    import os
+    import signal
+
+    window, controller = app_window
+    _wait_loaded(qtbot, controller)
+    with qtbot.waitSignal(controller.engine.text_received, timeout=WAIT_MS):
+        _type_and_send(qtbot, window, "Write a long essay about mountains.")
+    pid = controller.engine._host.pid  # type: ignore[union-attr]
+    assert pid is not None
+    with qtbot.waitSignal(controller.engine.model_loaded, timeout=WAIT_MS):
+        os.kill(pid, signal.SIGKILL)
+    assert "SIGKILL" in window.banner.text()
+    assert "interrupted" in window.chat_view.toPlainText()
+    assert controller.conversation[-1].role == "assistant"  # the partial reply is kept
+    assert window.send_button.isEnabled()
