@@ -163,6 +163,5 @@ class Controller(QObject):
             self.window.show_error(f"{event.description}.{detail}")
             return
         self._restarts += 1
-        self.engine.start()
-        self.load_model(model_path)
+        self.load_model(model_path)  # on a fresh host
         self.window.show_error(f"{event.description}; restarting it.{detail}")

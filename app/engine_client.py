@@ -13,7 +13,7 @@ import weakref
 from collections.abc import Sequence
 from pathlib import Path
 
-from PySide6.QtCore import QObject, QThread, Signal
+from PySide6.QtCore import QObject, QThread, QTimer, Signal
 
 from engine.client import HostProcess
 from engine.protocol import (
@@ -124,7 +124,10 @@ class EngineClient(QObject):
         """Asks for a reply; returns the request id its events will carry."""
         request_id = next(self._request_ids)
         if self._host is None or not self._host.send(Chat(request_id, tuple(messages), sampling)):
-            self.chat_failed.emit(request_id, "the engine is not running")
+            # Emitted later, so that the caller knows the request id by then.
+            QTimer.singleShot(
+                0, lambda: self.chat_failed.emit(request_id, "the engine is not running")
+            )
         return request_id
 
     def cancel(self, request_id: int | None = None) -> None:

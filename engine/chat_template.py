@@ -50,6 +50,12 @@ class ChatTemplate:
     _template: jinja2.Template
 
     @classmethod
+    def chatml(cls, source: str) -> ChatTemplate:
+        """The ChatML fallback, saying why it is used."""
+        template = cls.compile(None)
+        return cls(source, template._template)
+
+    @classmethod
     def compile(cls, text: str | None) -> ChatTemplate:
         """Compiles the model's template; falls back to ChatML when it has none.
 

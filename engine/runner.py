@@ -172,8 +172,8 @@ class ModelRunner:
 
         try:
             self._template = ChatTemplate.compile(gguf.chat_template)
-        except TemplateError:
-            self._template = ChatTemplate.compile(None)
+        except TemplateError as exc:
+            self._template = ChatTemplate.chatml(f"ChatML ({exc})")
         self._bos_text = self._token_text(llama_cpp.llama_vocab_bos(self._vocab))
         self._eos_text = self._token_text(llama_cpp.llama_vocab_eos(self._vocab))
         self._add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from PySide6.QtCore import Qt
+from PySide6.QtGui import QAction
 from pytestqt.qtbot import QtBot
 
 from app.controller import Controller
@@ -178,6 +179,18 @@ def test_closing_while_the_model_loads_leaves_nothing_running(
     window, controller = app_window
     assert controller.model is None
     window.close()
+    assert not controller.engine.running
+
+
+def test_ctrl_q_quits_and_stops_the_engine(
+    qtbot: QtBot, app_window: tuple[MainWindow, Controller]
+) -> None:
+    window, controller = app_window
+    _wait_loaded(qtbot, controller)
+    (quit_action,) = [a for a in window.findChildren(QAction) if a.text() == "&Quit"]
+    assert quit_action.shortcut().toString() == "Ctrl+Q"
+    quit_action.trigger()
+    assert not window.isVisible()
     assert not controller.engine.running
 
 

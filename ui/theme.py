@@ -37,10 +37,6 @@ def icon(name: str, color: QColor | None = None) -> QIcon:
     return result
 
 
-def is_dark(palette: QPalette) -> bool:
-    return palette.color(QPalette.ColorRole.Window).lightness() < 128
-
-
 def apply_theme(app: QApplication) -> None:
     """The Fusion style (it honours the palette everywhere) and our style sheet."""
     app.setStyle("Fusion")

@@ -45,3 +45,9 @@ def test_template_raise_exception_is_reported() -> None:
 def test_invalid_template_fails_to_compile() -> None:
     with pytest.raises(TemplateError, match="not valid Jinja"):
         ChatTemplate.compile("{% for %}")
+
+
+def test_fallback_says_why() -> None:
+    template = ChatTemplate.chatml("ChatML (the model's template is broken)")
+    assert template.source == "ChatML (the model's template is broken)"
+    assert template.render(CONVERSATION[:1], bos_token="", eos_token="").startswith("<|im_start|>")
