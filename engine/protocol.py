@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 FlashAttention = Literal["auto", "on", "off"]
+KvType = Literal["f16", "bf16", "q8_0", "q4_0", "f32"]
 Role = Literal["system", "user", "assistant"]
 StopReason = Literal["eos", "length", "cancelled", "context_full"]
 
@@ -29,6 +30,8 @@ class LoadConfig:
     n_gpu_layers: int | None = None
     n_batch: int = 512
     flash_attention: FlashAttention = "auto"
+    type_k: KvType = "f16"
+    type_v: KvType = "f16"
 
 
 @dataclass(frozen=True)

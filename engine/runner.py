@@ -37,6 +37,14 @@ DEFAULT_CONTEXT = 4096
 ALL_LAYERS = 999
 PENALTY_LAST_N = 64
 
+KV_TYPES = {
+    "f32": llama_cpp.GGML_TYPE_F32,
+    "f16": llama_cpp.GGML_TYPE_F16,
+    "bf16": llama_cpp.GGML_TYPE_BF16,
+    "q8_0": llama_cpp.GGML_TYPE_Q8_0,
+    "q4_0": llama_cpp.GGML_TYPE_Q4_0,
+}
+
 _FLASH_ATTENTION = {
     "auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
     "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
@@ -157,6 +165,8 @@ class ModelRunner:
         context_params.n_threads = self.n_threads
         context_params.n_threads_batch = self.n_threads
         context_params.flash_attn_type = _FLASH_ATTENTION[config.flash_attention]
+        context_params.type_k = KV_TYPES[config.type_k]
+        context_params.type_v = KV_TYPES[config.type_v]
         context_params.no_perf = True
         ctx = llama_cpp.llama_init_from_model(model, context_params)
         if not ctx:
