@@ -147,9 +147,10 @@ def probe_devices(
         if kind == "cpu":
             # ggml reports host memory for the CPU device; psutil's "available"
             # is what a new allocation can really have.
-            result.append(
-                DeviceInfo(device.name, device.description, kind, memory.total, memory.available, rss)
+            host = DeviceInfo(
+                device.name, device.description, kind, memory.total, memory.available, rss
             )
+            result.append(host)
             continue
         if device.name.startswith("CUDA"):
             if cuda_index < len(nvml_figures):

@@ -17,14 +17,17 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import get_args
 
 import llama_cpp
 import psutil
+from gguf import GGMLQuantizationType
 
 from engine.chat_template import ChatTemplate, TemplateError
 from engine.gguf_file import GgufInfo
 from engine.protocol import (
     ChatMessage,
+    KvType,
     LoadConfig,
     ModelInfo,
     Sampling,
@@ -37,13 +40,8 @@ DEFAULT_CONTEXT = 4096
 ALL_LAYERS = 999
 PENALTY_LAST_N = 64
 
-KV_TYPES = {
-    "f32": llama_cpp.GGML_TYPE_F32,
-    "f16": llama_cpp.GGML_TYPE_F16,
-    "bf16": llama_cpp.GGML_TYPE_BF16,
-    "q8_0": llama_cpp.GGML_TYPE_Q8_0,
-    "q4_0": llama_cpp.GGML_TYPE_Q4_0,
-}
+# ggml type codes for the K/V cache types a person can choose (gguf mirrors ggml's enum).
+KV_TYPES = {name: int(GGMLQuantizationType[name.upper()]) for name in get_args(KvType)}
 
 _FLASH_ATTENTION = {
     "auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
