@@ -13,6 +13,7 @@ from PySide6.QtCore import QObject, Signal
 
 from app.engine_client import EngineClient
 from app.formatting import describe_model, format_stats
+from app.memory_monitor import MemoryMonitor
 from app.settings import EngineSettings
 from engine.models import bundled_model_path, missing_model_message
 from engine.protocol import ChatMessage, HostExited, LoadFailed, ModelInfo, TurnStats
@@ -45,6 +46,7 @@ class Controller(QObject):
         self._loading_path: str | None = None
         self._request_id: int | None = None
         self._restarts = 0
+        self.memory_monitor = MemoryMonitor(window.memory_panel, engine)
 
         window.message_submitted.connect(self.send)
         window.stop_requested.connect(self.stop)

@@ -28,7 +28,9 @@ from engine.protocol import (
     LoadFailed,
     LoadModel,
     LoadProgress,
+    MemorySample,
     ModelLoaded,
+    PromptEvaluated,
     Sampling,
     TextDelta,
     TurnFinished,
@@ -71,9 +73,13 @@ class EngineClient(QObject):
     Signals:
         host_started(object): HostStarted.
         load_progress(float): fraction of the model loaded.
+        memory_reported(object): LoadMemory of the model about to be announced.
         model_loaded(object): ModelInfo.
         load_failed(object): LoadFailed (its message is meant for a person).
+        prompt_evaluated(object): PromptEvaluated, before the reply's first token.
         text_received(int, str): request id, text to append.
+        cache_filled(int): tokens in the KV cache, with each text received.
+        memory_sampled(object): MemorySample, about once a second.
         turn_finished(int, str, object): request id, full reply, TurnStats.
         chat_failed(int, str): request id, message for a person.
         host_exited(object): HostExited, when the host ended without being asked.
@@ -81,9 +87,13 @@ class EngineClient(QObject):
 
     host_started = Signal(object)
     load_progress = Signal(float)
+    memory_reported = Signal(object)
     model_loaded = Signal(object)
     load_failed = Signal(object)
+    prompt_evaluated = Signal(object)
     text_received = Signal(int, str)
+    cache_filled = Signal(int)
+    memory_sampled = Signal(object)
     turn_finished = Signal(int, str, object)
     chat_failed = Signal(int, str)
     host_exited = Signal(object)
@@ -154,11 +164,17 @@ class EngineClient(QObject):
     def _dispatch(self, event: Event) -> None:
         if isinstance(event, TextDelta):
             self.text_received.emit(event.request_id, event.text)
+            self.cache_filled.emit(event.tokens_in_cache)
+        elif isinstance(event, MemorySample):
+            self.memory_sampled.emit(event)
+        elif isinstance(event, PromptEvaluated):
+            self.prompt_evaluated.emit(event)
         elif isinstance(event, TurnFinished):
             self.turn_finished.emit(event.request_id, event.text, event.stats)
         elif isinstance(event, LoadProgress):
             self.load_progress.emit(event.fraction)
         elif isinstance(event, ModelLoaded):
+            self.memory_reported.emit(event.memory)
             self.model_loaded.emit(event.info)
         elif isinstance(event, LoadFailed):
             self.load_failed.emit(event)

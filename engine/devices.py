@@ -18,21 +18,9 @@ from dataclasses import dataclass
 
 import psutil
 
+from engine.protocol import DeviceSample
+
 CPU_TYPES = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel", 4: "meta"}
-
-
-@dataclass(frozen=True)
-class DeviceInfo:
-    """One device and its memory at the moment of the probe."""
-
-    name: str
-    description: str
-    kind: str
-    total_bytes: int
-    free_bytes: int
-    # What this process holds there: RSS for the CPU, NVML's per-process
-    # figure on NVIDIA GPUs, None where nothing reports it.
-    process_bytes: int | None
 
 
 def _ggml_library() -> ctypes.CDLL:
@@ -89,8 +77,21 @@ def ggml_devices() -> list[RawDevice]:
     return found
 
 
-def nvml_process_bytes(pid: int) -> tuple[list[int | None], str]:
-    """This process's memory on each NVIDIA GPU (NVML order), and a note if NVML failed."""
+@dataclass(frozen=True)
+class NvmlDevice:
+    """What NVML adds for one NVIDIA GPU."""
+
+    process_bytes: int | None
+    peak_bandwidth_bytes_per_s: float | None
+
+
+def nvml_devices(pid: int) -> tuple[list[NvmlDevice], str]:
+    """This process's memory and the peak memory bandwidth of each NVIDIA GPU
+    (NVML order), and a note if NVML failed.
+
+    Peak bandwidth = the memory's maximum clock x 2 transfers per clock x the
+    bus width: 3.35 TB/s on an H100 SXM, as its data sheet says.
+    """
     try:
         import pynvml
     except ImportError:
@@ -100,14 +101,21 @@ def nvml_process_bytes(pid: int) -> tuple[list[int | None], str]:
     except pynvml.NVMLError as exc:
         return [], f"NVML unavailable: {exc}"
     try:
-        figures: list[int | None] = []
+        figures: list[NvmlDevice] = []
         for index in range(pynvml.nvmlDeviceGetCount()):
             handle = pynvml.nvmlDeviceGetHandleByIndex(index)
             used = None
             for process in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
                 if process.pid == pid and process.usedGpuMemory is not None:
                     used = int(process.usedGpuMemory)
-            figures.append(used)
+            peak = None
+            try:
+                clock_mhz = pynvml.nvmlDeviceGetMaxClockInfo(handle, pynvml.NVML_CLOCK_MEM)
+                bus_bits = pynvml.nvmlDeviceGetMemoryBusWidth(handle)
+                peak = clock_mhz * 1e6 * 2 * bus_bits / 8
+            except pynvml.NVMLError:
+                pass
+            figures.append(NvmlDevice(used, peak))
         return figures, ""
     except pynvml.NVMLError as exc:
         return [], f"NVML failed: {exc}"
@@ -117,8 +125,8 @@ def nvml_process_bytes(pid: int) -> tuple[list[int | None], str]:
 
 def probe_devices(
     raw: Callable[[], list[RawDevice]] = ggml_devices,
-    nvml: Callable[[int], tuple[list[int | None], str]] = nvml_process_bytes,
-) -> tuple[list[DeviceInfo], str]:
+    nvml: Callable[[int], tuple[list[NvmlDevice], str]] = nvml_devices,
+) -> tuple[list[DeviceSample], str]:
     """The devices with this process's share of each, and a note on what failed.
 
     `raw` and `nvml` are parameters so that tests can replay recorded answers
@@ -132,7 +140,7 @@ def probe_devices(
         devices = []
         notes.append(f"ggml's device list is unavailable ({exc}); showing host RAM only")
     gpus = [d for d in devices if CPU_TYPES.get(d.type_code) != "cpu"]
-    nvml_figures: list[int | None] = []
+    nvml_figures: list[NvmlDevice] = []
     if any(d.name.startswith("CUDA") for d in gpus):
         nvml_figures, note = nvml(pid)
         if note:
@@ -143,29 +151,32 @@ def probe_devices(
     cuda_index = 0
     for device in devices:
         kind = CPU_TYPES.get(device.type_code, "other")
-        process_bytes: int | None = None
+        extra = NvmlDevice(None, None)
         if kind == "cpu":
             # ggml reports host memory for the CPU device; psutil's "available"
             # is what a new allocation can really have.
-            host = DeviceInfo(
+            host = DeviceSample(
                 device.name, device.description, kind, memory.total, memory.available, rss
             )
             result.append(host)
             continue
         if device.name.startswith("CUDA"):
             if cuda_index < len(nvml_figures):
-                process_bytes = nvml_figures[cuda_index]
+                extra = nvml_figures[cuda_index]
             cuda_index += 1
         result.append(
-            DeviceInfo(
+            DeviceSample(
                 device.name,
                 device.description,
                 kind,
                 device.total_bytes,
                 device.free_bytes,
-                process_bytes,
+                extra.process_bytes,
+                extra.peak_bandwidth_bytes_per_s,
             )
         )
     if not any(d.kind == "cpu" for d in result):
-        result.insert(0, DeviceInfo("CPU", "host RAM", "cpu", memory.total, memory.available, rss))
+        result.insert(
+            0, DeviceSample("CPU", "host RAM", "cpu", memory.total, memory.available, rss)
+        )
     return result, "; ".join(notes)

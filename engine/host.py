@@ -17,6 +17,7 @@ import queue
 import sys
 import threading
 import time
+from dataclasses import replace
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING
 
@@ -30,6 +31,7 @@ from engine.protocol import (
     LoadFailed,
     LoadModel,
     LoadProgress,
+    MemorySample,
     ModelLoaded,
     Shutdown,
     TextDelta,
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
 # GUI's event loop with one message per token; 10 ms is below what an eye sees.
 TEXT_FLUSH_INTERVAL_S = 0.010
 PROGRESS_STEP = 0.01
+MEMORY_SAMPLE_INTERVAL_S = 1.0
 
 
 class _Inbox:
@@ -91,15 +94,45 @@ def _read_commands(connection: Connection, inbox: _Inbox) -> None:
 class _Host:
     def __init__(self, connection: Connection, log: LlamaLog) -> None:
         self._connection = connection
+        self._send_lock = threading.Lock()
         self._log = log
         self._runner: ModelRunner | None = None
+        self._loaded_at = 0.0
         self.inbox = _Inbox()
+        self._sampling_stopped = threading.Event()
 
     def send(self, event: Event) -> None:
+        """Sends an event; the main thread and the memory sampler both send."""
         try:
-            self._connection.send(event)
+            with self._send_lock:
+                self._connection.send(event)
         except (BrokenPipeError, OSError):
             self.inbox.shutting_down = True
+
+    def send_memory_sample(self) -> None:
+        from engine.devices import probe_devices
+        from engine.runner import gpu_offload_supported
+
+        runner = self._runner
+        if runner is None:
+            return
+        devices, note = probe_devices()
+        self.send(
+            MemorySample(
+                seconds=time.monotonic() - self._loaded_at,
+                devices=tuple(devices),
+                tokens_in_cache=runner.cached_tokens,
+                gpu_offload_supported=gpu_offload_supported(),
+                note=note,
+            )
+        )
+
+    def sample_memory_until_shutdown(self) -> None:
+        """Runs on its own thread: device polling never waits for generation."""
+        while not self._sampling_stopped.wait(MEMORY_SAMPLE_INTERVAL_S):
+            if self.inbox.shutting_down:
+                return
+            self.send_memory_sample()
 
     def serve(self) -> None:
         while True:
@@ -111,6 +144,7 @@ class _Host:
                 self._load(command)
             elif isinstance(command, Chat):
                 self._chat(command)
+        self._sampling_stopped.set()
         if self._runner is not None:
             self._runner.close()
 
@@ -143,13 +177,16 @@ class _Host:
         except Error as exc:
             self.send(LoadFailed(path, str(exc)))
             return
-        self.send(ModelLoaded(self._runner.info))
+        self._loaded_at = time.monotonic()
+        self.send(ModelLoaded(self._runner.info, self._runner.memory))
+        self.send_memory_sample()
 
     def _chat(self, command: Chat) -> None:
         from engine.runner import Error
 
         request_id = command.request_id
-        if self._runner is None:
+        runner = self._runner
+        if runner is None:
             self.send(ChatFailed(request_id, "no model is loaded"))
             return
         pending: list[str] = []
@@ -158,7 +195,7 @@ class _Host:
         def flush() -> None:
             nonlocal last_flush
             if pending:
-                self.send(TextDelta(request_id, "".join(pending)))
+                self.send(TextDelta(request_id, "".join(pending), runner.cached_tokens))
                 pending.clear()
             last_flush = time.perf_counter()
 
@@ -168,11 +205,12 @@ class _Host:
                 flush()
 
         try:
-            text, stats = self._runner.chat(
+            text, stats = runner.chat(
                 command.messages,
                 command.sampling,
                 should_stop=lambda: self.inbox.is_cancelled(request_id),
                 on_text=on_text,
+                on_prompt=lambda prompt: self.send(replace(prompt, request_id=request_id)),
             )
         except Error as exc:
             flush()
@@ -180,6 +218,7 @@ class _Host:
             return
         flush()
         self.send(TurnFinished(request_id, text, stats))
+        self.send_memory_sample()
 
 
 def main(connection: Connection, log_path: str) -> None:
@@ -198,6 +237,8 @@ def main(connection: Connection, log_path: str) -> None:
         target=_read_commands, args=(connection, host.inbox), name="commands", daemon=True
     )
     reader.start()
+    sampler = threading.Thread(target=host.sample_memory_until_shutdown, name="memory", daemon=True)
+    sampler.start()
     host.send(HostStarted(os.getpid(), llama_cpp_version(), gpu_offload_supported()))
     host.serve()
     print(f"--- engine host {os.getpid()} stopped")

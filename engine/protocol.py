@@ -103,9 +103,15 @@ class ModelInfo:
 
 @dataclass(frozen=True)
 class TurnStats:
-    """What one reply cost. Speeds are tokens per second; 0.0 when unmeasurable."""
+    """What one reply cost. Speeds are tokens per second; 0.0 when unmeasurable.
+
+    The prompt splits into the system prompt (with whatever the template puts
+    before the first message), the earlier turns, and the current message.
+    """
 
     prompt_tokens: int
+    system_tokens: int
+    history_tokens: int
     reused_tokens: int
     evaluated_tokens: int
     generated_tokens: int
@@ -113,6 +119,81 @@ class TurnStats:
     prefill_tokens_per_s: float
     decode_tokens_per_s: float
     stop_reason: StopReason
+
+
+@dataclass(frozen=True)
+class KvCache:
+    """One KV cache as llama.cpp allocated it. A model with sliding-window
+    layers has two: the windowed layers' cache holds only the last cells."""
+
+    cells: int
+    layers: int
+    bytes_per_cell: int
+    type_k: str
+    type_v: str
+
+    @property
+    def bytes(self) -> int:
+        return self.cells * self.bytes_per_cell
+
+    def bytes_used(self, tokens: int) -> int:
+        return min(tokens, self.cells) * self.bytes_per_cell
+
+
+@dataclass(frozen=True)
+class DeviceBuffers:
+    """What this model holds on one device, as llama.cpp reported allocating it.
+
+    `compute_bytes` includes the output (logits) buffer.
+    """
+
+    device: str
+    weights_bytes: int
+    kv_bytes: int
+    compute_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weights_bytes + self.kv_bytes + self.compute_bytes
+
+
+@dataclass(frozen=True)
+class LoadMemory:
+    """Where a loaded model's memory went; fixed from load to unload."""
+
+    buffers: tuple[DeviceBuffers, ...]
+    kv_caches: tuple[KvCache, ...]
+    kv_device: str
+
+    @property
+    def kv_bytes(self) -> int:
+        return sum(cache.bytes for cache in self.kv_caches)
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """Bytes one more token adds while every cache still has room."""
+        return sum(cache.bytes_per_cell for cache in self.kv_caches)
+
+    def kv_bytes_used(self, tokens: int) -> int:
+        return sum(cache.bytes_used(tokens) for cache in self.kv_caches)
+
+    @property
+    def weights_bytes(self) -> int:
+        return sum(b.weights_bytes for b in self.buffers)
+
+
+@dataclass(frozen=True)
+class DeviceSample:
+    """A device's memory at one moment. `process_bytes` is what the engine
+    process holds there (RSS on the CPU, NVML on NVIDIA), None if unknown."""
+
+    name: str
+    description: str
+    kind: str
+    total_bytes: int
+    free_bytes: int
+    process_bytes: int | None
+    peak_bandwidth_bytes_per_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -130,6 +211,22 @@ class LoadProgress:
 @dataclass(frozen=True)
 class ModelLoaded:
     info: ModelInfo
+    memory: LoadMemory
+
+
+@dataclass(frozen=True)
+class MemorySample:
+    """The devices' memory and the KV cache's fill, sent about once a second.
+
+    `seconds` counts from the model's load; `note` says what could not be
+    measured (no NVML, no device list).
+    """
+
+    seconds: float
+    devices: tuple[DeviceSample, ...]
+    tokens_in_cache: int
+    gpu_offload_supported: bool
+    note: str
 
 
 @dataclass(frozen=True)
@@ -145,9 +242,22 @@ class LoadFailed:
 
 
 @dataclass(frozen=True)
+class PromptEvaluated:
+    """The prompt of a turn is in the cache; the reply starts next."""
+
+    request_id: int
+    prompt_tokens: int
+    system_tokens: int
+    history_tokens: int
+    reused_tokens: int
+    evaluated_tokens: int
+
+
+@dataclass(frozen=True)
 class TextDelta:
     request_id: int
     text: str
+    tokens_in_cache: int
 
 
 @dataclass(frozen=True)
@@ -176,7 +286,9 @@ Event = (
     HostStarted
     | LoadProgress
     | ModelLoaded
+    | MemorySample
     | LoadFailed
+    | PromptEvaluated
     | TextDelta
     | TurnFinished
     | ChatFailed

@@ -15,7 +15,8 @@ import os
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import get_args
 
@@ -23,13 +24,17 @@ import llama_cpp
 import psutil
 from gguf import GGMLQuantizationType
 
+from engine.accounting import load_memory
+from engine.buffer_report import parse_buffer_report
 from engine.chat_template import ChatTemplate, TemplateError
+from engine.devices import probe_devices
 from engine.gguf_file import GgufInfo
 from engine.protocol import (
     ChatMessage,
     KvType,
     LoadConfig,
     ModelInfo,
+    PromptEvaluated,
     Sampling,
     StopReason,
     TurnStats,
@@ -64,20 +69,46 @@ class ChatError(Error):
 
 class LlamaLog:
     """Receives llama.cpp's log, writes it to stderr (the host's log file) and
-    keeps the last lines, so an error can say what llama.cpp complained of."""
+    keeps the last lines, so an error can say what llama.cpp complained of.
+
+    Debug lines (thousands per load) are dropped. `capture` collects every
+    line of a stretch of work, such as the buffer report of a load.
+    """
+
+    _DEBUG = 1
+    _CONTINUE = 5
 
     def __init__(self, keep: int = 40) -> None:
         self._lines: deque[str] = deque(maxlen=keep)
         self._partial = ""
+        self._level = 2
+        self._captures: list[list[str]] = []
         self._callback = llama_cpp.llama_log_callback(self._on_log)
         llama_cpp.llama_log_set(self._callback, ctypes.c_void_p(0))
 
     def _on_log(self, level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        if level != self._CONTINUE:
+            self._level = level
         decoded = text.decode("utf-8", errors="replace")
-        sys.stderr.write(decoded)
+        if self._level == self._DEBUG and not self._captures:
+            return
         self._partial += decoded
         *complete, self._partial = self._partial.split("\n")
-        self._lines.extend(line for line in complete if line.strip())
+        for captured in self._captures:
+            captured.extend(complete)
+        if self._level != self._DEBUG:
+            sys.stderr.write(decoded)
+            self._lines.extend(line for line in complete if line.strip())
+
+    @contextmanager
+    def capture(self) -> Iterator[list[str]]:
+        """Collects the complete lines logged inside the `with` block (nestable)."""
+        lines: list[str] = []
+        self._captures.append(lines)
+        try:
+            yield lines
+        finally:
+            self._captures.remove(lines)
 
     def last_errors(self, count: int = 3) -> str:
         """The last few lines that look like errors, or the last lines at all."""
@@ -143,6 +174,37 @@ class ModelRunner:
         # Held on self: ctypes callbacks must outlive the call that uses them.
         self._progress_callback = llama_cpp.llama_progress_callback(progress)
         model_params.progress_callback = self._progress_callback
+        with log.capture() as report_lines:
+            self._load(config, model_params, gguf, log)
+        devices, self.device_note = probe_devices()
+        self.devices = devices
+        self.memory = load_memory(
+            parse_buffer_report(report_lines), gguf, [d.name for d in devices]
+        )
+        self.info = ModelInfo(
+            path=str(self.path),
+            name=gguf.name,
+            architecture=gguf.architecture,
+            n_params=int(llama_cpp.llama_model_n_params(self._model)),
+            size_bytes=int(llama_cpp.llama_model_size(self._model)),
+            n_ctx=self.n_ctx,
+            n_ctx_train=self.n_ctx_train,
+            n_threads=self.n_threads,
+            n_gpu_layers=min(requested_layers, self.n_layers + 1) if offload else 0,
+            n_layers=self.n_layers,
+            gpu_offload_supported=offload,
+            chat_template_source=self._template.source,
+            load_seconds=time.perf_counter() - started,
+        )
+
+    def _load(
+        self,
+        config: LoadConfig,
+        model_params: llama_cpp.llama_model_params,
+        gguf: GgufInfo,
+        log: LlamaLog,
+    ) -> None:
+        """Loads the model and creates the context, as llama.cpp logs its buffers."""
         model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), model_params)
         if not model:
             if self._aborted:
@@ -185,22 +247,6 @@ class ModelRunner:
         self._bos_text = self._token_text(llama_cpp.llama_vocab_bos(self._vocab))
         self._eos_text = self._token_text(llama_cpp.llama_vocab_eos(self._vocab))
         self._add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
-
-        self.info = ModelInfo(
-            path=str(self.path),
-            name=gguf.name,
-            architecture=gguf.architecture,
-            n_params=int(llama_cpp.llama_model_n_params(model)),
-            size_bytes=int(llama_cpp.llama_model_size(model)),
-            n_ctx=self.n_ctx,
-            n_ctx_train=self.n_ctx_train,
-            n_threads=self.n_threads,
-            n_gpu_layers=min(requested_layers, self.n_layers + 1) if offload else 0,
-            n_layers=self.n_layers,
-            gpu_offload_supported=offload,
-            chat_template_source=self._template.source,
-            load_seconds=time.perf_counter() - started,
-        )
 
     def close(self) -> None:
         """Frees the context and the model; the runner is unusable afterwards."""
@@ -247,6 +293,15 @@ class ModelRunner:
 
     def render_prompt(self, messages: Sequence[ChatMessage]) -> list[int]:
         """The conversation as the tokens the model sees, with its own template."""
+        return self._render(messages)[0]
+
+    def _render(self, messages: Sequence[ChatMessage]) -> tuple[list[int], int, int]:
+        """The prompt's tokens, and where the system part and the earlier turns end.
+
+        The boundaries are found where each message's text starts in the
+        rendered prompt, so the template's own wrapping around a message
+        counts with the part before it.
+        """
         try:
             text = self._template.render(
                 messages, bos_token=self._bos_text, eos_token=self._eos_text
@@ -254,7 +309,26 @@ class ModelRunner:
         except TemplateError as exc:
             raise ChatError(str(exc)) from exc
         add_bos = self._add_bos and not (self._bos_text and text.startswith(self._bos_text))
-        return self.tokenize(text, add_special=add_bos)
+        tokens = self.tokenize(text, add_special=add_bos)
+
+        starts = []
+        position = 0
+        for message in messages:
+            found = text.find(message.content, position)
+            starts.append(found if found >= 0 else position)
+            position = max(position, starts[-1] + len(message.content))
+        first_turn = next(
+            (start for start, m in zip(starts, messages, strict=True) if m.role != "system"),
+            len(text),
+        )
+        last_turn = starts[-1] if messages and messages[-1].role != "system" else len(text)
+
+        def tokens_before(offset: int) -> int:
+            return len(self.tokenize(text[:offset], add_special=add_bos)) if offset else 0
+
+        system = tokens_before(first_turn)
+        history = max(tokens_before(last_turn) - system, 0)
+        return tokens, min(system, len(tokens)), min(history, len(tokens) - system)
 
     def _decode(self, tokens: Sequence[int]) -> None:
         array = (llama_cpp.llama_token * len(tokens))(*tokens)
@@ -319,12 +393,14 @@ class ModelRunner:
         sampling: Sampling,
         should_stop: Callable[[], bool],
         on_text: Callable[[str], None],
+        on_prompt: Callable[[PromptEvaluated], None] = lambda _prompt: None,
     ) -> tuple[str, TurnStats]:
         """Generates the assistant's reply to the conversation.
 
         Only the tokens that are new since the previous turn are evaluated.
         `should_stop` is polled between prefill batches and between tokens.
-        Text reaches `on_text` in pieces that are always whole characters.
+        Text reaches `on_text` in pieces that are always whole characters;
+        `on_prompt` hears once the prompt is in the cache.
 
         Returns:
             The reply's full text and the turn's statistics.
@@ -334,7 +410,7 @@ class ModelRunner:
                 context, or llama.cpp failed to evaluate.
         """
         started = time.perf_counter()
-        prompt = self.render_prompt(messages)
+        prompt, system_tokens, history_tokens = self._render(messages)
         if len(prompt) >= self.n_ctx:
             raise ChatError(
                 f"the conversation is {len(prompt)} tokens long, and the context holds "
@@ -352,6 +428,7 @@ class ModelRunner:
             self._decode(pending[start : start + self.n_batch])
         prefill_seconds = time.perf_counter() - prefill_started
         evaluated = len(self._cached) - reused
+        on_prompt(PromptEvaluated(0, len(prompt), system_tokens, history_tokens, reused, evaluated))
 
         stream = Utf8Stream()
         parts: list[str] = []
@@ -391,6 +468,8 @@ class ModelRunner:
         decode_seconds = last_token_at - first_token_at
         stats = TurnStats(
             prompt_tokens=len(prompt),
+            system_tokens=system_tokens,
+            history_tokens=history_tokens,
             reused_tokens=reused,
             evaluated_tokens=evaluated,
             generated_tokens=generated,

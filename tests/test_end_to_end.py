@@ -212,3 +212,37 @@ def test_engine_crash_keeps_the_window_and_restarts(
     assert "interrupted" in window.chat_view.toPlainText()
     assert controller.conversation[-1].role == "assistant"  # the partial reply is kept
     assert window.send_button.isEnabled()
+
+
+def test_memory_panels_follow_a_streamed_reply(
+    qtbot: QtBot, app_window: tuple[MainWindow, Controller]
+) -> None:
+    window, controller = app_window
+    _wait_loaded(qtbot, controller)
+    monitor = controller.memory_monitor
+    panel = window.memory_panel
+    assert window.memory_dock.isVisible()
+    fills: list[int] = []
+    controller.engine.cache_filled.connect(fills.append)
+    with qtbot.waitSignal(controller.reply_finished, timeout=WAIT_MS) as finished:
+        _type_and_send(qtbot, window, "Describe the moon in three sentences.")
+    stats: TurnStats = finished.args[0]
+    # The cache grew token by token while the reply streamed.
+    assert len(fills) > 3 and fills == sorted(fills)
+    assert fills[0] >= stats.prompt_tokens
+    panel.refresh()
+    memory = monitor.memory
+    assert memory is not None
+    tokens = monitor.tokens
+    assert tokens == stats.prompt_tokens + stats.generated_tokens - (stats.stop_reason == "eos")
+    assert panel.kv_panel.fill_label.text().startswith(f"<b>{tokens:,}</b> of 4,096 tokens")
+    used = memory.kv_bytes_used(tokens)
+    assert used == tokens * memory.kv_bytes_per_token
+    assert panel.plot.kv_points[-1][1] == used / 2**20
+    assert panel.speed_panel.labels["decode"].text() == f"{stats.decode_tokens_per_s:,.1f} tokens/s"
+    with qtbot.waitSignal(controller.engine.memory_sampled, timeout=WAIT_MS):
+        pass
+    panel.refresh()
+    (host_row,) = panel.device_panel.rows()
+    assert host_row.title.text().startswith("<b>CPU</b> RAM")
+    assert panel.device_panel.note_label.text().startswith("CPU-only build")

@@ -7,6 +7,7 @@ import time
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import (
+    QDockWidget,
     QFileDialog,
     QHBoxLayout,
     QLabel,
@@ -19,6 +20,7 @@ from PySide6.QtWidgets import (
 
 from ui.chat_view import ChatView
 from ui.composer import Composer
+from ui.memory_panel import MemoryPanel
 from ui.theme import icon
 
 GGUF_FILTER = "GGUF models (*.gguf);;All files (*)"
@@ -42,7 +44,6 @@ class MainWindow(QMainWindow):
     def __init__(self) -> None:
         super().__init__()
         self.setWindowTitle("kvchat")
-        self.resize(900, 700)
         self._can_send = False
         self._loading_name = ""
         self._loading_fraction = 0.0
@@ -108,6 +109,17 @@ class MainWindow(QMainWindow):
             self.statusBar().addPermanentWidget(label)
         self.statusBar().setSizeGripEnabled(False)
 
+        self.memory_panel = MemoryPanel()
+        self.memory_dock = QDockWidget("Memory", self)
+        self.memory_dock.setObjectName("memoryDock")
+        self.memory_dock.setWidget(self.memory_panel)
+        self.memory_dock.setFeatures(
+            QDockWidget.DockWidgetFeature.DockWidgetClosable
+            | QDockWidget.DockWidgetFeature.DockWidgetMovable
+        )
+        self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.memory_dock)
+        self.resize(1280, 760)
+
         self._build_menu()
         self._sync_buttons(busy=False)
 
@@ -123,6 +135,11 @@ class MainWindow(QMainWindow):
         quit_action.setShortcutContext(Qt.ShortcutContext.ApplicationShortcut)
         quit_action.triggered.connect(self.close)
         file_menu.addAction(quit_action)
+        view_menu = self.menuBar().addMenu("&View")
+        self.panels_action = self.memory_dock.toggleViewAction()
+        self.panels_action.setText("&Memory panels")
+        self.panels_action.setShortcut(QKeySequence("Ctrl+M"))
+        view_menu.addAction(self.panels_action)
         self.stop_action = QAction("Stop", self)
         self.stop_action.setShortcut(QKeySequence(Qt.Key.Key_Escape))
         self.stop_action.setShortcutContext(Qt.ShortcutContext.WindowShortcut)

@@ -23,7 +23,9 @@ from engine.protocol import (
     LoadFailed,
     LoadModel,
     LoadProgress,
+    MemorySample,
     ModelLoaded,
+    PromptEvaluated,
     Sampling,
     TextDelta,
     TurnFinished,
@@ -74,6 +76,13 @@ def test_load_reports_progress_then_the_model(host: HostProcess, model_path: Pat
     info = events[-1].info  # type: ignore[union-attr]
     assert info.name == "SmolLM2-135M-Instruct.Q4_1"
     assert info.n_ctx == 4096
+    memory = events[-1].memory  # type: ignore[union-attr]
+    assert memory.kv_bytes == 4096 * memory.kv_bytes_per_token
+    # A first memory sample follows at once, then about one a second.
+    sample = _until(host, MemorySample)[-1]
+    assert isinstance(sample, MemorySample)
+    assert sample.tokens_in_cache == 0
+    assert sample.devices[0].name == "CPU"
 
 
 def test_reply_streams_as_text_deltas(host: HostProcess, model_path: Path) -> None:
@@ -84,6 +93,13 @@ def test_reply_streams_as_text_deltas(host: HostProcess, model_path: Path) -> No
     finished = events[-1]
     assert isinstance(finished, TurnFinished)
     assert len(deltas) > 3
+    # The prompt is reported before the first text, and the cache grows with the text.
+    (prompt,) = [e for e in events if isinstance(e, PromptEvaluated)]
+    assert events.index(prompt) < events.index(deltas[0])
+    assert prompt.request_id == 7
+    assert prompt.evaluated_tokens == finished.stats.evaluated_tokens
+    fills = [d.tokens_in_cache for d in deltas]
+    assert fills == sorted(fills) and fills[0] >= prompt.prompt_tokens
     assert {d.request_id for d in deltas} == {7}
     assert finished.request_id == 7
     assert "".join(d.text for d in deltas) == finished.text
@@ -93,8 +109,7 @@ def test_reply_streams_as_text_deltas(host: HostProcess, model_path: Path) -> No
 def test_cancel_stops_generation_at_once(host: HostProcess, model_path: Path) -> None:
     _load(host, model_path)
     host.send(Chat(1, STORY, Sampling(max_tokens=1000)))
-    first = _next(host)
-    assert isinstance(first, TextDelta)
+    _until(host, TextDelta)
     host.send(Cancel(1))
     events = _until(host, TurnFinished)
     finished = events[-1]
@@ -168,7 +183,7 @@ def test_host_killed_is_reported_with_its_signal(host: HostProcess, model_path: 
 def test_stop_during_generation_ends_the_process(host: HostProcess, model_path: Path) -> None:
     _load(host, model_path)
     host.send(Chat(5, STORY, Sampling(max_tokens=2000)))
-    assert isinstance(_next(host), TextDelta)
+    _until(host, TextDelta)
     host.stop()
     assert not host.is_alive()
 

@@ -1,0 +1,170 @@
+"""Feeds the memory panels from the engine's events.
+
+The engine reports, once per load, where the model's memory went (llama.cpp's
+own buffer report); with every streamed text, how many tokens the KV cache
+holds; about once a second, each device's memory; and per turn, the prompt's
+make-up and the speeds. This turns those into the panels' plain views.
+"""
+
+from __future__ import annotations
+
+import time
+
+from PySide6.QtCore import QObject
+
+from app.engine_client import EngineClient
+from engine.protocol import LoadMemory, MemorySample, PromptEvaluated, TurnStats
+from ui.memory_panel import DeviceView, KvView, MemoryPanel, SpeedView
+
+# A decode-speed point on the plot at most this often.
+SPEED_POINT_INTERVAL_S = 0.5
+
+
+def device_note(sample: MemorySample) -> str:
+    """Says plainly where the model runs when there is no GPU to show."""
+    notes = []
+    if not sample.gpu_offload_supported:
+        notes.append("CPU-only build: the model runs in RAM.")
+    elif not any(device.kind != "cpu" for device in sample.devices):
+        notes.append("No GPU found: the model runs in RAM.")
+    if sample.note:
+        notes.append(sample.note)
+    return " ".join(notes)
+
+
+def device_views(memory: LoadMemory, sample: MemorySample) -> list[DeviceView]:
+    """Each device's memory, with this model's buffers on it."""
+    buffers = {b.device: b for b in memory.buffers}
+    views = []
+    for device in sample.devices:
+        held = buffers.get(device.name)
+        views.append(
+            DeviceView(
+                name=device.name,
+                description=device.description,
+                total_bytes=device.total_bytes,
+                free_bytes=device.free_bytes,
+                weights_bytes=held.weights_bytes if held else 0,
+                kv_bytes=held.kv_bytes if held else 0,
+                compute_bytes=held.compute_bytes if held else 0,
+            )
+        )
+    return views
+
+
+class MemoryMonitor(QObject):
+    """Connects an EngineClient's memory events to a MemoryPanel."""
+
+    def __init__(self, panel: MemoryPanel, engine: EngineClient) -> None:
+        super().__init__(panel)
+        self.panel = panel
+        self.memory: LoadMemory | None = None
+        self.prompt: PromptEvaluated | None = None
+        self.sample: MemorySample | None = None
+        self.tokens = 0
+        self._n_ctx = 0
+        self._loaded_at = time.monotonic()
+        self._speed_mark: tuple[float, int] | None = None
+        engine.memory_reported.connect(self._on_memory_reported)
+        engine.model_loaded.connect(self._on_model_loaded)
+        engine.prompt_evaluated.connect(self._on_prompt)
+        engine.cache_filled.connect(self._on_cache_filled)
+        engine.memory_sampled.connect(self._on_sample)
+        engine.turn_finished.connect(self._on_turn_finished)
+
+    def _seconds(self) -> float:
+        return time.monotonic() - self._loaded_at
+
+    def kv_view(self) -> KvView | None:
+        if self.memory is None or not self.memory.kv_caches:
+            return None
+        cache = self.memory.kv_caches[0]
+        prompt = self.prompt
+        return KvView(
+            n_ctx=self._n_ctx,
+            tokens=self.tokens,
+            bytes_used=self.memory.kv_bytes_used(self.tokens),
+            bytes_allocated=self.memory.kv_bytes,
+            bytes_per_token=self.memory.kv_bytes_per_token,
+            type_k=cache.type_k,
+            type_v=cache.type_v,
+            device=self.memory.kv_device,
+            system_tokens=prompt.system_tokens if prompt else 0,
+            history_tokens=prompt.history_tokens if prompt else 0,
+            reused_tokens=prompt.reused_tokens if prompt else None,
+            evaluated_tokens=prompt.evaluated_tokens if prompt else None,
+        )
+
+    def _show_kv(self) -> None:
+        view = self.kv_view()
+        if view is not None:
+            self.panel.set_kv(view, self._seconds())
+
+    def _on_memory_reported(self, memory: LoadMemory) -> None:
+        self.memory = memory
+        self.prompt = None
+        self.tokens = 0
+        self._speed_mark = None
+
+    def _on_model_loaded(self, info: object) -> None:
+        self._n_ctx = int(getattr(info, "n_ctx", 0))
+        self._loaded_at = time.monotonic()
+        self.panel.reset()
+        self._show_kv()
+
+    def _on_prompt(self, prompt: PromptEvaluated) -> None:
+        self.prompt = prompt
+        self.tokens = prompt.reused_tokens + prompt.evaluated_tokens
+        self._speed_mark = (time.monotonic(), self.tokens)
+        self._show_kv()
+
+    def _on_cache_filled(self, tokens: int) -> None:
+        self.tokens = tokens
+        self._show_kv()
+        now = time.monotonic()
+        if self._speed_mark is None:
+            self._speed_mark = (now, tokens)
+            return
+        then, tokens_then = self._speed_mark
+        if now - then >= SPEED_POINT_INTERVAL_S:
+            self.panel.add_speed_point(now - self._loaded_at, (tokens - tokens_then) / (now - then))
+            self._speed_mark = (now, tokens)
+
+    def _on_sample(self, sample: MemorySample) -> None:
+        self.sample = sample
+        if self.memory is None:
+            return
+        self.tokens = sample.tokens_in_cache
+        kv_device = next((d for d in sample.devices if d.name == self.memory.kv_device), None)
+        engine_bytes = kv_device.process_bytes if kv_device else None
+        self.panel.set_devices(
+            device_views(self.memory, sample), device_note(sample), self._seconds(), engine_bytes
+        )
+        self._show_kv()
+
+    def _on_turn_finished(self, _request_id: int, _text: str, stats: TurnStats) -> None:
+        if self.memory is None:
+            return
+        if self._speed_mark is not None:
+            self.panel.add_speed_point(self._seconds(), stats.decode_tokens_per_s)
+            self._speed_mark = None
+        kv_device = None
+        if self.sample is not None:
+            kv_device = next(
+                (d for d in self.sample.devices if d.name == self.memory.kv_device), None
+            )
+        self.panel.set_speed(
+            SpeedView(
+                prefill_tokens_per_s=stats.prefill_tokens_per_s,
+                decode_tokens_per_s=stats.decode_tokens_per_s,
+                time_to_first_token_s=stats.time_to_first_token_s,
+                # Each token reads every weight once, and the keys and values
+                # of every token before it.
+                bytes_read_per_token=self.memory.weights_bytes
+                + self.memory.kv_bytes_used(self.tokens),
+                peak_bandwidth_bytes_per_s=kv_device.peak_bandwidth_bytes_per_s
+                if kv_device
+                else None,
+                device_kind=kv_device.kind if kv_device else "cpu",
+            )
+        )

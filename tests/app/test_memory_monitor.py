@@ -1,0 +1,93 @@
+"""The monitor turns engine events into panel views (events replayed, no engine)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pytestqt.qtbot import QtBot
+
+from app.engine_client import EngineClient
+from app.memory_monitor import MemoryMonitor
+from engine.protocol import (
+    DeviceBuffers,
+    DeviceSample,
+    KvCache,
+    LoadMemory,
+    MemorySample,
+    PromptEvaluated,
+    TurnStats,
+)
+from ui.memory_panel import MemoryPanel
+
+MIB = 2**20
+MEMORY = LoadMemory(
+    buffers=(
+        DeviceBuffers("CPU", 100 * MIB, 0, 20 * MIB),
+        DeviceBuffers("CUDA0", 4000 * MIB, 512 * MIB, 300 * MIB),
+    ),
+    kv_caches=(KvCache(4096, 32, 131072, "f16", "f16"),),
+    kv_device="CUDA0",
+)
+GPU = DeviceSample(
+    "CUDA0", "NVIDIA H100", "gpu", 80 * 1024 * MIB, 70 * 1024 * MIB, 5000 * MIB, 3.35e12
+)
+HOST = DeviceSample("CPU", "AMD EPYC", "cpu", 64 * 1024 * MIB, 60 * 1024 * MIB, 900 * MIB)
+
+
+class _Info:
+    n_ctx = 4096
+
+
+def _monitor(qtbot: QtBot, tmp_path: Path) -> tuple[MemoryMonitor, EngineClient, MemoryPanel]:
+    panel = MemoryPanel()
+    qtbot.addWidget(panel)
+    panel.show()
+    engine = EngineClient(tmp_path / "engine.log")  # never started: events are replayed
+    monitor = MemoryMonitor(panel, engine)
+    engine.memory_reported.emit(MEMORY)
+    engine.model_loaded.emit(_Info())
+    return monitor, engine, panel
+
+
+def test_streamed_tokens_move_the_kv_figures(qtbot: QtBot, tmp_path: Path) -> None:
+    monitor, engine, panel = _monitor(qtbot, tmp_path)
+    engine.prompt_evaluated.emit(PromptEvaluated(1, 200, 20, 100, 150, 50))
+    engine.cache_filled.emit(260)
+    panel.refresh()
+    view = monitor.kv_view()
+    assert view is not None
+    assert view.tokens == 260
+    assert view.bytes_used == 260 * 131072
+    assert view.device == "CUDA0"
+    assert panel.kv_panel.fill_label.text() == "<b>260</b> of 4,096 tokens (6%)"
+    assert panel.plot.kv_points[-1][1] == 260 * 131072 / MIB
+
+
+def test_samples_fill_the_device_rows(qtbot: QtBot, tmp_path: Path) -> None:
+    _, engine, panel = _monitor(qtbot, tmp_path)
+    engine.memory_sampled.emit(MemorySample(3.0, (HOST, GPU), 10, True, ""))
+    panel.refresh()
+    _, gpu_row = panel.device_panel.rows()
+    assert "this model 4.7 GiB" in gpu_row.detail.text()
+    assert panel.device_panel.note_label.isHidden()
+    # The plot's engine line follows the KV device's per-process figure (NVML).
+    assert panel.plot.process_points[-1][1] == 5000
+
+
+def test_cpu_only_build_is_said_plainly(qtbot: QtBot, tmp_path: Path) -> None:
+    _, engine, panel = _monitor(qtbot, tmp_path)
+    engine.memory_sampled.emit(MemorySample(1.0, (HOST,), 0, False, ""))
+    panel.refresh()
+    assert panel.device_panel.note_label.text() == "CPU-only build: the model runs in RAM."
+
+
+def test_turn_speed_uses_weights_and_kv_read_per_token(qtbot: QtBot, tmp_path: Path) -> None:
+    _, engine, panel = _monitor(qtbot, tmp_path)
+    engine.memory_sampled.emit(MemorySample(1.0, (HOST, GPU), 1000, True, ""))
+    stats = TurnStats(1100, 20, 800, 900, 200, 100, 0.08, 5000.0, 100.0, "eos")
+    engine.turn_finished.emit(1, "reply", stats)
+    panel.refresh()
+    read = 4100 * MIB + 1000 * 131072
+    text = panel.speed_panel.labels["bandwidth"].text()
+    assert text.startswith(f"{read * 100 / 1e9:.2f} GB/s")
+    assert "of the 3.35 TB/s peak" in text

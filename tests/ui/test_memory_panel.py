@@ -1,0 +1,116 @@
+from pytestqt.qtbot import QtBot
+
+from ui.memory_panel import (
+    DeviceView,
+    KvView,
+    MemoryPanel,
+    SpeedView,
+    format_bytes,
+    format_rate,
+)
+
+MIB = 2**20
+
+
+def _kv(tokens: int, n_ctx: int = 4096) -> KvView:
+    return KvView(
+        n_ctx=n_ctx,
+        tokens=tokens,
+        bytes_used=tokens * 23040,
+        bytes_allocated=n_ctx * 23040,
+        bytes_per_token=23040,
+        type_k="f16",
+        type_v="q8_0",
+        device="CPU",
+        system_tokens=30,
+        history_tokens=100,
+        reused_tokens=120,
+        evaluated_tokens=15,
+    )
+
+
+def test_units() -> None:
+    assert format_bytes(512) == "512 B"
+    assert format_bytes(23040) == "22.5 KiB"
+    assert format_bytes(90 * MIB) == "90.0 MiB"
+    assert format_rate(3.35e12) == "3.35 TB/s"
+
+
+def test_kv_panel_shows_fill_parts_and_cost(qtbot: QtBot) -> None:
+    panel = MemoryPanel()
+    qtbot.addWidget(panel)
+    panel.show()
+    panel.set_kv(_kv(1000), seconds=1.0)
+    panel.refresh()
+    kv = panel.kv_panel
+    assert kv.fill_label.text() == "<b>1,000</b> of 4,096 tokens (24%)"
+    assert [value for value, _label in kv.fill_bar.segments()] == [30, 100, 870]
+    assert kv.bytes_label.text() == "22.0 MiB used of 90.0 MiB allocated · 22.5 KiB per token"
+    assert kv.types_label.text() == "K f16, V q8_0 · on CPU"
+    assert kv.turn_label.text() == "Last prompt: 120 tokens from the cache, 15 evaluated"
+    assert kv.warning_label.isHidden()
+
+
+def test_warning_as_the_context_nears_full(qtbot: QtBot) -> None:
+    panel = MemoryPanel()
+    qtbot.addWidget(panel)
+    panel.show()
+    panel.set_kv(_kv(3900), seconds=1.0)
+    panel.refresh()
+    warning = panel.kv_panel.warning_label
+    assert not warning.isHidden()
+    assert "95% full" in warning.text()
+    assert "the reply stops" in warning.text()
+
+
+def test_device_rows_split_the_memory(qtbot: QtBot) -> None:
+    panel = MemoryPanel()
+    qtbot.addWidget(panel)
+    panel.show()
+    host = DeviceView("CPU", "AMD EPYC", 24 * 1024 * MIB, 20 * 1024 * MIB, 0, 0, 10 * MIB)
+    gpu = DeviceView(
+        "CUDA0",
+        "NVIDIA H100",
+        80 * 1024 * MIB,
+        60 * 1024 * MIB,
+        14 * 1024 * MIB,
+        2 * 1024 * MIB,
+        512 * MIB,
+    )
+    panel.set_devices([host, gpu], "", seconds=2.0, engine_bytes=17 * 1024 * MIB)
+    panel.refresh()
+    rows = panel.device_panel.rows()
+    assert len(rows) == 2
+    assert rows[1].title.text() == "<b>CUDA0</b> VRAM · NVIDIA H100"
+    assert [v for v, _ in rows[1].bar.segments()] == [
+        14 * 1024 * MIB,
+        2 * 1024 * MIB,
+        512 * MIB,
+        3.5 * 1024 * MIB,
+    ]
+    assert "free 60.0 GiB of 80.0 GiB" in rows[1].detail.text()
+    assert panel.device_panel.note_label.isHidden()
+
+
+def test_speed_panel_shows_bandwidth_against_peak(qtbot: QtBot) -> None:
+    panel = MemoryPanel()
+    qtbot.addWidget(panel)
+    panel.show()
+    panel.set_speed(SpeedView(2500.0, 100.0, 0.05, 10**10, 3.35e12, "gpu"))
+    panel.refresh()
+    labels = panel.speed_panel.labels
+    assert labels["decode"].text() == "100.0 tokens/s"
+    assert labels["ttft"].text() == "50 ms"
+    assert labels["bandwidth"].text().startswith("1.00 TB/s (")
+    assert "30% of the 3.35 TB/s peak" in labels["bandwidth"].text()
+
+
+def test_hidden_panel_does_no_work(qtbot: QtBot) -> None:
+    panel = MemoryPanel()
+    qtbot.addWidget(panel)
+    panel.set_kv(_kv(10), seconds=1.0)
+    panel.refresh()  # not shown: nothing is drawn
+    assert panel.kv_panel.fill_label.text() == ""
+    panel.show()
+    panel.refresh()
+    assert "10" in panel.kv_panel.fill_label.text()

@@ -1,0 +1,491 @@
+"""The panels that show where the memory goes: KV cache, devices, speed, and a live plot.
+
+They render plain values handed to them (the views below) and never ask
+the engine for anything. Updates arrive as often as tokens do, so each
+setter only records the new values, and a timer repaints at most ten times
+a second: the cost of the panels does not grow with the decode speed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pyqtgraph as pg
+from PySide6.QtCore import QRectF, QSize, Qt, QTimer
+from PySide6.QtGui import QColor, QPainter, QPaintEvent, QPalette
+from PySide6.QtWidgets import (
+    QFrame,
+    QGridLayout,
+    QGroupBox,
+    QLabel,
+    QScrollArea,
+    QVBoxLayout,
+    QWidget,
+)
+
+REFRESH_MS = 100
+PLOT_POINTS = 600
+
+WEIGHTS = QColor("#3b82f6")
+KV = QColor("#f59e0b")
+COMPUTE = QColor("#8b5cf6")
+OTHER = QColor("#9ca3af")
+SYSTEM = QColor("#10b981")
+EARLIER = QColor("#3b82f6")
+CURRENT = QColor("#f59e0b")
+
+
+def format_bytes(value: float) -> str:
+    """1536 -> "1.5 KiB": binary units, as llama.cpp and the OS report them."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def format_rate(bytes_per_s: float) -> str:
+    """Bandwidth in decimal units, as memory data sheets give it: "3.35 TB/s"."""
+    for unit, scale in (("TB/s", 1e12), ("GB/s", 1e9), ("MB/s", 1e6)):
+        if bytes_per_s >= scale:
+            return f"{bytes_per_s / scale:.2f} {unit}"
+    return f"{bytes_per_s:.0f} B/s"
+
+
+@dataclass(frozen=True)
+class KvView:
+    n_ctx: int
+    tokens: int
+    bytes_used: int
+    bytes_allocated: int
+    bytes_per_token: int
+    type_k: str
+    type_v: str
+    device: str
+    system_tokens: int = 0
+    history_tokens: int = 0
+    reused_tokens: int | None = None
+    evaluated_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class DeviceView:
+    """One device's memory: what this model holds there, what the rest use, what is free."""
+
+    name: str
+    description: str
+    total_bytes: int
+    free_bytes: int
+    weights_bytes: int
+    kv_bytes: int
+    compute_bytes: int
+
+    @property
+    def model_bytes(self) -> int:
+        return self.weights_bytes + self.kv_bytes + self.compute_bytes
+
+    @property
+    def other_bytes(self) -> int:
+        return max(self.total_bytes - self.free_bytes - self.model_bytes, 0)
+
+
+@dataclass(frozen=True)
+class SpeedView:
+    prefill_tokens_per_s: float
+    decode_tokens_per_s: float
+    time_to_first_token_s: float
+    bytes_read_per_token: int
+    peak_bandwidth_bytes_per_s: float | None
+    device_kind: str
+
+
+class SegmentBar(QWidget):
+    """A horizontal bar split into coloured parts of a whole; the rest is empty."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._segments: list[tuple[float, QColor, str]] = []
+        self._total = 1.0
+        self.setMinimumHeight(14)
+
+    def sizeHint(self) -> QSize:
+        return QSize(220, 16)
+
+    def set_segments(self, segments: Sequence[tuple[float, QColor, str]], total: float) -> None:
+        self._segments = list(segments)
+        self._total = max(total, 1.0)
+        self.setToolTip(
+            "\n".join(f"{label}: {value / self._total:.1%}" for value, _c, label in segments)
+        )
+        self.update()
+
+    def segments(self) -> list[tuple[float, str]]:
+        return [(value, label) for value, _color, label in self._segments]
+
+    def paintEvent(self, event: QPaintEvent) -> None:
+        painter = QPainter(self)
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        rect = QRectF(self.rect()).adjusted(0.5, 0.5, -0.5, -0.5)
+        painter.setPen(self.palette().color(QPalette.ColorRole.Mid))
+        painter.setBrush(self.palette().color(QPalette.ColorRole.Base))
+        painter.drawRoundedRect(rect, 3, 3)
+        x = rect.left()
+        painter.setPen(Qt.PenStyle.NoPen)
+        for value, color, _label in self._segments:
+            width = rect.width() * min(value / self._total, 1.0)
+            if width <= 0:
+                continue
+            painter.setBrush(color)
+            painter.drawRect(QRectF(x, rect.top(), min(width, rect.right() - x), rect.height()))
+            x += width
+        painter.end()
+
+
+def _legend(items: Sequence[tuple[QColor, str]]) -> QLabel:
+    parts = [f'<span style="color:{color.name()}">■</span> {text}' for color, text in items]
+    label = QLabel(" &nbsp; ".join(parts))
+    label.setTextFormat(Qt.TextFormat.RichText)
+    label.setWordWrap(True)
+    return label
+
+
+def _value_label() -> QLabel:
+    label = QLabel()
+    label.setWordWrap(True)
+    label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+    return label
+
+
+class KvCachePanel(QGroupBox):
+    """How full the KV cache is, what fills it, and what it costs."""
+
+    WARN_AT = 0.85
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__("KV cache", parent)
+        self.fill_bar = SegmentBar()
+        self.fill_label = _value_label()
+        self.bytes_label = _value_label()
+        self.types_label = _value_label()
+        self.turn_label = _value_label()
+        self.warning_label = _value_label()
+        self.warning_label.setObjectName("contextWarning")
+        self.warning_label.hide()
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.fill_label)
+        layout.addWidget(self.fill_bar)
+        layout.addWidget(
+            _legend(
+                [
+                    (SYSTEM, "system prompt"),
+                    (EARLIER, "earlier turns"),
+                    (CURRENT, "this turn"),
+                ]
+            )
+        )
+        layout.addWidget(self.bytes_label)
+        layout.addWidget(self.types_label)
+        layout.addWidget(self.turn_label)
+        layout.addWidget(self.warning_label)
+
+    def show_kv(self, view: KvView) -> None:
+        fraction = view.tokens / view.n_ctx if view.n_ctx else 0.0
+        self.fill_label.setText(f"<b>{view.tokens:,}</b> of {view.n_ctx:,} tokens ({fraction:.0%})")
+        system = min(view.system_tokens, view.tokens)
+        earlier = min(view.history_tokens, view.tokens - system)
+        current = view.tokens - system - earlier
+        self.fill_bar.set_segments(
+            [
+                (system, SYSTEM, f"system prompt {system:,} tokens"),
+                (earlier, EARLIER, f"earlier turns {earlier:,} tokens"),
+                (current, CURRENT, f"this turn {current:,} tokens"),
+            ],
+            view.n_ctx,
+        )
+        self.bytes_label.setText(
+            f"{format_bytes(view.bytes_used)} used of {format_bytes(view.bytes_allocated)} "
+            f"allocated · {format_bytes(view.bytes_per_token)} per token"
+        )
+        self.types_label.setText(f"K {view.type_k}, V {view.type_v} · on {view.device}")
+        if view.reused_tokens is not None and view.evaluated_tokens is not None:
+            self.turn_label.setText(
+                f"Last prompt: {view.reused_tokens:,} tokens from the cache, "
+                f"{view.evaluated_tokens:,} evaluated"
+            )
+        if fraction >= self.WARN_AT:
+            self.warning_label.setText(
+                f"⚠ The context is {fraction:.0%} full. When it fills, the reply stops "
+                f"(“context full”), and a conversation longer than {view.n_ctx:,} tokens "
+                "cannot be sent: start a new conversation or load with a larger context."
+            )
+            self.warning_label.show()
+        else:
+            self.warning_label.hide()
+
+
+class DeviceRow(QWidget):
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.title = QLabel()
+        self.bar = SegmentBar()
+        self.detail = _value_label()
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 4)
+        layout.addWidget(self.title)
+        layout.addWidget(self.bar)
+        layout.addWidget(self.detail)
+
+    def show_device(self, view: DeviceView, is_host: bool) -> None:
+        kind = "RAM" if is_host else "VRAM"
+        self.title.setText(f"<b>{view.name}</b> {kind} · {view.description}")
+        self.bar.set_segments(
+            [
+                (view.weights_bytes, WEIGHTS, f"weights {format_bytes(view.weights_bytes)}"),
+                (view.kv_bytes, KV, f"KV cache {format_bytes(view.kv_bytes)}"),
+                (view.compute_bytes, COMPUTE, f"compute {format_bytes(view.compute_bytes)}"),
+                (view.other_bytes, OTHER, f"everything else {format_bytes(view.other_bytes)}"),
+            ],
+            view.total_bytes,
+        )
+        self.detail.setText(
+            f"this model {format_bytes(view.model_bytes)}: weights "
+            f"{format_bytes(view.weights_bytes)}, KV {format_bytes(view.kv_bytes)}, compute "
+            f"{format_bytes(view.compute_bytes)} · everything else "
+            f"{format_bytes(view.other_bytes)} · free {format_bytes(view.free_bytes)} of "
+            f"{format_bytes(view.total_bytes)}"
+        )
+
+
+class DeviceMemoryPanel(QGroupBox):
+    """Per device: total, this model's weights/KV/compute, everything else, free."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__("Memory", parent)
+        self.note_label = _value_label()
+        self.note_label.setObjectName("memoryNote")
+        self._rows_layout = QVBoxLayout()
+        self._rows: list[DeviceRow] = []
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.note_label)
+        layout.addLayout(self._rows_layout)
+        layout.addWidget(
+            _legend(
+                [
+                    (WEIGHTS, "weights"),
+                    (KV, "KV cache"),
+                    (COMPUTE, "compute"),
+                    (OTHER, "everything else"),
+                ]
+            )
+        )
+
+    def show_devices(self, devices: Sequence[DeviceView], note: str) -> None:
+        while len(self._rows) < len(devices):
+            row = DeviceRow()
+            self._rows.append(row)
+            self._rows_layout.addWidget(row)
+        for index, row in enumerate(self._rows):
+            row.setVisible(index < len(devices))
+            if index < len(devices):
+                row.show_device(devices[index], is_host=index == 0)
+        self.note_label.setText(note)
+        self.note_label.setVisible(bool(note))
+
+    def rows(self) -> list[DeviceRow]:
+        return [row for row in self._rows if not row.isHidden()]
+
+
+class SpeedPanel(QGroupBox):
+    """The figures that matter instead of a "GPU utilisation %" gauge."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__("Speed (last reply)", parent)
+        self.labels: dict[str, QLabel] = {}
+        grid = QGridLayout(self)
+        rows = [
+            ("prefill", "Prefill"),
+            ("decode", "Decode"),
+            ("ttft", "First token"),
+            ("bandwidth", "Memory read"),
+        ]
+        for row, (key, title) in enumerate(rows):
+            grid.addWidget(QLabel(title), row, 0, Qt.AlignmentFlag.AlignTop)
+            label = _value_label()
+            grid.addWidget(label, row, 1)
+            self.labels[key] = label
+            label.setText("–")
+        grid.setColumnStretch(1, 1)
+
+    def show_speed(self, view: SpeedView) -> None:
+        self.labels["prefill"].setText(f"{view.prefill_tokens_per_s:,.0f} tokens/s")
+        self.labels["decode"].setText(f"{view.decode_tokens_per_s:,.1f} tokens/s")
+        self.labels["ttft"].setText(f"{view.time_to_first_token_s * 1000:,.0f} ms")
+        achieved = view.bytes_read_per_token * view.decode_tokens_per_s
+        text = (
+            f"{format_rate(achieved)} ({format_bytes(view.bytes_read_per_token)} per token × "
+            f"{view.decode_tokens_per_s:,.1f} tokens/s)"
+        )
+        if view.peak_bandwidth_bytes_per_s:
+            text += (
+                f", {achieved / view.peak_bandwidth_bytes_per_s:.0%} of the "
+                f"{format_rate(view.peak_bandwidth_bytes_per_s)} peak"
+            )
+        else:
+            text += f"; the {view.device_kind.upper()}'s peak is not known"
+        self.labels["bandwidth"].setText(text)
+
+
+class LivePlot(QWidget):
+    """Since the model loaded: KV cache bytes, the engine's memory, and tokens/s."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        pg.setConfigOptions(antialias=True)
+        background = self.palette().color(QPalette.ColorRole.Base)
+        foreground = self.palette().color(QPalette.ColorRole.Text)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(2)
+        self.plots: list[pg.PlotWidget] = []
+        curves = []
+        rows = (
+            ("KV cache used, MiB", KV),
+            ("engine memory on the device, MiB", WEIGHTS),
+            ("decode, tokens/s", COMPUTE),
+        )
+        for title, color in rows:
+            plot = pg.PlotWidget(background=background)
+            plot.setFixedHeight(120)
+            plot.setMenuEnabled(False)
+            plot.setMouseEnabled(x=False, y=False)
+            plot.hideButtons()
+            item = plot.getPlotItem()
+            item.setTitle(title, color=foreground.name(), size="9pt")
+            for axis in ("bottom", "left"):
+                item.getAxis(axis).setTextPen(foreground)
+            if self.plots:
+                plot.setXLink(self.plots[0])
+            curves.append(plot.plot(pen=pg.mkPen(color, width=2)))
+            self.plots.append(plot)
+            layout.addWidget(plot)
+        self.plots[-1].getPlotItem().setLabel("bottom", "seconds since load")
+        self.kv_curve, self.process_curve, self.speed_curve = curves
+        self.clear()
+
+    def clear(self) -> None:
+        self.kv_points: list[tuple[float, float]] = []
+        self.process_points: list[tuple[float, float]] = []
+        self.speed_points: list[tuple[float, float]] = []
+
+    def add_kv(self, seconds: float, kv_bytes: int) -> None:
+        self.kv_points.append((seconds, kv_bytes / 2**20))
+        del self.kv_points[:-PLOT_POINTS]
+
+    def add_process(self, seconds: float, process_bytes: int) -> None:
+        self.process_points.append((seconds, process_bytes / 2**20))
+        del self.process_points[:-PLOT_POINTS]
+
+    def add_speed(self, seconds: float, tokens_per_s: float) -> None:
+        self.speed_points.append((seconds, tokens_per_s))
+        del self.speed_points[:-PLOT_POINTS]
+
+    def redraw(self) -> None:
+        for curve, points in (
+            (self.kv_curve, self.kv_points),
+            (self.process_curve, self.process_points),
+            (self.speed_curve, self.speed_points),
+        ):
+            if points:
+                xs, ys = zip(*points, strict=True)
+                curve.setData(list(xs), list(ys))
+            else:
+                curve.setData([], [])
+
+
+class MemoryPanel(QScrollArea):
+    """The KV cache, device memory and speed panels with the live plot, in one column.
+
+    Setters record; a timer repaints at most every REFRESH_MS while visible.
+    """
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("memoryPanel")
+        self.setWidgetResizable(True)
+        self.setFrameShape(QFrame.Shape.NoFrame)
+        self.kv_panel = KvCachePanel()
+        self.device_panel = DeviceMemoryPanel()
+        self.speed_panel = SpeedPanel()
+        self.plot = LivePlot()
+        self.estimate_label = _value_label()
+        self.estimate_label.hide()
+        inner = QWidget()
+        layout = QVBoxLayout(inner)
+        layout.addWidget(self.kv_panel)
+        layout.addWidget(self.device_panel)
+        layout.addWidget(self.estimate_label)
+        layout.addWidget(self.speed_panel)
+        layout.addWidget(self.plot)
+        layout.addStretch(1)
+        self.setWidget(inner)
+        self.setMinimumWidth(340)
+
+        self._kv: KvView | None = None
+        self._devices: tuple[Sequence[DeviceView], str] | None = None
+        self._speed: SpeedView | None = None
+        self._plot_dirty = False
+        self._timer = QTimer(self)
+        self._timer.setInterval(REFRESH_MS)
+        self._timer.timeout.connect(self.refresh)
+        self._timer.start()
+
+    def set_kv(self, view: KvView, seconds: float) -> None:
+        self._kv = view
+        self.plot.add_kv(seconds, view.bytes_used)
+        self._plot_dirty = True
+
+    def set_devices(
+        self,
+        devices: Sequence[DeviceView],
+        note: str,
+        seconds: float,
+        engine_bytes: int | None,
+    ) -> None:
+        self._devices = (devices, note)
+        if engine_bytes is not None:
+            self.plot.add_process(seconds, engine_bytes)
+            self._plot_dirty = True
+
+    def set_speed(self, view: SpeedView) -> None:
+        self._speed = view
+
+    def add_speed_point(self, seconds: float, tokens_per_s: float) -> None:
+        self.plot.add_speed(seconds, tokens_per_s)
+        self._plot_dirty = True
+
+    def set_estimate(self, text: str) -> None:
+        self.estimate_label.setText(text)
+        self.estimate_label.setVisible(bool(text))
+
+    def reset(self) -> None:
+        """A new model: the plot starts again from its load."""
+        self.plot.clear()
+        self._plot_dirty = True
+
+    def refresh(self) -> None:
+        """Repaints what changed since the last refresh (only while shown)."""
+        if not self.isVisible():
+            return
+        if self._kv is not None:
+            self.kv_panel.show_kv(self._kv)
+            self._kv = None
+        if self._devices is not None:
+            self.device_panel.show_devices(*self._devices)
+            self._devices = None
+        if self._speed is not None:
+            self.speed_panel.show_speed(self._speed)
+            self._speed = None
+        if self._plot_dirty:
+            self.plot.redraw()
+            self._plot_dirty = False
