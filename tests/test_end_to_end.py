@@ -235,7 +235,7 @@ def test_memory_panels_follow_a_streamed_reply(
     assert memory is not None
     tokens = monitor.tokens
     assert tokens == stats.prompt_tokens + stats.generated_tokens - (stats.stop_reason == "eos")
-    assert panel.kv_panel.fill_label.text().startswith(f"<b>{tokens:,}</b> of 4,096 tokens")
+    assert panel.kv_panel.fill_label.text().startswith(f"{tokens:,} of 4,096 tokens")
     used = memory.kv_bytes_used(tokens)
     assert used == tokens * memory.kv_bytes_per_token
     assert panel.plot.kv_points[-1][1] == used / 2**20

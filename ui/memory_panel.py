@@ -2,7 +2,7 @@
 
 They render plain values handed to them (the views below) and never ask
 the engine for anything. Updates arrive as often as tokens do, so each
-setter only records the new values, and a timer repaints at most ten times
+setter only records the new values, and a timer repaints at most four times
 a second: the cost of the panels does not grow with the decode speed.
 """
 
@@ -24,7 +24,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-REFRESH_MS = 100
+# Numbers repaint four times a second and the plot once: on a machine whose
+# cores all decode, every repaint takes time from llama.cpp's threads.
+REFRESH_MS = 250
+PLOT_EVERY = 4
 PLOT_POINTS = 600
 
 WEIGHTS = QColor("#3b82f6")
@@ -142,6 +145,47 @@ class SegmentBar(QWidget):
         painter.end()
 
 
+class LiveText(QWidget):
+    """One line of text that changes while tokens stream.
+
+    A QLabel asks its layout to recompute on every new text, which costs a
+    millisecond or more in a panel this size; this only repaints itself. Rich
+    text is not supported: the text is drawn as given, elided to the width.
+    """
+
+    def __init__(self, bold: bool = False, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._text = ""
+        if bold:
+            font = self.font()
+            font.setBold(True)
+            self.setFont(font)
+        self.setFixedHeight(self.fontMetrics().height() + 2)
+
+    def text(self) -> str:
+        return self._text
+
+    def setText(self, text: str) -> None:
+        if text != self._text:
+            self._text = text
+            self.setToolTip(text)
+            self.update()
+
+    def sizeHint(self) -> QSize:
+        return QSize(self.fontMetrics().horizontalAdvance(self._text), self.height())
+
+    def paintEvent(self, event: QPaintEvent) -> None:
+        painter = QPainter(self)
+        painter.setPen(self.palette().color(QPalette.ColorRole.WindowText))
+        elided = self.fontMetrics().elidedText(
+            self._text, Qt.TextElideMode.ElideRight, self.width()
+        )
+        painter.drawText(
+            self.rect(), Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter, elided
+        )
+        painter.end()
+
+
 def _legend(items: Sequence[tuple[QColor, str]]) -> QLabel:
     parts = [f'<span style="color:{color.name()}">■</span> {text}' for color, text in items]
     label = QLabel(" &nbsp; ".join(parts))
@@ -165,8 +209,8 @@ class KvCachePanel(QGroupBox):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__("KV cache", parent)
         self.fill_bar = SegmentBar()
-        self.fill_label = _value_label()
-        self.bytes_label = _value_label()
+        self.fill_label = LiveText(bold=True)
+        self.bytes_label = LiveText()
         self.types_label = _value_label()
         self.turn_label = _value_label()
         self.warning_label = _value_label()
@@ -208,11 +252,14 @@ class KvCachePanel(QGroupBox):
             f"allocated · {format_bytes(view.bytes_per_token)} per token"
         )
         self.types_label.setText(f"K {view.type_k}, V {view.type_v} · on {view.device}")
+        self._show_warning(view, fraction)
         if view.reused_tokens is not None and view.evaluated_tokens is not None:
             self.turn_label.setText(
                 f"Last prompt: {view.reused_tokens:,} tokens from the cache, "
                 f"{view.evaluated_tokens:,} evaluated"
             )
+
+    def _show_warning(self, view: KvView, fraction: float) -> None:
         if fraction >= self.WARN_AT:
             self.warning_label.setText(
                 f"⚠ The context is {fraction:.0%} full. When it fills, the reply stops "
@@ -341,7 +388,6 @@ class LivePlot(QWidget):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        pg.setConfigOptions(antialias=True)
         background = self.palette().color(QPalette.ColorRole.Base)
         foreground = self.palette().color(QPalette.ColorRole.Text)
         layout = QVBoxLayout(self)
@@ -435,6 +481,7 @@ class MemoryPanel(QScrollArea):
         self._devices: tuple[Sequence[DeviceView], str] | None = None
         self._speed: SpeedView | None = None
         self._plot_dirty = False
+        self._refreshes = 0
         self._timer = QTimer(self)
         self._timer.setInterval(REFRESH_MS)
         self._timer.timeout.connect(self.refresh)
@@ -486,6 +533,7 @@ class MemoryPanel(QScrollArea):
         if self._speed is not None:
             self.speed_panel.show_speed(self._speed)
             self._speed = None
-        if self._plot_dirty:
+        self._refreshes += 1
+        if self._plot_dirty and self._refreshes % PLOT_EVERY == 0:
             self.plot.redraw()
             self._plot_dirty = False

@@ -59,7 +59,7 @@ def test_streamed_tokens_move_the_kv_figures(qtbot: QtBot, tmp_path: Path) -> No
     assert view.tokens == 260
     assert view.bytes_used == 260 * 131072
     assert view.device == "CUDA0"
-    assert panel.kv_panel.fill_label.text() == "<b>260</b> of 4,096 tokens (6%)"
+    assert panel.kv_panel.fill_label.text() == "260 of 4,096 tokens (6%)"
     assert panel.plot.kv_points[-1][1] == 260 * 131072 / MIB
 
 

@@ -43,7 +43,7 @@ def test_kv_panel_shows_fill_parts_and_cost(qtbot: QtBot) -> None:
     panel.set_kv(_kv(1000), seconds=1.0)
     panel.refresh()
     kv = panel.kv_panel
-    assert kv.fill_label.text() == "<b>1,000</b> of 4,096 tokens (24%)"
+    assert kv.fill_label.text() == "1,000 of 4,096 tokens (24%)"
     assert [value for value, _label in kv.fill_bar.segments()] == [30, 100, 870]
     assert kv.bytes_label.text() == "22.0 MiB used of 90.0 MiB allocated · 22.5 KiB per token"
     assert kv.types_label.text() == "K f16, V q8_0 · on CPU"
