@@ -235,7 +235,7 @@ class KvCachePanel(QGroupBox):
 
     def show_kv(self, view: KvView) -> None:
         fraction = view.tokens / view.n_ctx if view.n_ctx else 0.0
-        self.fill_label.setText(f"<b>{view.tokens:,}</b> of {view.n_ctx:,} tokens ({fraction:.0%})")
+        self.fill_label.setText(f"{view.tokens:,} of {view.n_ctx:,} tokens ({fraction:.0%})")
         system = min(view.system_tokens, view.tokens)
         earlier = min(view.history_tokens, view.tokens - system)
         current = view.tokens - system - earlier
