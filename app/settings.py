@@ -1,15 +1,18 @@
-"""The engine settings a person can choose, with their bounds.
+"""The settings a person can choose, with their bounds.
 
-One typed pydantic model: every field has bounds and a description, so bad
+One typed pydantic tree: every field has bounds and a description, so bad
 values are refused with a message that names the field. `None` means "the
-engine's default for people" (see `engine.protocol.LoadConfig`).
+engine's default for people" (see `engine.protocol.LoadConfig`). The tree is
+kept in settings.json in the data dir (app.settings_file).
 """
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from engine.protocol import LoadConfig, Sampling
+from engine.protocol import FlashAttention, KvType, LoadConfig, Sampling
+
+SCHEMA_VERSION = 1
 
 
 class EngineSettings(BaseModel):
@@ -31,6 +34,13 @@ class EngineSettings(BaseModel):
         description="Layers offloaded to the GPU; default: all, when the build supports it.",
     )
     n_batch: int = Field(default=512, ge=32, le=8192, description="Prompt tokens per batch.")
+    flash_attention: FlashAttention = Field(
+        default="auto", description="Flash attention: auto lets llama.cpp decide."
+    )
+    type_k: KvType = Field(default="f16", description="Type of the cached keys.")
+    type_v: KvType = Field(
+        default="f16", description="Type of the cached values (quantized needs flash attention)."
+    )
     temperature: float = Field(default=0.7, ge=0.0, le=5.0, description="0 samples greedily.")
     top_k: int = Field(default=40, ge=0, le=1000, description="Keep the k likeliest tokens.")
     top_p: float = Field(default=0.95, gt=0.0, le=1.0, description="Nucleus sampling mass.")
@@ -51,6 +61,9 @@ class EngineSettings(BaseModel):
             n_threads=self.n_threads,
             n_gpu_layers=self.n_gpu_layers,
             n_batch=self.n_batch,
+            flash_attention=self.flash_attention,
+            type_k=self.type_k,
+            type_v=self.type_v,
         )
 
     def sampling(self) -> Sampling:
@@ -63,3 +76,25 @@ class EngineSettings(BaseModel):
             max_tokens=self.max_tokens,
             seed=self.seed,
         )
+
+
+class Settings(BaseModel):
+    """Everything kvchat remembers between runs."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: int = Field(
+        default=SCHEMA_VERSION,
+        ge=1,
+        le=SCHEMA_VERSION,
+        description="Version of this file's layout; a newer one is read for what it shares.",
+    )
+    model_path: str | None = Field(
+        default=None, description="The model loaded last; None means the bundled one."
+    )
+    model_folders: tuple[str, ...] = Field(
+        default=(), description="Folders searched for GGUF files besides the usual places."
+    )
+    engine: EngineSettings = Field(
+        default_factory=EngineSettings, description="How models load and sample."
+    )

@@ -1,0 +1,129 @@
+"""settings.json: read forgivingly, written atomically and only when changed.
+
+A settings file that is empty, cut short, not JSON, or holds values of the
+wrong type or out of range never stops kvchat: the good fields are kept,
+the bad ones take their defaults, the bad file is kept beside the new one
+for the person to look at, and they are told once (the cleaned file is
+written at once, so the next start has nothing to say).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from app.settings import EngineSettings, Settings
+
+SETTINGS_FILE = "settings.json"
+
+
+@dataclass(frozen=True)
+class LoadedSettings:
+    settings: Settings
+    # What was wrong with the file, in words; empty when it was fine or absent.
+    notice: str
+
+
+def settings_path(data_dir: Path) -> Path:
+    return data_dir / SETTINGS_FILE
+
+
+def _describe(field: str, error: dict[str, Any]) -> str:
+    value = error.get("input")
+    shown = json.dumps(value) if isinstance(value, str | int | float | bool) else "its value"
+    return f"{field} ({shown}: {error['msg'].lower()})"
+
+
+def _salvage(model: type[BaseModel], data: dict[str, Any], prefix: str) -> tuple[Any, list[str]]:
+    """The model built from `data`, dropping each field that fails, and what was dropped."""
+    problems: list[str] = []
+    clean = dict(data)
+    for _ in range(len(data) + 1):
+        try:
+            return model.model_validate(clean), problems
+        except ValidationError as exc:
+            for error in exc.errors():
+                key = str(error["loc"][0]) if error["loc"] else ""
+                if key in clean:
+                    problems.append(_describe(prefix + key, dict(error)))
+                    del clean[key]
+    return model(), problems
+
+
+def read_settings(path: Path) -> LoadedSettings:
+    """The settings in `path`, defaults where it is missing or wrong; never raises.
+
+    A damaged file is renamed to settings.json.bad-<time> and replaced with
+    the cleaned settings.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return LoadedSettings(Settings(), "")
+    except (OSError, UnicodeDecodeError) as exc:
+        return _replace_bad(path, f"it could not be read ({exc})", Settings())
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        reason = "it is empty" if not text.strip() else "it is not valid JSON"
+        return _replace_bad(path, reason, Settings())
+    if not isinstance(data, dict):
+        return _replace_bad(path, "it does not hold settings", Settings())
+
+    engine_data = data.pop("engine", {})
+    problems: list[str] = []
+    if not isinstance(engine_data, dict):
+        problems.append("engine (not a group of settings)")
+        engine_data = {}
+    engine, engine_problems = _salvage(EngineSettings, engine_data, "engine.")
+    problems += engine_problems
+    top, top_problems = _salvage(Settings, {**data, "engine": engine}, "")
+    problems += top_problems
+    if not problems:
+        return LoadedSettings(top, "")
+    return _replace_bad(path, "some values were wrong: " + "; ".join(problems), top)
+
+
+def _replace_bad(path: Path, reason: str, settings: Settings) -> LoadedSettings:
+    backup = path.with_name(f"{path.name}.bad-{time.strftime('%Y%m%d-%H%M%S')}")
+    notice = f"Your settings file {path} could not be used fully: {reason}. "
+    try:
+        os.replace(path, backup)
+        write_settings(path, settings)
+        notice += f"Defaults stand in for what was wrong; the old file is kept as {backup.name}."
+    except OSError as exc:
+        notice += f"Defaults stand in for what was wrong; the file could not be replaced ({exc})."
+    return LoadedSettings(settings, notice)
+
+
+def write_settings(path: Path, settings: Settings) -> bool:
+    """Writes the settings if they differ from the file; returns whether it wrote.
+
+    The new file is written beside the old and renamed over it, so a crash
+    or a full disk leaves either the old file or the new one, never half.
+    """
+    text = settings.model_dump_json(indent=2) + "\n"
+    try:
+        if path.read_text(encoding="utf-8") == text:
+            return False
+    except (OSError, UnicodeDecodeError):
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return True
