@@ -46,11 +46,13 @@ class Controller(QObject):
         self._loading_path: str | None = None
         self._request_id: int | None = None
         self._restarts = 0
+        # What to load again if a switch to another model fails.
+        self._fallback: tuple[str, EngineSettings] | None = None
         self.memory_monitor = MemoryMonitor(window.memory_panel, engine)
 
         window.message_submitted.connect(self.send)
         window.stop_requested.connect(self.stop)
-        window.model_file_chosen.connect(self.load_model)
+        window.model_file_chosen.connect(self.switch_model)
         window.closing.connect(self.shutdown)
         engine.load_progress.connect(window.set_loading_progress)
         engine.model_loaded.connect(self._on_model_loaded)
@@ -83,6 +85,25 @@ class Controller(QObject):
         self.window.show_loading(Path(path).name)
         self.engine.load(self.settings.load_config(path))
 
+    def switch_model(self, path: str, settings: EngineSettings | None = None) -> None:
+        """Loads another model, or the same with other settings, in a fresh engine.
+
+        A reply in flight is stopped and kept as far as it got; the
+        conversation carries over. If the new model fails to load, the
+        previous one comes back.
+        """
+        if self.busy:
+            self._finish_reply(self.window.chat_view.reply_text(), "stopped: switching models")
+        if self.model is not None:
+            self._fallback = (self.model.path, self.settings)
+        if settings is not None:
+            self.settings = settings
+        self.model = None
+        self.window.clear_error()
+        self._loading_path = path
+        self.window.show_loading(Path(path).name)
+        self.engine.switch(self.settings.load_config(path))
+
     def send(self, text: str) -> None:
         """Sends the person's message with the whole conversation before it."""
         if self.model is None or self.busy or not text.strip():
@@ -110,6 +131,7 @@ class Controller(QObject):
     def _on_model_loaded(self, info: ModelInfo) -> None:
         self.model = info
         self._loading_path = None
+        self._fallback = None
         self._restarts = 0
         self._show_model(info)
         self.window.chat_view.add_notice(f"Loaded {describe_model(info)}")
@@ -117,11 +139,20 @@ class Controller(QObject):
     def _on_load_failed(self, failure: LoadFailed) -> None:
         self._loading_path = None
         self.model = failure.loaded
+        message = f"Could not load {Path(failure.model_path).name}: {failure.message}"
+        if self.model is None and self._fallback is not None:
+            path, self.settings = self._fallback
+            self._fallback = None
+            self._loading_path = path
+            self.window.show_loading(Path(path).name)
+            self.engine.load(self.settings.load_config(path))
+            self.window.show_error(f"{message}. Loading {Path(path).name} again.")
+            return
         if self.model is None:
             self.window.show_no_model()
         else:
             self._show_model(self.model)
-        self.window.show_error(f"Could not load {Path(failure.model_path).name}: {failure.message}")
+        self.window.show_error(message)
 
     def _show_model(self, info: ModelInfo) -> None:
         self.window.show_model(info.name, describe_model(info), f"context {info.n_ctx} tokens")

@@ -130,6 +130,17 @@ class EngineClient(QObject):
         self._host.send(Cancel())
         self._host.send(LoadModel(config))
 
+    def switch(self, config: LoadConfig) -> None:
+        """Loads a model in a fresh host process.
+
+        The old process ends first, so everything the old model held, the
+        GPU runtime's own context included, goes back to the system before
+        the new model asks for memory.
+        """
+        self.shutdown()
+        self.start()
+        self.load(config)
+
     def chat(self, messages: Sequence[ChatMessage], sampling: Sampling) -> int:
         """Asks for a reply; returns the request id its events will carry."""
         request_id = next(self._request_ids)
@@ -162,6 +173,8 @@ class EngineClient(QObject):
             self._host = None
 
     def _dispatch(self, event: Event) -> None:
+        if self.sender() is not self._reader:
+            return  # queued before its host was replaced: that host is gone
         if isinstance(event, TextDelta):
             self.text_received.emit(event.request_id, event.text)
             self.cache_filled.emit(event.tokens_in_cache)

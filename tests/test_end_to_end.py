@@ -246,3 +246,47 @@ def test_memory_panels_follow_a_streamed_reply(
     (host_row,) = panel.device_panel.rows()
     assert host_row.title.text().startswith("<b>CPU</b> RAM")
     assert panel.device_panel.note_label.text().startswith("CPU-only build")
+
+
+def test_switching_to_a_broken_model_brings_the_previous_back(
+    qtbot: QtBot, app_window: tuple[MainWindow, Controller], tmp_path: Path
+) -> None:
+    window, controller = app_window
+    info = _wait_loaded(qtbot, controller)
+    with qtbot.waitSignal(controller.reply_finished, timeout=WAIT_MS):
+        _type_and_send(qtbot, window, "Say one word.")
+    shown = window.chat_view.toPlainText()
+    with qtbot.waitSignal(controller.engine.model_loaded, timeout=WAIT_MS) as back:
+        window.model_file_chosen.emit(_zip(tmp_path))
+    assert back.args[0].path == info.path
+    assert window.banner.text() == (
+        "Could not load model.gguf: not a GGUF file: it starts with PK, a zip archive?. "
+        f"Loading {Path(info.path).name} again."
+    )
+    assert window.model_label.text() == info.name
+    assert window.chat_view.toPlainText().startswith(shown)  # nothing on screen is lost
+    assert [m.role for m in controller.conversation] == ["user", "assistant"]
+
+
+def test_twenty_switches_leave_no_process_and_no_growth(
+    qtbot: QtBot, app_window: tuple[MainWindow, Controller], model_path: Path
+) -> None:
+    import psutil
+
+    window, controller = app_window
+    _wait_loaded(qtbot, controller)
+    gui = psutil.Process()
+    hosts: set[int] = set()
+    rss_after: list[int] = []
+    for index in range(20):
+        settings = controller.settings.model_copy(update={"n_ctx": 2048 if index % 2 else 1024})
+        with qtbot.waitSignal(controller.engine.model_loaded, timeout=WAIT_MS) as loaded:
+            controller.switch_model(str(model_path), settings)
+        assert loaded.args[0].n_ctx == settings.n_ctx
+        children = [c for c in gui.children() if "spawn_main" in " ".join(c.cmdline())]
+        assert len(children) == 1  # the old engine is gone before the new one loads
+        hosts.add(children[0].pid)
+        rss_after.append(gui.memory_info().rss)
+    assert len(hosts) == 20
+    # The GUI process does not grow with switches (a little slack for Qt's caches).
+    assert rss_after[-1] <= rss_after[4] * 1.05
