@@ -68,7 +68,9 @@ def _bytes(mib: str) -> int:
 def parse_buffer_report(lines: Iterable[str]) -> BufferReport:
     """Reads the buffer lines of one load and context creation.
 
-    A buffer reported twice (the scheduler reserves compute buffers more than
+    KV lines add up: a model with sliding-window layers allocates one cache
+    for them and one for the rest, often on the same device. Any other
+    buffer reported twice (the scheduler reserves compute buffers more than
     once while it settles) counts at its last report.
     """
     report = BufferReport()
@@ -77,7 +79,11 @@ def parse_buffer_report(lines: Iterable[str]) -> BufferReport:
         match = _BUFFER_LINE.match(text)
         if match:
             kind = _KINDS[match["kind"]]
-            report.buffers.setdefault(kind, {})[match["buffer"]] = _bytes(match["mib"])
+            sizes = report.buffers.setdefault(kind, {})
+            size = _bytes(match["mib"])
+            if kind == "kv":
+                size += sizes.get(match["buffer"], 0)
+            sizes[match["buffer"]] = size
             continue
         summary = _KV_SUMMARY.match(text)
         if summary:

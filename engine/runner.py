@@ -18,20 +18,18 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import get_args
 
 import llama_cpp
 import psutil
-from gguf import GGMLQuantizationType
 
 from engine.accounting import load_memory
 from engine.buffer_report import parse_buffer_report
 from engine.chat_template import ChatTemplate, TemplateError
 from engine.devices import probe_devices
 from engine.gguf_file import GgufInfo
+from engine.load_params import LoadParams, resolve_load_params
 from engine.protocol import (
     ChatMessage,
-    KvType,
     LoadConfig,
     ModelInfo,
     PromptEvaluated,
@@ -41,18 +39,7 @@ from engine.protocol import (
 )
 from engine.text_stream import Utf8Stream
 
-DEFAULT_CONTEXT = 4096
-ALL_LAYERS = 999
 PENALTY_LAST_N = 64
-
-# ggml type codes for the K/V cache types a person can choose (gguf mirrors ggml's enum).
-KV_TYPES = {name: int(GGMLQuantizationType[name.upper()]) for name in get_args(KvType)}
-
-_FLASH_ATTENTION = {
-    "auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
-    "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
-    "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
-}
 
 
 class Error(Exception):
@@ -162,8 +149,9 @@ class ModelRunner:
 
         offload = gpu_offload_supported()
         model_params = llama_cpp.llama_model_default_params()
-        requested_layers = ALL_LAYERS if config.n_gpu_layers is None else config.n_gpu_layers
-        model_params.n_gpu_layers = requested_layers if offload else 0
+        # The same numbers the memory estimate's dry run passes (engine.load_params).
+        params = resolve_load_params(config, gguf.context_length, offload)
+        model_params.n_gpu_layers = params.n_gpu_layers
         self._aborted = False
 
         def progress(fraction: float, _user_data: ctypes.c_void_p) -> bool:
@@ -175,7 +163,7 @@ class ModelRunner:
         self._progress_callback = llama_cpp.llama_progress_callback(progress)
         model_params.progress_callback = self._progress_callback
         with log.capture() as report_lines:
-            self._load(config, model_params, gguf, log)
+            self._load(config, params, model_params, gguf, log)
         devices, self.device_note = probe_devices()
         self.devices = devices
         self.memory = load_memory(
@@ -190,7 +178,7 @@ class ModelRunner:
             n_ctx=self.n_ctx,
             n_ctx_train=self.n_ctx_train,
             n_threads=self.n_threads,
-            n_gpu_layers=min(requested_layers, self.n_layers + 1) if offload else 0,
+            n_gpu_layers=min(params.n_gpu_layers, self.n_layers + 1),
             n_layers=self.n_layers,
             gpu_offload_supported=offload,
             chat_template_source=self._template.source,
@@ -200,6 +188,7 @@ class ModelRunner:
     def _load(
         self,
         config: LoadConfig,
+        params: LoadParams,
         model_params: llama_cpp.llama_model_params,
         gguf: GgufInfo,
         log: LlamaLog,
@@ -215,24 +204,19 @@ class ModelRunner:
         self.n_ctx_train = int(llama_cpp.llama_model_n_ctx_train(model))
         self.n_layers = int(llama_cpp.llama_model_n_layer(model))
 
-        n_ctx = config.n_ctx or min(DEFAULT_CONTEXT, self.n_ctx_train or DEFAULT_CONTEXT)
         self.n_threads = config.n_threads or physical_cores()
-        self.n_batch = config.n_batch
+        self.n_batch = params.n_batch
         context_params = llama_cpp.llama_context_default_params()
-        context_params.n_ctx = n_ctx
-        context_params.n_batch = config.n_batch
-        context_params.n_ubatch = config.n_batch
+        for name, value in params.context_fields().items():
+            setattr(context_params, name, value)
         context_params.n_threads = self.n_threads
         context_params.n_threads_batch = self.n_threads
-        context_params.flash_attn_type = _FLASH_ATTENTION[config.flash_attention]
-        context_params.type_k = KV_TYPES[config.type_k]
-        context_params.type_v = KV_TYPES[config.type_v]
         context_params.no_perf = True
         ctx = llama_cpp.llama_init_from_model(model, context_params)
         if not ctx:
             llama_cpp.llama_model_free(model)
             raise LoadError(
-                f"llama.cpp could not create a context of {n_ctx} tokens for "
+                f"llama.cpp could not create a context of {params.n_ctx} tokens for "
                 f"{self.path.name}: {log.last_errors()}"
             )
         self._ctx = ctx

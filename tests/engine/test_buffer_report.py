@@ -48,6 +48,8 @@ def test_sliding_window_caches_are_two() -> None:
         "K (q8_0):    1.65 MiB, V (q8_0):    1.65 MiB",
     ]
     report = parse_buffer_report(lines)
+    # Both caches live in the CPU's memory: its KV buffers add up.
+    assert report.by_buffer("kv") == {"CPU": 26 * MIB + round(3.30 * MIB)}
     assert [(c.cells, c.layers, c.type_k) for c in report.kv_caches] == [
         (4096, 4, "q8_0"),
         (1024, 2, "q8_0"),

@@ -1,0 +1,198 @@
+"""`kvchat estimate MODEL`: what a load would take, per device, before loading it.
+
+For people who plan before they open the window: a table of weights, KV
+cache and compute buffers per device against the free memory, and how far
+the settings could go (the most GPU layers at this context, the largest
+context with every layer offloaded). With `--json`, one object for scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import get_args
+
+from pydantic import ValidationError
+
+from app.main import _explain
+from app.settings import EngineSettings
+from engine.estimate import CannotEstimateError, DryRunError, Estimate, estimate, kv_type_name
+from engine.gguf_file import ModelFileError
+from engine.models import bundled_model_path, missing_model_message
+from engine.protocol import FlashAttention, KvType
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"kvchat: {message}", file=sys.stderr)
+    return code
+
+
+def format_bytes(value: float) -> str:
+    """1536 -> "1.5 KiB": binary units, as llama.cpp and the OS report them."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+def script_json(result: Estimate, with_fit: bool = False) -> dict[str, object]:
+    """The object `--json` prints: the load's parameters, per-device figures, and the verdict.
+
+    `load_params` are the keyword arguments `llama_cpp.Llama` would take for
+    the same load (flash attention as llama.cpp resolved it).
+    """
+    projection = result.projection
+    params = projection.load_params
+    data: dict[str, object] = {
+        "load_params": {
+            "n_ctx": params.n_ctx,
+            "n_batch": params.n_batch,
+            "n_ubatch": params.n_ubatch,
+            "n_gpu_layers": params.n_gpu_layers,
+            "type_k": params.type_k,
+            "type_v": params.type_v,
+            "flash_attn": projection.flash_attn,
+            "swa_full": params.swa_full,
+            "offload_kqv": params.offload_kqv,
+        },
+        "kv_bytes_per_token": projection.kv_bytes_per_token,
+        "devices": [
+            {
+                "name": device.name,
+                "weights_bytes": device.weights_bytes,
+                "kv_bytes": device.kv_bytes,
+                "compute_bytes": device.compute_bytes,
+                "total_bytes": device.total_bytes,
+                "free_bytes": device.free_bytes,
+            }
+            for device in projection.devices
+        ],
+        "fits": projection.fits,
+    }
+    if with_fit and result.fit is not None:
+        data["fit"] = {
+            "max_gpu_layers": result.fit.max_gpu_layers,
+            "max_context": result.fit.max_context,
+        }
+    return data
+
+
+def format_table(result: Estimate) -> str:
+    """The projection as people read it: one row per device, then the fit answers."""
+    projection = result.projection
+    params = projection.load_params
+    fit = result.fit
+    layers = f"{min(params.n_gpu_layers, result.n_layers)} of {result.n_layers}"
+    kv_types = f"{kv_type_name(params.type_k)}/{kv_type_name(params.type_v)}"
+    lines = [
+        f"{Path(result.model_path).stem} · context {projection.n_ctx} · K/V {kv_types} · "
+        f"flash attention {'on' if projection.flash_attn else 'off'} · "
+        f"batch {params.n_batch} · {layers} layers on the GPU",
+        "",
+    ]
+    header = ("device", "weights", "KV cache", "compute", "total", "free", "fits")
+    rows = [header] + [
+        (
+            device.name,
+            format_bytes(device.weights_bytes),
+            format_bytes(device.kv_bytes),
+            format_bytes(device.compute_bytes),
+            format_bytes(device.total_bytes),
+            format_bytes(device.free_bytes),
+            "yes" if device.fits else "no",
+        )
+        for device in projection.devices
+    ]
+    widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
+    for row in rows:
+        cells = [row[0].ljust(widths[0])]
+        cells += [cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True)]
+        lines.append("  ".join(cells).rstrip())
+    lines.append("")
+    lines.append(f"KV cache: {format_bytes(projection.kv_bytes_per_token)} per token")
+    if fit is not None:
+        if fit.max_gpu_layers is None:
+            gpu_answer = "none (no GPU)"
+        else:
+            gpu_answer = f"{fit.max_gpu_layers} of {result.n_layers}"
+        lines.append(f"Most GPU layers that fit at {projection.n_ctx} tokens: {gpu_answer}")
+        if fit.max_context is None:
+            context_answer = "none: not even 512 tokens fit"
+        elif fit.max_context == result.n_ctx_train:
+            context_answer = f"{fit.max_context} tokens (the trained context)"
+        else:
+            context_answer = f"{fit.max_context} tokens"
+        lines.append(f"Largest context with every layer offloaded: {context_answer}")
+    verdict = "fits" if projection.fits else "does NOT fit"
+    lines.append(f"This load {verdict} (each device keeps 512 MiB or 5% of its free memory spare).")
+    lines.extend(f"note: {note}" for note in result.notes)
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kvchat estimate",
+        description="Project the memory a model takes per device before loading it: "
+        "weights, KV cache and compute buffers against the free memory.",
+    )
+    parser.add_argument("model", nargs="?", metavar="MODEL", help="a GGUF file (default: bundled)")
+    parser.add_argument("--ctx", type=int, metavar="N", help="context size in tokens")
+    parser.add_argument("--gpu-layers", type=int, metavar="N", help="layers to offload")
+    parser.add_argument(
+        "--kv-type", choices=get_args(KvType), default="f16", help="K and V cache type"
+    )
+    parser.add_argument(
+        "--flash-attention",
+        choices=get_args(FlashAttention),
+        default="auto",
+        help="quantized V types need it on (auto: llama.cpp decides)",
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON object for scripts")
+    parser.add_argument(
+        "--fit", action="store_true", help="with --json: add the most layers and context that fit"
+    )
+    return parser
+
+
+def main(argv: Sequence[str]) -> int:
+    args = build_parser().parse_args(argv)
+    chosen = {
+        "n_ctx": args.ctx,
+        "n_gpu_layers": args.gpu_layers,
+        "type_k": args.kv_type,
+        "type_v": args.kv_type,
+        "flash_attention": args.flash_attention,
+    }
+    try:
+        settings = EngineSettings(**{k: v for k, v in chosen.items() if v is not None})
+    except ValidationError as exc:
+        return _fail(_explain(exc), EXIT_BAD_INPUT)
+    model = args.model
+    if model is None:
+        bundled = bundled_model_path()
+        if bundled is None:
+            return _fail(missing_model_message(), EXIT_BAD_INPUT)
+        model = str(bundled)
+    config = settings.load_config(model)
+    try:
+        result = estimate(config, fit=not args.json or args.fit)
+    except ModelFileError as exc:
+        return _fail(f"could not estimate {Path(model).name}: {exc}", EXIT_BAD_INPUT)
+    except CannotEstimateError as exc:
+        return _fail(f"{Path(model).name}: {exc}", EXIT_BAD_INPUT)
+    except DryRunError as exc:
+        return _fail(str(exc), EXIT_FAILED)
+    if args.json:
+        print(json.dumps(script_json(result, with_fit=args.fit)))
+        for note in result.notes:
+            print(f"kvchat: note: {note}", file=sys.stderr)
+    else:
+        print(format_table(result))
+    return 0

@@ -1,0 +1,269 @@
+"""Small generated GGUF models that llama.cpp really loads, for tests.
+
+Each model is a few megabytes of zero weights with a real architecture's
+metadata and tensor layout and a small SentencePiece-style vocabulary, so
+llama.cpp loads it, creates a context, and logs the buffers it allocates as
+it would for a trained model of that shape. Files are written at test time
+into a directory the caller chooses (a pytest temporary directory), never
+committed.
+
+The specs cover the cases the memory estimate must get right:
+
+- `llama-gqa`: grouped-query attention (fewer K/V heads than query heads),
+  with head size 64 so that quantized K/V types take llama.cpp's usual path.
+- `gemma2-swa` and `gemma3-swa`: sliding-window attention; llama.cpp keeps
+  a separate cache for the windowed layers.
+- `large-vocab`: a 152k-token vocabulary with a narrow hidden size, so the
+  logits of one micro-batch dominate the compute buffer.
+- `llama-q4_0`: Q4_0 matrices and tied embeddings; on a CPU with AVX2 (or
+  Arm's dot-product extensions) llama.cpp repacks them into a buffer of its
+  own and loads the embeddings a second time as the output matrix.
+
+`tests/engine/test_estimate.py` holds the checks that each of them loads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter, TokenType
+
+# SentencePiece's token kinds as llama.cpp reads them.
+_BYTE_TOKENS = [f"<0x{value:02X}>" for value in range(256)]
+_SPECIAL_TOKENS = ["<unk>", "<s>", "</s>"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The shape of a generated model. Weights are zero; only sizes matter."""
+
+    name: str
+    architecture: str
+    n_layer: int
+    n_embd: int
+    n_head: int
+    n_head_kv: int
+    n_ff: int
+    n_vocab: int
+    context_length: int = 8192
+    sliding_window: int | None = None
+    matrix_type: GGMLQuantizationType = GGMLQuantizationType.F16
+    embedding_type: GGMLQuantizationType = GGMLQuantizationType.F16
+    # A separate output projection; without one, llama.cpp reuses token_embd.
+    separate_output: bool = True
+    # Metadata keys to leave out, for tests of files that lack them.
+    omit_keys: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    def without(self, *keys: str) -> ModelSpec:
+        """The same model with some metadata keys missing (`{arch}` expands)."""
+        expanded = {key.format(arch=self.architecture) for key in keys}
+        suffix = "-".join(sorted(k.split(".")[-1] for k in expanded))
+        return replace(self, name=f"{self.name}-no-{suffix}", omit_keys=self.omit_keys | expanded)
+
+
+LLAMA_GQA = ModelSpec(
+    name="llama-gqa",
+    architecture="llama",
+    n_layer=4,
+    n_embd=256,
+    n_head=4,
+    n_head_kv=2,
+    n_ff=512,
+    n_vocab=512,
+)
+GEMMA2_SWA = ModelSpec(
+    name="gemma2-swa",
+    architecture="gemma2",
+    n_layer=4,
+    n_embd=256,
+    n_head=4,
+    n_head_kv=2,
+    n_ff=512,
+    n_vocab=512,
+    sliding_window=1024,
+    separate_output=False,
+)
+GEMMA3_SWA = ModelSpec(
+    name="gemma3-swa",
+    architecture="gemma3",
+    n_layer=6,  # Gemma 3's pattern: five windowed layers, then one global layer
+    n_embd=256,
+    n_head=4,
+    n_head_kv=1,
+    n_ff=512,
+    n_vocab=512,
+    sliding_window=512,
+    separate_output=False,
+)
+LARGE_VOCAB = ModelSpec(
+    name="large-vocab",
+    architecture="llama",
+    n_layer=2,
+    n_embd=32,
+    n_head=1,
+    n_head_kv=1,
+    n_ff=128,
+    n_vocab=152_064,
+    embedding_type=GGMLQuantizationType.Q8_0,
+    separate_output=False,
+)
+
+LLAMA_Q4_0 = replace(
+    LLAMA_GQA,
+    name="llama-q4_0",
+    matrix_type=GGMLQuantizationType.Q4_0,
+    embedding_type=GGMLQuantizationType.Q4_0,
+    separate_output=False,
+)
+
+SPECS: dict[str, ModelSpec] = {
+    spec.name: spec for spec in (LLAMA_GQA, GEMMA2_SWA, GEMMA3_SWA, LARGE_VOCAB, LLAMA_Q4_0)
+}
+
+
+def _tensor_shapes(spec: ModelSpec) -> Iterator[tuple[str, tuple[int, ...], bool]]:
+    """(name, ggml shape, is a matrix) for every tensor, in llama.cpp's names.
+
+    ggml shapes list the row length first: token_embd is (n_embd, n_vocab).
+    """
+    kv_width = spec.head_dim * spec.n_head_kv
+    yield "token_embd.weight", (spec.n_embd, spec.n_vocab), True
+    for layer in range(spec.n_layer):
+        prefix = f"blk.{layer}"
+        yield f"{prefix}.attn_norm.weight", (spec.n_embd,), False
+        yield f"{prefix}.attn_q.weight", (spec.n_embd, spec.n_embd), True
+        yield f"{prefix}.attn_k.weight", (spec.n_embd, kv_width), True
+        yield f"{prefix}.attn_v.weight", (spec.n_embd, kv_width), True
+        yield f"{prefix}.attn_output.weight", (spec.n_embd, spec.n_embd), True
+        if spec.architecture in ("gemma2", "gemma3"):
+            yield f"{prefix}.post_attention_norm.weight", (spec.n_embd,), False
+            yield f"{prefix}.post_ffw_norm.weight", (spec.n_embd,), False
+        if spec.architecture == "gemma3":
+            yield f"{prefix}.attn_q_norm.weight", (spec.head_dim,), False
+            yield f"{prefix}.attn_k_norm.weight", (spec.head_dim,), False
+        yield f"{prefix}.ffn_norm.weight", (spec.n_embd,), False
+        yield f"{prefix}.ffn_gate.weight", (spec.n_embd, spec.n_ff), True
+        yield f"{prefix}.ffn_up.weight", (spec.n_embd, spec.n_ff), True
+        yield f"{prefix}.ffn_down.weight", (spec.n_ff, spec.n_embd), True
+    yield "output_norm.weight", (spec.n_embd,), False
+    if spec.separate_output:
+        yield "output.weight", (spec.n_embd, spec.n_vocab), True
+
+
+def _zeros(shape: tuple[int, ...], ggml_type: GGMLQuantizationType) -> np.ndarray:
+    """Zero data of a ggml type, as GGUFWriter takes it (numpy shape: rows last-first)."""
+    numpy_shape = tuple(reversed(shape))
+    if ggml_type == GGMLQuantizationType.F32:
+        return np.zeros(numpy_shape, dtype=np.float32)
+    if ggml_type == GGMLQuantizationType.F16:
+        return np.zeros(numpy_shape, dtype=np.float16)
+    block, size = GGML_QUANT_SIZES[ggml_type]
+    row_bytes = shape[0] // block * size
+    # All-zero blocks are valid for every block type: a zero scale, zero values.
+    return np.zeros((*numpy_shape[:-1], row_bytes), dtype=np.uint8)
+
+
+def _vocabulary(n_vocab: int) -> tuple[list[str], list[float], list[int]]:
+    tokens = _SPECIAL_TOKENS + _BYTE_TOKENS
+    types = [TokenType.UNKNOWN, TokenType.CONTROL, TokenType.CONTROL] + [TokenType.BYTE] * 256
+    fillers = n_vocab - len(tokens)
+    if fillers < 0:
+        raise ValueError(f"a vocabulary needs at least {len(tokens)} tokens")
+    tokens += [f"\u2581t{index}" for index in range(fillers)]
+    types += [TokenType.NORMAL] * fillers
+    scores = [0.0] * len(_SPECIAL_TOKENS) + [0.0] * 256 + [-float(i) for i in range(fillers)]
+    return tokens, scores, [int(t) for t in types]
+
+
+def write_model(spec: ModelSpec, path: Path) -> Path:
+    """Writes the model's GGUF file to `path` and returns the path."""
+    arch = spec.architecture
+    tokens, scores, types = _vocabulary(spec.n_vocab)
+    writer = GGUFWriter(str(path), arch)
+    metadata: dict[str, object] = {
+        f"{arch}.context_length": spec.context_length,
+        f"{arch}.embedding_length": spec.n_embd,
+        f"{arch}.block_count": spec.n_layer,
+        f"{arch}.feed_forward_length": spec.n_ff,
+        f"{arch}.attention.head_count": spec.n_head,
+        f"{arch}.attention.head_count_kv": spec.n_head_kv,
+        f"{arch}.attention.layer_norm_rms_epsilon": 1e-6,
+        f"{arch}.rope.dimension_count": spec.head_dim,
+        "general.name": spec.name,
+        "tokenizer.ggml.model": "llama",
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.scores": scores,
+        "tokenizer.ggml.token_type": types,
+        "tokenizer.ggml.unknown_token_id": 0,
+        "tokenizer.ggml.bos_token_id": 1,
+        "tokenizer.ggml.eos_token_id": 2,
+    }
+    if spec.sliding_window is not None:
+        metadata[f"{arch}.attention.sliding_window"] = spec.sliding_window
+    for key, value in metadata.items():
+        if key in spec.omit_keys:
+            continue
+        if isinstance(value, str):
+            writer.add_string(key, value)
+        elif isinstance(value, float):
+            writer.add_float32(key, value)
+        elif isinstance(value, int):
+            writer.add_uint32(key, value)
+        else:
+            writer.add_array(key, value)  # type: ignore[arg-type]
+    for name, shape, is_matrix in _tensor_shapes(spec):
+        if name == "token_embd.weight":
+            ggml_type = spec.embedding_type
+        elif is_matrix:
+            ggml_type = spec.matrix_type
+        else:
+            ggml_type = GGMLQuantizationType.F32
+        data = _zeros(shape, ggml_type)
+        plain = ggml_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16)
+        writer.add_tensor(name, data, raw_dtype=None if plain else ggml_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+class ModelFactory:
+    """Writes each spec's file once into a directory and hands out its path.
+
+    The file name carries a hash of the spec, so factories that share a
+    directory (one per test module, say) reuse each other's files.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def path(self, spec: ModelSpec | str) -> Path:
+        if isinstance(spec, str):
+            spec = SPECS[spec]
+        digest = hashlib.sha1(repr(spec).encode()).hexdigest()[:10]
+        target = self.directory / f"{spec.name}-{digest}.gguf"
+        if not target.exists():
+            partial = target.with_suffix(".partial")
+            write_model(spec, partial)
+            partial.rename(target)
+        return target
+
+
+@pytest.fixture(scope="session")
+def model_factory(tmp_path_factory: pytest.TempPathFactory) -> ModelFactory:
+    """A factory whose files live for the whole test session.
+
+    Import this fixture into a test module (or a conftest) to use it.
+    """
+    return ModelFactory(tmp_path_factory.getbasetemp() / "generated-models")
