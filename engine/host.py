@@ -211,6 +211,7 @@ class _Host:
                 should_stop=lambda: self.inbox.is_cancelled(request_id),
                 on_text=on_text,
                 on_prompt=lambda prompt: self.send(replace(prompt, request_id=request_id)),
+                continue_last=command.continue_last,
             )
         except Error as exc:
             flush()

@@ -61,9 +61,14 @@ class LoadModel:
 
 @dataclass(frozen=True)
 class Chat:
+    """Asks for a reply. With `continue_last`, the last message is a reply cut
+    short (role "assistant"), and the model goes on with it instead of
+    starting a new one."""
+
     request_id: int
     messages: tuple[ChatMessage, ...]
     sampling: Sampling = Sampling()
+    continue_last: bool = False
 
 
 @dataclass(frozen=True)

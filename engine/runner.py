@@ -279,19 +279,33 @@ class ModelRunner:
         """The conversation as the tokens the model sees, with its own template."""
         return self._render(messages)[0]
 
-    def _render(self, messages: Sequence[ChatMessage]) -> tuple[list[int], int, int]:
+    def _render(
+        self, messages: Sequence[ChatMessage], continue_last: bool = False
+    ) -> tuple[list[int], int, int]:
         """The prompt's tokens, and where the system part and the earlier turns end.
 
         The boundaries are found where each message's text starts in the
         rendered prompt, so the template's own wrapping around a message
-        counts with the part before it.
+        counts with the part before it. With `continue_last`, the prompt ends
+        with the last message's text, left open: what the template closes a
+        message with (its end-of-turn marker) is cut, and no new turn begins.
         """
         try:
             text = self._template.render(
-                messages, bos_token=self._bos_text, eos_token=self._eos_text
+                messages,
+                bos_token=self._bos_text,
+                eos_token=self._eos_text,
+                add_generation_prompt=not continue_last,
             )
         except TemplateError as exc:
             raise ChatError(str(exc)) from exc
+        if continue_last:
+            # Templates may trim a message; the reply goes on from its last visible character.
+            kept = messages[-1].content.rstrip() if messages else ""
+            end = text.rfind(kept) if kept else -1
+            if end < 0:
+                raise ChatError("the reply to continue is not in the prompt the template made")
+            text = text[: end + len(kept)]
         add_bos = self._add_bos and not (self._bos_text and text.startswith(self._bos_text))
         tokens = self.tokenize(text, add_special=add_bos)
 
@@ -378,13 +392,15 @@ class ModelRunner:
         should_stop: Callable[[], bool],
         on_text: Callable[[str], None],
         on_prompt: Callable[[PromptEvaluated], None] = lambda _prompt: None,
+        continue_last: bool = False,
     ) -> tuple[str, TurnStats]:
         """Generates the assistant's reply to the conversation.
 
         Only the tokens that are new since the previous turn are evaluated.
         `should_stop` is polled between prefill batches and between tokens.
         Text reaches `on_text` in pieces that are always whole characters;
-        `on_prompt` hears once the prompt is in the cache.
+        `on_prompt` hears once the prompt is in the cache. With
+        `continue_last`, the last message is a reply to go on with.
 
         Returns:
             The reply's full text and the turn's statistics.
@@ -394,7 +410,7 @@ class ModelRunner:
                 context, or llama.cpp failed to evaluate.
         """
         started = time.perf_counter()
-        prompt, system_tokens, history_tokens = self._render(messages)
+        prompt, system_tokens, history_tokens = self._render(messages, continue_last)
         if len(prompt) >= self.n_ctx:
             raise ChatError(
                 f"the conversation is {len(prompt)} tokens long, and the context holds "

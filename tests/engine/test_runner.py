@@ -170,3 +170,26 @@ def test_generated_japanese_streams_whole(runner: ModelRunner) -> None:
     )
     assert any(ord(ch) > 0x3000 for ch in text), text  # the model did write kana or kanji
     assert all("\ufffd" not in piece for piece in pieces)
+
+
+def test_continue_a_reply_cut_at_its_limit(runner: ModelRunner) -> None:
+    question = [ChatMessage("user", "Write a long story about a dragon.")]
+    whole, _, _ = _chat(
+        runner, question, Sampling(temperature=0.0, repeat_penalty=1.0, max_tokens=40)
+    )
+    first, _, stats = _chat(
+        runner, question, Sampling(temperature=0.0, repeat_penalty=1.0, max_tokens=20)
+    )
+    assert stats.stop_reason == "length"
+    pieces: list[str] = []
+    rest, more = runner.chat(
+        [*question, ChatMessage("assistant", first)],
+        Sampling(temperature=0.0, repeat_penalty=1.0, max_tokens=20),
+        lambda: False,
+        pieces.append,
+        continue_last=True,
+    )
+    # Greedy, no repeat penalty (its window would differ): twenty tokens and
+    # twenty more are the forty in one go, the continued prompt from the cache.
+    assert first + rest == whole
+    assert more.reused_tokens >= more.prompt_tokens - 2
