@@ -1,25 +1,59 @@
 """The Controller ties what the person does in the window to the engine.
 
-It keeps the conversation the model sees (multi-turn: every request carries
-all of it) and turns engine events into what the window shows. The window
-and the engine never see each other.
+It keeps the conversation (multi-turn: every request carries as much of it
+as fits the context, see app.context_window) in step with the store through
+app.history, and turns engine events into what the window shows. The window,
+the store and the engine never see each other.
 """
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from PySide6.QtCore import QObject, Signal
 
+from app import context_window
 from app.engine_client import EngineClient
+from app.export import ExportError, to_json, to_markdown, write_text
 from app.formatting import describe_model, format_stats
+from app.history import History, stats_of
+from app.instance_lock import InstanceLock
 from app.memory_monitor import MemoryMonitor
 from app.settings import EngineSettings
+from app.store import Message, MessageState, Opened
 from engine.models import bundled_model_path, missing_model_message
-from engine.protocol import ChatMessage, HostExited, LoadFailed, ModelInfo, TurnStats
+from engine.protocol import (
+    ChatMessage,
+    HostExited,
+    LoadFailed,
+    ModelInfo,
+    PromptEvaluated,
+    TurnStats,
+)
+from ui.chat_view import MessageView
+from ui.conversation_list import ConversationItem
 from ui.main_window import MainWindow
 
 MAX_RESTARTS = 3
+# Tokens a reply costs in the next prompt beyond those generated (the
+# template's end-of-turn markers), counted generously.
+REPLY_OVERHEAD = 4
+# Before the system part of a prompt was measured: what a template may add to it.
+TEMPLATE_PREAMBLE = 64
+
+
+@dataclass
+class _Turn:
+    """The request in flight: what kind, and what the model was shown."""
+
+    request_id: int
+    kind: str  # "send", "edit", "regenerate" or "continue"
+    sent: list[Message]  # the messages in the model's view
+    previous: Message | None = None  # a continued reply, as it was
+    text: str = ""
+    measured: int = 0  # tokens of the prompt's last message, once the engine says
 
 
 class Controller(QObject):
@@ -36,27 +70,55 @@ class Controller(QObject):
         window: MainWindow,
         engine: EngineClient,
         settings: EngineSettings | None = None,
+        *,
+        history: History,
+        lock: InstanceLock | None = None,
     ) -> None:
         super().__init__(window)
         self.window = window
         self.engine = engine
         self.settings = settings or EngineSettings()
-        self.conversation: list[ChatMessage] = []
+        self.history = history
+        self._lock = lock
         self.model: ModelInfo | None = None
+        self._turn: _Turn | None = None
+        self._search = ""
+        # Learned per model: tokens per byte of text, and the system part's tokens.
+        self._tokens_per_byte: dict[str, float] = {}
+        self._system_tokens: dict[tuple[str, str], int] = {}
         self._loading_path: str | None = None
         self._request_id: int | None = None
         self._restarts = 0
         # What to load again if a switch to another model fails.
         self._fallback: tuple[str, EngineSettings] | None = None
         self.memory_monitor = MemoryMonitor(window.memory_panel, engine)
+        # Set by whoever builds the window (app.gui), which owns the data dir.
+        self.settings_flow: QObject | None = None
 
         window.message_submitted.connect(self.send)
+        window.message_edited.connect(self.edit)
+        window.export_requested.connect(self.export)
+        window.chat_view.regenerate_requested.connect(self.regenerate)
+        window.chat_view.continue_requested.connect(self.continue_reply)
+        listing = window.conversation_list
+        listing.new_requested.connect(self.new_conversation)
+        listing.chosen.connect(self.open_conversation)
+        listing.rename_requested.connect(self.rename_conversation)
+        listing.delete_requested.connect(self.delete_conversation)
+        listing.undo_requested.connect(self.restore_conversation)
+        listing.search_changed.connect(self.search_conversations)
+        history.saver.save_failed.connect(window.show_error)
+        history.saver.saved_again.connect(self._on_saved_again)
+        history.saver.store_opened.connect(self._on_store_opened)
+        if history.saver.problem:
+            window.show_error(history.saver.problem)
         window.stop_requested.connect(self.stop)
         window.model_file_chosen.connect(self.switch_model)
         window.closing.connect(self.shutdown)
         engine.load_progress.connect(window.set_loading_progress)
         engine.model_loaded.connect(self._on_model_loaded)
         engine.load_failed.connect(self._on_load_failed)
+        engine.prompt_evaluated.connect(self._on_prompt_evaluated)
         engine.text_received.connect(self._on_text)
         engine.turn_finished.connect(self._on_turn_finished)
         engine.chat_failed.connect(self._on_chat_failed)
@@ -65,6 +127,11 @@ class Controller(QObject):
     @property
     def busy(self) -> bool:
         return self._request_id is not None
+
+    @property
+    def conversation(self) -> list[ChatMessage]:
+        """The conversation so far, as the model is sent it when it all fits."""
+        return [ChatMessage(m.role, m.content) for m in self.history.messages if m.content]
 
     def start(self, model_path: str | None = None) -> None:
         """Starts the engine and loads `model_path`, or the bundled model."""
@@ -80,7 +147,7 @@ class Controller(QObject):
     def load_model(self, path: str) -> None:
         if self.busy:
             self.stop()
-        self.window.clear_error()
+        self._clear_error()
         self._loading_path = path
         self.window.show_loading(Path(path).name)
         self.engine.load(self.settings.load_config(path))
@@ -99,25 +166,130 @@ class Controller(QObject):
         if settings is not None:
             self.settings = settings
         self.model = None
-        self.window.clear_error()
+        self._clear_error()
         self._loading_path = path
         self.window.show_loading(Path(path).name)
         self.engine.switch(self.settings.load_config(path))
 
     def send(self, text: str) -> None:
-        """Sends the person's message with the whole conversation before it."""
+        """Sends the person's message, committed to the store before it leaves."""
         if self.model is None or self.busy or not text.strip():
             return
-        self.window.clear_error()
+        self._clear_error()
         self.window.accept_message()
-        self.conversation.append(ChatMessage("user", text))
-        self.window.chat_view.add_message("You", text, from_person=True)
-        self.window.chat_view.begin_reply(self.model.name)
+        message = self.history.add_user(text, self.model, self.settings.system_prompt)
+        self.window.chat_view.add_message("You", text, from_person=True, key=message.key)
+        self._refresh_list()
+        self._request("send")
+
+    def edit(self, key: str, text: str) -> None:
+        """Replaces the person's message with this key by `text`, drops the
+        replies after it, and asks again."""
+        index = self._index(key)
+        if self.model is None or self.busy or not text.strip() or index is None:
+            return
+        self._clear_error()
+        self.window.accept_message()
+        self.window.chat_view.truncate_from(key)
+        message = self.history.replace_from(index, text)
+        self.window.chat_view.add_message("You", text, from_person=True, key=message.key)
+        self._refresh_list()
+        self._request("edit")
+
+    def regenerate(self, key: str) -> None:
+        """Replaces the last reply with a new one."""
+        index = self._index(key)
+        if self.busy or index is None or index != len(self.history.messages) - 1:
+            return
+        if self.model is None:
+            self.window.show_error("The model is not loaded yet: regenerate once it is.")
+            return
+        self._clear_error()
+        self.window.chat_view.truncate_from(key)
+        self.history.drop_from(index)
+        if self.history.messages and self.history.messages[-1].role == "user":
+            self._request("regenerate")
+        else:
+            self._offer_actions()
+
+    def continue_reply(self, key: str) -> None:
+        """Lets the last reply, cut at its token limit, go on where it stopped."""
+        index = self._index(key)
+        if self.busy or index is None or index != len(self.history.messages) - 1:
+            return
+        if self.model is None:
+            self.window.show_error("The model is not loaded yet: continue once it is.")
+            return
+        previous = self.history.messages[index]
+        self._clear_error()
+        self.window.chat_view.resume_reply(key)
+        self.history.reopen_reply()
+        self._request("continue", previous)
+
+    def _index(self, key: str) -> int | None:
+        return next((i for i, m in enumerate(self.history.messages) if m.key == key), None)
+
+    def _clear_error(self) -> None:
+        """Clears the banner, unless saving is still failing: that stays said."""
+        self.window.clear_error()
+        if self.history.saver.problem:
+            self.window.show_error(self.history.saver.problem)
+
+    def _cost(self, message: Message, ratio: float) -> int:
+        assert self.model is not None
+        if message.tokens is not None and message.tokens_model == self.model.path:
+            return message.tokens
+        return context_window.estimate_tokens(message.content, ratio) if message.content else 0
+
+    def _request(self, kind: str, previous: Message | None = None) -> None:
+        """Sends the conversation, as much of it as fits, and starts the reply."""
+        assert self.model is not None and self.history.conversation is not None
+        model = self.model
+        self.history.use_model(model)
+        system = self.history.conversation.system_prompt
+        messages = list(self.history.messages)
+        ratio = self._tokens_per_byte.get(model.path, context_window.FIRST_TOKENS_PER_BYTE)
+        fixed = self._system_tokens.get((model.path, system))
+        if fixed is None:
+            fixed = context_window.estimate_tokens(system, ratio) + TEMPLATE_PREAMBLE
+        first = context_window.first_in_view(
+            [self._cost(m, ratio) for m in messages],
+            [m.role == "user" for m in messages],
+            fixed,
+            model.n_ctx,
+            context_window.reply_budget(self.settings.max_tokens, model.n_ctx),
+            self.history.view_start,
+        )
+        self._show_view_start(first)
+        sent = [m for m in messages[first:] if m.content]
+        prompt = [ChatMessage("system", system)] if system else []
+        prompt += [ChatMessage(m.role, m.content) for m in sent]
+        if kind != "continue":
+            reply = self.history.begin_reply()
+            self.window.chat_view.begin_reply(model.name, reply.key)
+        self.window.chat_view.set_reply_actions(regenerate=False, continue_=False)
         self.window.set_busy(True)
-        prompt = list(self.conversation)
-        if self.settings.system_prompt:
-            prompt.insert(0, ChatMessage("system", self.settings.system_prompt))
-        self._request_id = self.engine.chat(prompt, self.settings.sampling())
+        self._request_id = self.engine.chat(
+            prompt, self.settings.sampling(), continue_last=kind == "continue"
+        )
+        self._turn = _Turn(self._request_id, kind, sent, previous)
+
+    def _show_view_start(self, first: int) -> None:
+        self.history.set_view_start(first)
+        self.window.chat_view.set_view_start(first)
+        self._show_view_label()
+
+    def _show_view_label(self) -> None:
+        first = self.history.view_start
+        count = len(self.history.messages)
+        note = f"the model sees messages {first + 1}–{count} of {count}" if first else ""
+        self.window.show_model_view(note)
+        self.memory_monitor.set_model_view(
+            f"The first {first} messages have left the model's view: {note}; "
+            "the system prompt stays."
+            if first
+            else ""
+        )
 
     def stop(self) -> None:
         if self._request_id is not None:
@@ -127,6 +299,9 @@ class Controller(QObject):
         if self._request_id is not None:
             self.engine.cancel(self._request_id)
         self.engine.shutdown()
+        self.history.close()
+        if self._lock is not None:
+            self._lock.release()
 
     def _on_model_loaded(self, info: ModelInfo) -> None:
         self.model = info
@@ -156,31 +331,251 @@ class Controller(QObject):
 
     def _show_model(self, info: ModelInfo) -> None:
         self.window.show_model(info.name, describe_model(info), f"context {info.n_ctx} tokens")
+        self.window.select_model_choice(info.path)
+
+    def _on_prompt_evaluated(self, event: PromptEvaluated) -> None:
+        """Learns what the prompt's parts cost, from the engine's own counts."""
+        turn = self._turn
+        if turn is None or event.request_id != turn.request_id or self.model is None:
+            return
+        assert self.history.conversation is not None
+        path = self.model.path
+        self._system_tokens[(path, self.history.conversation.system_prompt)] = event.system_tokens
+        learned = context_window.learn_tokens_per_byte(
+            event.prompt_tokens, event.system_tokens, [m.content for m in turn.sent]
+        )
+        if learned is not None:
+            self._tokens_per_byte[path] = learned
+        turn.measured = event.prompt_tokens - event.system_tokens - event.history_tokens
+        if turn.kind != "continue" and turn.sent:
+            last = self._index(turn.sent[-1].key)
+            if last is not None:
+                self.history.set_tokens(last, turn.measured, path)
 
     def _on_text(self, request_id: int, text: str) -> None:
-        if request_id == self._request_id:
-            self.window.chat_view.append_reply(text)
+        turn = self._turn
+        if turn is None or request_id != turn.request_id:
+            return
+        turn.text += text
+        self.window.chat_view.append_reply(text)
+        before = turn.previous.content if turn.previous is not None else ""
+        self.history.reply_grew(before + turn.text)
 
-    def _finish_reply(self, text: str, footer: str) -> None:
-        if text:
-            self.conversation.append(ChatMessage("assistant", text))
+    def _finish_reply(
+        self,
+        text: str,
+        footer: str,
+        state: MessageState = "interrupted",
+        stats: TurnStats | None = None,
+    ) -> None:
+        """Ends the reply on screen and in the store (`text` is all of it)."""
+        turn = self._turn
+        tokens = None
+        if stats is not None and self.model is not None and turn is not None:
+            tokens = stats.generated_tokens + REPLY_OVERHEAD
+            if turn.kind == "continue":
+                tokens += turn.measured
+        model_path = self.model.path if tokens is not None and self.model else ""
+        self.history.finish_reply(text, state, stats, tokens, model_path)
         self.window.chat_view.end_reply(footer)
         self.window.set_busy(False)
         self._request_id = None
+        self._turn = None
+        self._offer_actions()
+        self._show_view_label()
 
     def _on_turn_finished(self, request_id: int, text: str, stats: TurnStats) -> None:
-        if request_id != self._request_id:
+        turn = self._turn
+        if turn is None or request_id != turn.request_id:
             return
-        self._finish_reply(text, format_stats(stats))
+        before = turn.previous.content if turn.previous is not None else ""
+        state: MessageState = "interrupted" if stats.stop_reason == "cancelled" else "done"
+        self._finish_reply(before + text, format_stats(stats), state, stats)
         if stats.generated_tokens > 1:
             self.window.show_speed(f"last reply {stats.decode_tokens_per_s:.1f} tok/s")
         self.reply_finished.emit(stats)
 
     def _on_chat_failed(self, request_id: int, message: str) -> None:
-        if request_id != self._request_id:
+        turn = self._turn
+        if turn is None or request_id != turn.request_id:
             return
-        self._finish_reply(self.window.chat_view.reply_text(), "")
+        if turn.kind in ("send", "edit") and not turn.text:
+            self._take_back(message)
+            return
+        if turn.previous is not None and not turn.text:
+            previous = turn.previous
+            self._finish_reply(previous.content, self._footer(previous), previous.state)
+        else:
+            before = turn.previous.content if turn.previous is not None else ""
+            self._finish_reply(before + turn.text, "")
         self.window.show_error(message)
+
+    def _take_back(self, reason: str) -> None:
+        """Nothing came back for the person's message: it was not taken, so it
+        leaves the conversation and returns to the composer, with the reason."""
+        assert self.history.conversation is not None
+        user = self.history.messages[-2]
+        self.window.chat_view.end_reply("")
+        self.window.chat_view.truncate_from(user.key)
+        self.history.drop_from(user.position)
+        if self.model is not None:
+            # The engine may have refused a prompt that an estimate said fits:
+            # estimate from the upper bound again until it measures anew.
+            self._tokens_per_byte.pop(self.model.path, None)
+        if not self.history.messages:
+            self.history.trash(self.history.conversation.key)
+            self.window.chat_view.clear_conversation()
+            self._refresh_list()
+        self.window.set_busy(False)
+        self._request_id = None
+        self._turn = None
+        self._offer_actions()
+        self._show_view_label()
+        self.window.return_message(user.content)
+        self.window.show_error(f"The message was not sent: {reason}")
+
+    def _footer(self, message: Message) -> str:
+        """The line under a stored reply: its figures, or how it ended."""
+        stats = stats_of(message)
+        if stats is not None:
+            return format_stats(stats)
+        return "interrupted" if message.state != "done" else ""
+
+    def _offer_actions(self) -> None:
+        last = self.history.messages[-1] if self.history.messages else None
+        if self.busy or last is None or last.role != "assistant":
+            self.window.chat_view.set_reply_actions(regenerate=False, continue_=False)
+            return
+        stats = stats_of(last)
+        can_continue = stats is not None and stats.stop_reason == "length"
+        self.window.chat_view.set_reply_actions(regenerate=True, continue_=can_continue)
+
+    # Conversations.
+
+    def _stop_for_switch(self) -> None:
+        """A reply in flight ends where it got to, before another conversation shows."""
+        if self._request_id is not None:
+            self.engine.cancel(self._request_id)
+            self._finish_reply(self.window.chat_view.reply_text(), "stopped")
+
+    def new_conversation(self) -> None:
+        """Clears the chat; the next message starts a new conversation."""
+        self._stop_for_switch()
+        self.history.new()
+        self.window.cancel_edit()
+        self.window.chat_view.clear_conversation()
+        self.window.show_model_view("")
+        self.memory_monitor.set_model_view("")
+        self.window.conversation_list.select(None)
+
+    def open_conversation(self, key: str) -> None:
+        if self.history.conversation is not None and self.history.conversation.key == key:
+            return
+        self._stop_for_switch()
+        if not self.history.open(key):
+            self.window.show_error("That conversation could not be opened: it is gone.")
+            self._refresh_list()
+            return
+        self.window.cancel_edit()
+        self._show_history()
+
+    def _show_history(self) -> None:
+        conversation = self.history.conversation
+        assert conversation is not None
+        heading = conversation.model_name or "Model"
+        views = [
+            MessageView(
+                m.key,
+                "You" if m.role == "user" else heading,
+                m.content,
+                m.role == "user",
+                "" if m.role == "user" else self._footer(m),
+            )
+            for m in self.history.messages
+        ]
+        self.window.chat_view.show_conversation(views, conversation.view_start)
+        self._show_view_label()
+        self._offer_actions()
+        self.window.conversation_list.select(conversation.key)
+        if self.model is not None and conversation.model_path != self.model.path:
+            self.window.chat_view.add_notice(
+                f"This conversation was held with {conversation.model_name}; "
+                f"replies now come from {self.model.name}."
+            )
+
+    def open_latest(self) -> None:
+        """Shows the conversation with the newest activity, if there is one."""
+        self._refresh_list()
+        latest = self.history.conversations()
+        if latest:
+            self.open_conversation(latest[0].key)
+
+    def rename_conversation(self, key: str, title: str) -> None:
+        self.history.rename(key, title)
+        self._refresh_list()
+
+    def delete_conversation(self, key: str) -> None:
+        """Deletes a conversation; the list offers to undo it."""
+        current = self.history.conversation
+        title = next((c.title for c in self.history.conversations() if c.key == key), "")
+        if current is not None and current.key == key:
+            self.new_conversation()
+        self.history.trash(key)
+        self._refresh_list()
+        self.window.conversation_list.offer_undo(key, title)
+
+    def restore_conversation(self, key: str) -> None:
+        self.history.restore(key)
+        self._refresh_list()
+
+    def search_conversations(self, text: str) -> None:
+        self._search = text
+        self._refresh_list()
+
+    def _refresh_list(self) -> None:
+        items = [
+            ConversationItem(
+                c.key,
+                c.title,
+                f"{c.model_name} · last active "
+                f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(c.updated_at))}",
+            )
+            for c in self.history.conversations(self._search)
+        ]
+        current = self.history.conversation
+        self.window.conversation_list.set_conversations(items, current.key if current else None)
+
+    def export(self, key: str, path: str, kind: str) -> None:
+        """Writes a conversation to `path` as "markdown" or "json"."""
+        current = self.history.conversation
+        store = self.history.saver.store
+        if current is not None and current.key == key:
+            conversation, messages = current, list(self.history.messages)
+        elif store is not None and (found := store.conversation(key)) is not None:
+            conversation, messages = found, store.messages(key)
+        else:
+            self.window.show_error("That conversation could not be exported: it is gone.")
+            return
+        if kind == "json":
+            text = to_json(conversation, messages)
+        else:
+            footers = ["" if m.role == "user" else self._footer(m) for m in messages]
+            text = to_markdown(conversation, messages, footers)
+        try:
+            write_text(Path(path), text)
+        except ExportError as exc:
+            self.window.show_error(str(exc))
+            return
+        self.window.chat_view.add_notice(f"Exported “{conversation.title}” to {path}")
+
+    def _on_saved_again(self) -> None:
+        self.window.clear_error()
+        self.window.chat_view.add_notice("Saving works again: every message is on disk.")
+
+    def _on_store_opened(self, opened: Opened) -> None:
+        if opened.notice:
+            self.window.chat_view.add_notice(opened.notice)
+        self._refresh_list()
 
     def _on_host_exited(self, event: HostExited) -> None:
         if self._request_id is not None:

@@ -141,10 +141,17 @@ class EngineClient(QObject):
         self.start()
         self.load(config)
 
-    def chat(self, messages: Sequence[ChatMessage], sampling: Sampling) -> int:
-        """Asks for a reply; returns the request id its events will carry."""
+    def chat(
+        self, messages: Sequence[ChatMessage], sampling: Sampling, continue_last: bool = False
+    ) -> int:
+        """Asks for a reply; returns the request id its events will carry.
+
+        With `continue_last`, the last message is a reply cut short, which the
+        model is to continue.
+        """
         request_id = next(self._request_ids)
-        if self._host is None or not self._host.send(Chat(request_id, tuple(messages), sampling)):
+        command = Chat(request_id, tuple(messages), sampling, continue_last)
+        if self._host is None or not self._host.send(command):
             # Emitted later, so that the caller knows the request id by then.
             QTimer.singleShot(
                 0, lambda: self.chat_failed.emit(request_id, "the engine is not running")

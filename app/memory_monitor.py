@@ -62,6 +62,7 @@ class MemoryMonitor(QObject):
         self.prompt: PromptEvaluated | None = None
         self.sample: MemorySample | None = None
         self.tokens = 0
+        self.view_note = ""
         self._n_ctx = 0
         self._loaded_at = time.monotonic()
         self._speed_mark: tuple[float, int] | None = None
@@ -93,7 +94,13 @@ class MemoryMonitor(QObject):
             history_tokens=prompt.history_tokens if prompt else 0,
             reused_tokens=prompt.reused_tokens if prompt else None,
             evaluated_tokens=prompt.evaluated_tokens if prompt else None,
+            view_note=self.view_note,
         )
+
+    def set_model_view(self, note: str) -> None:
+        """Says which messages the model still sees ("" when it sees them all)."""
+        self.view_note = note
+        self._show_kv()
 
     def _show_kv(self) -> None:
         view = self.kv_view()

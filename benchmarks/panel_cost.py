@@ -66,7 +66,7 @@ def main() -> int:
         for run in range(2 * args.runs + 1):
             shown = run % 2 == 1
             window.memory_dock.setVisible(shown)
-            controller.conversation.clear()
+            controller.new_conversation()
             arrivals.clear()
             controller.send(PROMPT)
             (stats,) = _wait(controller.reply_finished)

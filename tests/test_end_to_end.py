@@ -12,6 +12,7 @@ from PySide6.QtGui import QAction
 from pytestqt.qtbot import QtBot
 
 from app.controller import Controller
+from app.formatting import format_stats
 from app.gui import build_window
 from app.settings import EngineSettings
 from engine.protocol import ModelInfo, TurnStats
@@ -91,7 +92,9 @@ def test_chat_streams_into_the_window(
     assert stats.reused_tokens > 0  # the first turn came from the cache
     partial = "".join(deltas)
     assert partial and partial in window.chat_view.toPlainText()
-    assert "stopped" in window.chat_view.toPlainText().splitlines()[-1]
+    *_, footer, actions = window.chat_view.toPlainText().splitlines()
+    assert "stopped" in footer
+    assert actions == "   ↻ Regenerate"
     assert [m.role for m in controller.conversation] == ["user", "assistant"] * 2
     assert not window.stop_button.isEnabled()
 
@@ -230,18 +233,21 @@ def test_memory_panels_follow_a_streamed_reply(
     # The cache grew token by token while the reply streamed.
     assert len(fills) > 3 and fills == sorted(fills)
     assert fills[0] >= stats.prompt_tokens
+    # The sample the host sends after the reply has the cache's final count.
+    with qtbot.waitSignal(controller.engine.memory_sampled, timeout=WAIT_MS):
+        pass
     panel.refresh()
     memory = monitor.memory
     assert memory is not None
     tokens = monitor.tokens
-    assert tokens == stats.prompt_tokens + stats.generated_tokens - (stats.stop_reason == "eos")
+    # Every generated token is in the cache except one cut by the token limit.
+    decoded = stats.generated_tokens - (stats.stop_reason == "length")
+    assert tokens == stats.prompt_tokens + decoded
     assert panel.kv_panel.fill_label.text().startswith(f"{tokens:,} of 4,096 tokens")
     used = memory.kv_bytes_used(tokens)
     assert used == tokens * memory.kv_bytes_per_token
     assert panel.plot.kv_points[-1][1] == used / 2**20
     assert panel.speed_panel.labels["decode"].text() == f"{stats.decode_tokens_per_s:,.1f} tokens/s"
-    with qtbot.waitSignal(controller.engine.memory_sampled, timeout=WAIT_MS):
-        pass
     panel.refresh()
     (host_row,) = panel.device_panel.rows()
     assert host_row.title.text().startswith("<b>CPU</b> RAM")
@@ -273,7 +279,7 @@ def test_twenty_switches_leave_no_process_and_no_growth(
 ) -> None:
     import psutil
 
-    window, controller = app_window
+    _, controller = app_window
     _wait_loaded(qtbot, controller)
     gui = psutil.Process()
     hosts: set[int] = set()
@@ -290,3 +296,44 @@ def test_twenty_switches_leave_no_process_and_no_growth(
     assert len(hosts) == 20
     # The GUI process does not grow with switches (a little slack for Qt's caches).
     assert rss_after[-1] <= rss_after[4] * 1.05
+
+
+def test_a_conversation_is_stored_and_reopens_after_a_restart(qtbot: QtBot, data_dir: Path) -> None:
+    import sqlite3
+
+    settings = EngineSettings(seed=7, max_tokens=40)
+    window, controller = build_window(None, settings, data_dir)
+    try:
+        _wait_loaded(qtbot, controller)
+        with qtbot.waitSignal(controller.reply_finished, timeout=WAIT_MS) as finished:
+            _type_and_send(qtbot, window, "Name a colour.")
+        reply = controller.conversation[-1].content
+        assert reply
+    finally:
+        _dispose(qtbot, window)
+    connection = sqlite3.connect(data_dir / "kvchat.sqlite3")
+    rows = connection.execute(
+        "SELECT role, content, state, stats FROM messages ORDER BY position"
+    ).fetchall()
+    connection.close()
+    assert [row[:3] for row in rows] == [
+        ("user", "Name a colour.", "done"),
+        ("assistant", reply, "done"),
+    ]
+    assert f'"generated_tokens": {finished.args[0].generated_tokens}' in rows[1][3]
+
+    window, controller = build_window(None, settings, data_dir)
+    try:
+        # The conversation is back on screen before the model has even loaded.
+        assert window.conversation_list.titles() == ["Name a colour."]
+        shown = window.chat_view.toPlainText()
+        assert shown.startswith("You   Copy   Edit\nName a colour.\nSmolLM2-135M-Instruct.Q4_1")
+        assert format_stats(finished.args[0]) in shown
+        _wait_loaded(qtbot, controller)
+        # The model is sent the earlier turn: its prompt now has history.
+        with qtbot.waitSignal(controller.reply_finished, timeout=WAIT_MS) as second:
+            _type_and_send(qtbot, window, "And another one?")
+        assert second.args[0].history_tokens > 0
+        assert [m.role for m in controller.conversation] == ["user", "assistant"] * 2
+    finally:
+        _dispose(qtbot, window)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 
 from PySide6.QtCore import Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
+from PySide6.QtGui import QAction, QCloseEvent, QKeySequence, QTextCursor
 from PySide6.QtWidgets import (
+    QComboBox,
     QDockWidget,
     QFileDialog,
     QHBoxLayout,
@@ -20,10 +21,12 @@ from PySide6.QtWidgets import (
 
 from ui.chat_view import ChatView
 from ui.composer import Composer
+from ui.conversation_list import ConversationList
 from ui.memory_panel import MemoryPanel
 from ui.theme import icon
 
 GGUF_FILTER = "GGUF models (*.gguf);;All files (*)"
+EXPORT_FILTERS = {"markdown": "Markdown (*.md)", "json": "JSON (*.json)"}
 
 
 class MainWindow(QMainWindow):
@@ -31,14 +34,21 @@ class MainWindow(QMainWindow):
 
     Signals:
         message_submitted(str): the person sent a message (it is not empty).
+        message_edited(str, str): the person resent their message with this key,
+            edited to this text (the replies after it are to be replaced).
+        export_requested(str, str, str): key, file path, "markdown" or "json".
         stop_requested(): Stop was pressed (button or Esc).
-        model_file_chosen(str): File > Open model picked a file.
+        model_file_chosen(str): File > Open model, or the toolbar's model list, picked a file.
+        settings_requested(): File > Settings (Ctrl+,).
         closing(): the window is about to close; the owner stops the engine.
     """
 
     message_submitted = Signal(str)
+    message_edited = Signal(str, str)
+    export_requested = Signal(str, str, str)
     stop_requested = Signal()
     model_file_chosen = Signal(str)
+    settings_requested = Signal()
     closing = Signal()
 
     def __init__(self) -> None:
@@ -50,8 +60,13 @@ class MainWindow(QMainWindow):
         self._loading_started = 0.0
 
         self.chat_view = ChatView()
+        self.chat_view.edit_requested.connect(self._edit_message)
         self.composer = Composer()
         self.composer.submitted.connect(self._on_submitted)
+        self._editing_key = ""
+        self.edit_label = QLabel()
+        self.edit_label.setObjectName("editLabel")
+        self.edit_label.hide()
 
         self.banner = QLabel()
         self.banner.setObjectName("banner")
@@ -99,13 +114,15 @@ class MainWindow(QMainWindow):
         layout.addWidget(self.banner)
         layout.addWidget(self.loading_panel)
         layout.addWidget(self.chat_view, 1)
+        layout.addWidget(self.edit_label)
         layout.addLayout(input_row)
         self.setCentralWidget(central)
 
         self.model_label = QLabel("No model")
         self.context_label = QLabel()
         self.speed_label = QLabel()
-        for label in (self.model_label, self.context_label, self.speed_label):
+        self.view_label = QLabel()
+        for label in (self.model_label, self.context_label, self.view_label, self.speed_label):
             self.statusBar().addPermanentWidget(label)
         self.statusBar().setSizeGripEnabled(False)
 
@@ -118,17 +135,43 @@ class MainWindow(QMainWindow):
             | QDockWidget.DockWidgetFeature.DockWidgetMovable
         )
         self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.memory_dock)
+
+        self.conversation_list = ConversationList()
+        self.conversation_list.export_requested.connect(self._choose_export_path)
+        self.conversations_dock = QDockWidget("Conversations", self)
+        self.conversations_dock.setObjectName("conversationsDock")
+        self.conversations_dock.setWidget(self.conversation_list)
+        self.conversations_dock.setFeatures(
+            QDockWidget.DockWidgetFeature.DockWidgetClosable
+            | QDockWidget.DockWidgetFeature.DockWidgetMovable
+        )
+        self.addDockWidget(Qt.DockWidgetArea.LeftDockWidgetArea, self.conversations_dock)
+        self.resizeDocks([self.conversations_dock], [240], Qt.Orientation.Horizontal)
         self.resize(1280, 760)
 
         self._build_menu()
+        self._build_toolbar()
         self._sync_buttons(busy=False)
 
     def _build_menu(self) -> None:
         file_menu = self.menuBar().addMenu("&File")
+        self.new_action = QAction("&New conversation", self)
+        self.new_action.setShortcut(QKeySequence.StandardKey.New)
+        self.new_action.triggered.connect(self.conversation_list.new_requested)
+        file_menu.addAction(self.new_action)
+        export_menu = file_menu.addMenu("&Export conversation")
+        export_menu.addAction("As &Markdown…", lambda: self._export_current("markdown"))
+        export_menu.addAction("As &JSON…", lambda: self._export_current("json"))
+        file_menu.addSeparator()
         self.open_action = QAction(icon("open"), "&Open model…", self)
         self.open_action.setShortcut(QKeySequence.StandardKey.Open)
         self.open_action.triggered.connect(self._choose_model_file)
         file_menu.addAction(self.open_action)
+        self.settings_action = QAction("&Settings…", self)
+        self.settings_action.setShortcut(QKeySequence("Ctrl+,"))
+        self.settings_action.setMenuRole(QAction.MenuRole.PreferencesRole)
+        self.settings_action.triggered.connect(self.settings_requested)
+        file_menu.addAction(self.settings_action)
         file_menu.addSeparator()
         quit_action = QAction("&Quit", self)
         quit_action.setShortcut(QKeySequence("Ctrl+Q"))
@@ -140,11 +183,52 @@ class MainWindow(QMainWindow):
         self.panels_action.setText("&Memory panels")
         self.panels_action.setShortcut(QKeySequence("Ctrl+M"))
         view_menu.addAction(self.panels_action)
+        self.list_action = self.conversations_dock.toggleViewAction()
+        self.list_action.setText("&Conversations")
+        self.list_action.setShortcut(QKeySequence("Ctrl+L"))
+        view_menu.addAction(self.list_action)
         self.stop_action = QAction("Stop", self)
         self.stop_action.setShortcut(QKeySequence(Qt.Key.Key_Escape))
         self.stop_action.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
         self.stop_action.triggered.connect(self._stop_pressed)
         self.addAction(self.stop_action)
+
+    def _build_toolbar(self) -> None:
+        toolbar = self.addToolBar("Model")
+        toolbar.setObjectName("modelToolbar")
+        toolbar.setMovable(False)
+        toolbar.addWidget(QLabel(" Model "))
+        self.model_switcher = QComboBox()
+        self.model_switcher.setObjectName("modelSwitcher")
+        self.model_switcher.setMinimumContentsLength(28)
+        self.model_switcher.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+        )
+        self.model_switcher.setToolTip("Switch to another model (the conversation carries over)")
+        self.model_switcher.activated.connect(self._switcher_activated)
+        toolbar.addWidget(self.model_switcher)
+        toolbar.addAction(self.settings_action)
+
+    def set_model_choices(self, choices: list[tuple[str, str]], current: str) -> None:
+        """The toolbar's model list: (label, path) pairs, the loaded one selected."""
+        self.model_switcher.blockSignals(True)
+        self.model_switcher.clear()
+        for label, path in choices:
+            self.model_switcher.addItem(label, path)
+        self.select_model_choice(current)
+        self.model_switcher.blockSignals(False)
+
+    def select_model_choice(self, path: str) -> None:
+        index = self.model_switcher.findData(path)
+        if index < 0 and path:
+            self.model_switcher.addItem(path.rsplit("/", 1)[-1], path)
+            index = self.model_switcher.count() - 1
+        self.model_switcher.setCurrentIndex(index)
+
+    def _switcher_activated(self, index: int) -> None:
+        path = self.model_switcher.itemData(index)
+        if isinstance(path, str) and path:
+            self.model_file_chosen.emit(path)
 
     def refresh_theme(self) -> None:
         """Redraws the icons after the system switched between light and dark."""
@@ -207,13 +291,38 @@ class MainWindow(QMainWindow):
     def show_speed(self, text: str) -> None:
         self.speed_label.setText(text)
 
+    def show_model_view(self, text: str) -> None:
+        """What part of the conversation the model sees, when not all of it."""
+        self.view_label.setText(text)
+        self.view_label.setVisible(bool(text))
+
+    @property
+    def editing_key(self) -> str:
+        """The key of the message being edited in the composer, "" if none."""
+        return self._editing_key
+
+    def cancel_edit(self) -> None:
+        if self._editing_key:
+            self._editing_key = ""
+            self.edit_label.hide()
+            self.composer.clear()
+
     def set_busy(self, busy: bool) -> None:
         """While a reply streams, Send waits and Stop works."""
         self._sync_buttons(busy)
 
     def accept_message(self) -> None:
         """The owner took the submitted message: clear the composer."""
+        self._editing_key = ""
+        self.edit_label.hide()
         self.composer.clear()
+
+    def return_message(self, text: str) -> None:
+        """A message that could not be sent goes back to the composer, unless
+        the person has started another one there."""
+        if not self.composer.toPlainText().strip():
+            self.composer.setPlainText(text)
+            self.composer.moveCursor(QTextCursor.MoveOperation.End)
 
     # Internals.
 
@@ -226,8 +335,47 @@ class MainWindow(QMainWindow):
         self.send_button.setEnabled(self._can_send and not busy)
 
     def _on_submitted(self, text: str) -> None:
-        if self.send_button.isEnabled():
+        if not self.send_button.isEnabled():
+            return
+        if self._editing_key:
+            self.message_edited.emit(self._editing_key, text)
+        else:
             self.message_submitted.emit(text)
+
+    def _edit_message(self, key: str) -> None:
+        """Puts a message of the person's into the composer, to be edited and resent."""
+        self._editing_key = key
+        self.composer.setPlainText(self.chat_view.message_text(key))
+        self.composer.moveCursor(QTextCursor.MoveOperation.End)
+        self.composer.setFocus()
+        self.edit_label.setText(
+            "Editing your message: sending it replaces the replies after it. Esc cancels."
+        )
+        self.edit_label.show()
+
+    def _export_current(self, kind: str) -> None:
+        keys = self.conversation_list.list.selectedItems()
+        if keys:
+            self._choose_export_path(str(keys[0].data(Qt.ItemDataRole.UserRole)), kind)
+        else:
+            self.show_error("Pick a conversation in the list to export it.")
+
+    def _choose_export_path(self, key: str, kind: str) -> None:
+        row = next(
+            (
+                self.conversation_list.titles()[i]
+                for i, k in enumerate(self.conversation_list.keys())
+                if k == key
+            ),
+            "conversation",
+        )
+        suffix = ".md" if kind == "markdown" else ".json"
+        name = "".join(c if c.isalnum() or c in " -_" else "_" for c in row).strip() or "chat"
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Export conversation", name + suffix, EXPORT_FILTERS[kind]
+        )
+        if path:
+            self.export_requested.emit(key, path, kind)
 
     def _send_clicked(self) -> None:
         text = self.composer.toPlainText()
@@ -237,6 +385,8 @@ class MainWindow(QMainWindow):
     def _stop_pressed(self) -> None:
         if self.stop_button.isEnabled():
             self.stop_requested.emit()
+        else:
+            self.cancel_edit()
 
     def _choose_model_file(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Open a GGUF model", "", GGUF_FILTER)

@@ -70,6 +70,8 @@ class KvView:
     history_tokens: int = 0
     reused_tokens: int | None = None
     evaluated_tokens: int | None = None
+    # Which messages the model still sees, when the oldest left the context.
+    view_note: str = ""
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,7 @@ class SegmentBar(QWidget):
         super().__init__(parent)
         self._segments: list[tuple[float, QColor, str]] = []
         self._total = 1.0
-        self.setMinimumHeight(14)
+        self.setFixedHeight(14)
 
     def sizeHint(self) -> QSize:
         return QSize(220, 16)
@@ -213,6 +215,8 @@ class KvCachePanel(QGroupBox):
         self.bytes_label = LiveText()
         self.types_label = _value_label()
         self.turn_label = _value_label()
+        self.view_label = _value_label()
+        self.view_label.hide()
         self.warning_label = _value_label()
         self.warning_label.setObjectName("contextWarning")
         self.warning_label.hide()
@@ -231,6 +235,7 @@ class KvCachePanel(QGroupBox):
         layout.addWidget(self.bytes_label)
         layout.addWidget(self.types_label)
         layout.addWidget(self.turn_label)
+        layout.addWidget(self.view_label)
         layout.addWidget(self.warning_label)
 
     def show_kv(self, view: KvView) -> None:
@@ -253,6 +258,8 @@ class KvCachePanel(QGroupBox):
         )
         self.types_label.setText(f"K {view.type_k}, V {view.type_v} · on {view.device}")
         self._show_warning(view, fraction)
+        self.view_label.setText(view.view_note)
+        self.view_label.setVisible(bool(view.view_note))
         if view.reused_tokens is not None and view.evaluated_tokens is not None:
             self.turn_label.setText(
                 f"Last prompt: {view.reused_tokens:,} tokens from the cache, "

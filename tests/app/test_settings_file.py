@@ -26,7 +26,9 @@ def test_round_trip_and_written_only_when_changed(tmp_path: Path) -> None:
     chosen = Settings(
         model_path="/models/a.gguf",
         model_folders=("/models",),
-        engine=EngineSettings(n_ctx=2048, type_k="q8_0", temperature=0.2, system_prompt="Be brief."),
+        engine=EngineSettings(
+            n_ctx=2048, type_k="q8_0", temperature=0.2, system_prompt="Be brief."
+        ),
     )
     assert write_settings(path, chosen) is True
     assert read_settings(path) == read_settings(path)

@@ -43,3 +43,45 @@ def test_stop_only_while_busy(qtbot: QtBot) -> None:
     window.set_busy(False)
     assert window.send_button.isEnabled()
     assert not window.stop_button.isEnabled()
+
+
+def test_editing_a_message_resends_it_under_its_key(qtbot: QtBot) -> None:
+    window = MainWindow()
+    qtbot.addWidget(window)
+    window.show_model("model", "", "")
+    window.chat_view.add_message("You", "first try", from_person=True, key="u1")
+    edits: list[tuple[str, str]] = []
+    sent: list[str] = []
+    window.message_edited.connect(lambda key, text: edits.append((key, text)))
+    window.message_submitted.connect(sent.append)
+    window.chat_view.edit_requested.emit("u1")
+    assert window.composer.toPlainText() == "first try"
+    assert window.editing_key == "u1"
+    assert window.edit_label.isVisibleTo(window)
+    qtbot.keyClicks(window.composer, ", better")
+    qtbot.keyClick(window.composer, Qt.Key.Key_Return)
+    assert edits == [("u1", "first try, better")]
+    assert sent == []
+    window.accept_message()
+    assert window.editing_key == "" and not window.edit_label.isVisibleTo(window)
+
+
+def test_a_message_given_back_does_not_replace_a_new_one(qtbot: QtBot) -> None:
+    window = MainWindow()
+    qtbot.addWidget(window)
+    window.return_message("too long")
+    assert window.composer.toPlainText() == "too long"
+    window.composer.setPlainText("something new")
+    window.return_message("too long")
+    assert window.composer.toPlainText() == "something new"
+
+
+def test_the_models_view_shows_in_the_status_bar_when_it_is_not_all(qtbot: QtBot) -> None:
+    window = MainWindow()
+    qtbot.addWidget(window)
+    window.show()
+    window.show_model_view("the model sees messages 5–12 of 12")
+    assert window.view_label.isVisible()
+    assert window.view_label.text() == "the model sees messages 5–12 of 12"
+    window.show_model_view("")
+    assert not window.view_label.isVisible()

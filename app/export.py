@@ -1,0 +1,92 @@
+"""A conversation written out as Markdown (to read) or JSON (to process)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from app.store import Conversation, Message
+
+JSON_FORMAT = "kvchat-conversation"
+JSON_VERSION = 1
+
+
+class Error(Exception):
+    """Base class of this module's errors; messages are meant for a person."""
+
+
+class ExportError(Error):
+    """The file could not be written."""
+
+
+def _when(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(seconds))
+
+
+def _iso(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(seconds))
+
+
+def to_markdown(
+    conversation: Conversation, messages: Sequence[Message], footers: Sequence[str]
+) -> str:
+    """The conversation as a Markdown document; `footers` are the lines shown
+    under each message (its figures), "" where there is none."""
+    lines = [f"# {conversation.title}", ""]
+    lines.append(f"- Model: {conversation.model_name} (`{conversation.model_path}`)")
+    lines.append(
+        f"- Started {_when(conversation.created_at)}, last active {_when(conversation.updated_at)}"
+    )
+    if conversation.system_prompt:
+        lines.append(f"- System prompt: {conversation.system_prompt}")
+    lines.append("")
+    for message, footer in zip(messages, footers, strict=True):
+        heading = "You" if message.role == "user" else conversation.model_name or "Model"
+        lines += [f"## {heading}", "", message.content, ""]
+        if footer:
+            lines += [f"*{footer}*", ""]
+    return "\n".join(lines)
+
+
+def to_json(conversation: Conversation, messages: Sequence[Message]) -> str:
+    """The conversation as JSON: every message with its state and figures."""
+    document = {
+        "format": JSON_FORMAT,
+        "version": JSON_VERSION,
+        "title": conversation.title,
+        "model": {"name": conversation.model_name, "path": conversation.model_path},
+        "system_prompt": conversation.system_prompt,
+        "created_at": _iso(conversation.created_at),
+        "updated_at": _iso(conversation.updated_at),
+        "model_sees_from": conversation.view_start,
+        "messages": [
+            {
+                "role": m.role,
+                "content": m.content,
+                "state": m.state,
+                "created_at": _iso(m.created_at),
+                "stats": json.loads(m.stats) if m.stats else None,
+            }
+            for m in messages
+        ],
+    }
+    return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+
+
+def write_text(path: Path, text: str) -> None:
+    """Writes the file whole or not at all (a temporary file, then a rename).
+
+    Raises:
+        ExportError: the folder or the disk refused.
+    """
+    try:
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(text)
+        os.replace(temporary, path)
+    except OSError as exc:
+        raise ExportError(f"Could not write {path}: {exc.strerror or exc}") from exc

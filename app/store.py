@@ -1,0 +1,491 @@
+"""The conversation store: every conversation and message in one SQLite file.
+
+This is the only module that speaks SQL. The file lives in the data folder as
+`kvchat.sqlite3`, in WAL mode with full sync, so a committed message survives
+the app being killed at any moment (and the machine losing power).
+
+Writes are plain values (`PutConversation`, `PutMessage`, ...) applied in
+groups, one transaction a group. Keys are made by the app, not by SQLite, so
+every write is idempotent: a write that failed (disk full, a read-only
+folder) is simply applied again later, and a newer write of the same message
+replaces an older one that never reached the disk.
+
+Commits are synced to the disk (a message the person saw as sent survives a
+power cut too), except the checkpoints of a reply still being generated:
+those only need to survive the app dying, which WAL mode gives without
+waiting for the disk. Checkpointing the WAL into the database is left to
+moments when nothing streams (`checkpoint`), never to a commit mid-reply.
+
+A file that is corrupt, or that a newer kvchat wrote, is never written to:
+it is moved aside (with its WAL) and a fresh one is started, and the caller
+gets a notice saying where the old one went.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from engine.protocol import Role
+
+DB_NAME = "kvchat.sqlite3"
+
+MessageState = Literal["done", "streaming", "interrupted"]
+
+# Each entry moves the schema up one version; PRAGMA user_version records how
+# many have run. Append, never edit: a database in the field has run the old ones.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE conversations (
+            key TEXT PRIMARY KEY,
+            title TEXT NOT NULL,
+            model_path TEXT NOT NULL,
+            model_name TEXT NOT NULL,
+            system_prompt TEXT NOT NULL,
+            view_start INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            deleted_at REAL
+        )""",
+        "CREATE INDEX conversations_by_activity ON conversations (updated_at)",
+        """CREATE TABLE messages (
+            key TEXT PRIMARY KEY,
+            conversation_key TEXT NOT NULL
+                REFERENCES conversations (key) ON DELETE CASCADE,
+            position INTEGER NOT NULL,
+            role TEXT NOT NULL CHECK (role IN ('system', 'user', 'assistant')),
+            content TEXT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('done', 'streaming', 'interrupted')),
+            stats TEXT,
+            tokens INTEGER,
+            tokens_model TEXT NOT NULL DEFAULT '',
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        )""",
+        "CREATE UNIQUE INDEX messages_in_order ON messages (conversation_key, position)",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+# Errors that say the disk or the folder refused a write, not that the file is bad.
+_WRITE_REFUSED = {
+    "SQLITE_FULL": "the disk is full",
+    "SQLITE_READONLY": "the data folder is read-only",
+    "SQLITE_CANTOPEN": "the data folder cannot be written",
+    "SQLITE_PERM": "the data folder cannot be written",
+    "SQLITE_IOERR": "the disk reported an error",
+}
+
+
+class Error(Exception):
+    """Base class of this module's errors; messages are meant for a person."""
+
+
+class StoreUnavailableError(Error):
+    """The database could not be opened for writing (read-only folder, full disk...)."""
+
+
+class SaveError(Error):
+    """A write did not reach the disk; applying the same writes again may succeed."""
+
+
+def new_key() -> str:
+    """A key for a conversation or a message, made before anything is written."""
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """One conversation, with the model and system prompt it used.
+
+    `view_start` is the position of the first message the model still sees;
+    the ones before it left the context (the system prompt always stays).
+    """
+
+    key: str
+    title: str
+    model_path: str
+    model_name: str
+    system_prompt: str
+    created_at: float
+    updated_at: float
+    view_start: int = 0
+
+
+@dataclass(frozen=True)
+class Message:
+    """One message. A reply being generated is "streaming"; one that was
+    stopped, or whose app or engine died, is "interrupted".
+
+    `stats` is the reply's TurnStats as JSON. `tokens` is what the message
+    costs in the context, as measured with the model at `tokens_model`.
+    """
+
+    key: str
+    conversation_key: str
+    position: int
+    role: Role
+    content: str
+    state: MessageState
+    created_at: float
+    updated_at: float
+    stats: str | None = None
+    tokens: int | None = None
+    tokens_model: str = ""
+
+
+@dataclass(frozen=True)
+class PutConversation:
+    conversation: Conversation
+
+
+@dataclass(frozen=True)
+class PutMessage:
+    """Writes the message as it is now; its conversation counts as active then."""
+
+    message: Message
+
+
+@dataclass(frozen=True)
+class DeleteMessagesFrom:
+    """Removes the message at `position` and every one after it."""
+
+    conversation_key: str
+    position: int
+
+
+@dataclass(frozen=True)
+class TrashConversation:
+    """Hides a conversation; it is purged at the next start unless restored."""
+
+    key: str
+
+
+@dataclass(frozen=True)
+class RestoreConversation:
+    key: str
+
+
+Write = PutConversation | PutMessage | DeleteMessagesFrom | TrashConversation | RestoreConversation
+
+
+def _describe(exc: sqlite3.Error) -> str:
+    name = getattr(exc, "sqlite_errorname", "")
+    for prefix, words in _WRITE_REFUSED.items():
+        if name.startswith(prefix):
+            return words
+    return str(exc)
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=True)
+    connection.execute("PRAGMA busy_timeout = 2000")
+    return connection
+
+
+def _set_aside(path: Path, reason: str) -> Path:
+    """Moves the database and its WAL files to a name no one writes to."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = path.with_name(f"{path.name}.{reason}-{stamp}")
+    suffix = 1
+    while target.exists():
+        suffix += 1
+        target = path.with_name(f"{path.name}.{reason}-{stamp}-{suffix}")
+    for extra in ("-wal", "-shm"):
+        side = path.with_name(path.name + extra)
+        if side.exists():
+            side.rename(target.with_name(target.name + extra))
+    path.rename(target)
+    return target
+
+
+def _check(path: Path) -> str:
+    """Why an existing database must not be used: "corrupt", "newer", or "" if it is fine.
+
+    Read-only, so that a bad file and its WAL stay exactly as they were (a
+    writable connection to a file that is not a database deletes its WAL).
+    """
+    connection = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+    try:
+        rows = connection.execute("PRAGMA quick_check").fetchall()
+        if rows != [("ok",)]:
+            return "corrupt"
+        (version,) = connection.execute("PRAGMA user_version").fetchone()
+        return "newer" if version > SCHEMA_VERSION else ""
+    except sqlite3.DatabaseError as exc:
+        if getattr(exc, "sqlite_errorname", "") in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
+            return "corrupt"
+        raise
+    finally:
+        connection.close()
+
+
+def migrate(
+    connection: sqlite3.Connection, migrations: Sequence[Sequence[str]] = MIGRATIONS
+) -> int:
+    """Runs the migrations the database has not run yet, in one transaction.
+
+    Returns the version the database had before.
+    """
+    (version,) = connection.execute("PRAGMA user_version").fetchone()
+    if version >= len(migrations):
+        return int(version)
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        for steps in migrations[version:]:
+            for statement in steps:
+                connection.execute(statement)
+        connection.execute(f"PRAGMA user_version = {len(migrations)}")
+        connection.execute("COMMIT")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    return int(version)
+
+
+class ConversationStore:
+    """The open database. Use `open_store`; all calls from one thread."""
+
+    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
+        self._connection = connection
+        self.path = path
+        self._durable = True
+
+    def close(self) -> None:
+        self._connection.close()
+
+    # Reading.
+
+    def conversations(self, search: str = "") -> list[Conversation]:
+        """The conversations, newest activity first; `search` matches titles and text."""
+        sql = (
+            "SELECT key, title, model_path, model_name, system_prompt, created_at, "
+            "updated_at, view_start FROM conversations c WHERE deleted_at IS NULL"
+        )
+        arguments: list[str] = []
+        if search.strip():
+            pattern = "%" + search.strip().replace("\\", "\\\\").replace("%", "\\%")
+            pattern = pattern.replace("_", "\\_") + "%"
+            sql += (
+                " AND (title LIKE ? ESCAPE '\\' OR EXISTS (SELECT 1 FROM messages m "
+                "WHERE m.conversation_key = c.key AND m.content LIKE ? ESCAPE '\\'))"
+            )
+            arguments = [pattern, pattern]
+        sql += " ORDER BY updated_at DESC"
+        return [Conversation(*row) for row in self._connection.execute(sql, arguments)]
+
+    def conversation(self, key: str) -> Conversation | None:
+        row = self._connection.execute(
+            "SELECT key, title, model_path, model_name, system_prompt, created_at, "
+            "updated_at, view_start FROM conversations WHERE key = ? AND deleted_at IS NULL",
+            (key,),
+        ).fetchone()
+        return Conversation(*row) if row else None
+
+    def messages(self, conversation_key: str) -> list[Message]:
+        rows = self._connection.execute(
+            "SELECT key, conversation_key, position, role, content, state, created_at, "
+            "updated_at, stats, tokens, tokens_model FROM messages "
+            "WHERE conversation_key = ? ORDER BY position",
+            (conversation_key,),
+        )
+        return [Message(*row) for row in rows]
+
+    def integrity(self) -> str:
+        """SQLite's full integrity check: "ok", or what is wrong."""
+        rows = self._connection.execute("PRAGMA integrity_check").fetchall()
+        return "; ".join(str(row[0]) for row in rows)
+
+    # Writing.
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        try:
+            self._connection.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise SaveError(_describe(exc)) from exc
+        try:
+            yield self._connection
+            self._connection.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if self._connection.in_transaction:
+                self._connection.execute("ROLLBACK")
+            raise SaveError(_describe(exc)) from exc
+        except BaseException:
+            if self._connection.in_transaction:
+                self._connection.execute("ROLLBACK")
+            raise
+
+    def apply(self, writes: Sequence[Write], durable: bool = True) -> None:
+        """Applies the writes in one transaction: all of them reach the disk, or none.
+
+        `durable=False` commits without waiting for the disk: the writes
+        survive the app being killed, not a power cut.
+
+        Raises:
+            SaveError: the disk or the folder refused; nothing was written.
+        """
+        if durable != self._durable:
+            self._connection.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+            self._durable = durable
+        with self._transaction() as db:
+            for write in writes:
+                self._apply_one(db, write)
+
+    def _apply_one(self, db: sqlite3.Connection, write: Write) -> None:
+        if isinstance(write, PutMessage):
+            m = write.message
+            db.execute(
+                "INSERT INTO messages (key, conversation_key, position, role, content, state, "
+                "created_at, updated_at, stats, tokens, tokens_model) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET content = excluded.content, "
+                "state = excluded.state, updated_at = excluded.updated_at, "
+                "stats = excluded.stats, tokens = excluded.tokens, "
+                "tokens_model = excluded.tokens_model",
+                (
+                    m.key,
+                    m.conversation_key,
+                    m.position,
+                    m.role,
+                    m.content,
+                    m.state,
+                    m.created_at,
+                    m.updated_at,
+                    m.stats,
+                    m.tokens,
+                    m.tokens_model,
+                ),
+            )
+            db.execute(
+                "UPDATE conversations SET updated_at = max(updated_at, ?) WHERE key = ?",
+                (m.updated_at, m.conversation_key),
+            )
+        elif isinstance(write, PutConversation):
+            c = write.conversation
+            db.execute(
+                "INSERT INTO conversations (key, title, model_path, model_name, system_prompt, "
+                "created_at, updated_at, view_start) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET title = excluded.title, "
+                "model_path = excluded.model_path, model_name = excluded.model_name, "
+                "system_prompt = excluded.system_prompt, "
+                "updated_at = max(updated_at, excluded.updated_at), "
+                "view_start = excluded.view_start",
+                (
+                    c.key,
+                    c.title,
+                    c.model_path,
+                    c.model_name,
+                    c.system_prompt,
+                    c.created_at,
+                    c.updated_at,
+                    c.view_start,
+                ),
+            )
+        elif isinstance(write, DeleteMessagesFrom):
+            db.execute(
+                "DELETE FROM messages WHERE conversation_key = ? AND position >= ?",
+                (write.conversation_key, write.position),
+            )
+        elif isinstance(write, TrashConversation):
+            db.execute(
+                "UPDATE conversations SET deleted_at = ? WHERE key = ?", (time.time(), write.key)
+            )
+        else:
+            db.execute("UPDATE conversations SET deleted_at = NULL WHERE key = ?", (write.key,))
+
+    def checkpoint(self) -> None:
+        """Moves what the WAL holds into the database file, where it can.
+
+        A checkpoint that cannot run now loses nothing (the WAL keeps it).
+        """
+        try:
+            self._connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.OperationalError:
+            return
+
+    def _recover(self) -> int:
+        """After a start: replies left streaming by a dead app become interrupted,
+        and conversations trashed and not restored are purged. Returns the replies."""
+        with self._transaction() as db:
+            marked = db.execute(
+                "UPDATE messages SET state = 'interrupted' WHERE state = 'streaming'"
+            ).rowcount
+            db.execute("DELETE FROM conversations WHERE deleted_at IS NOT NULL")
+        return int(marked)
+
+
+@dataclass(frozen=True)
+class Opened:
+    """An open store, and what a person should be told about opening it."""
+
+    store: ConversationStore
+    notice: str
+    interrupted: int
+
+
+def open_store(data_dir: Path) -> Opened:
+    """Opens (or creates) the database in `data_dir`, migrated to this version.
+
+    A corrupt database, or one from a newer kvchat, is moved aside and a fresh
+    one started; the notice says so.
+
+    Raises:
+        StoreUnavailableError: the folder or the disk refuses writes, or the
+            bad database could not be moved aside.
+    """
+    path = data_dir / DB_NAME
+    notice = ""
+    try:
+        problem = _check(path) if path.exists() else ""
+        if problem:
+            kept = _set_aside(path, "corrupt" if problem == "corrupt" else "from-newer-kvchat")
+            what = (
+                "was damaged"
+                if problem == "corrupt"
+                else "was written by a newer version of kvchat"
+            )
+            notice = (
+                f"The conversation history {what}, so it was kept as {kept.name} "
+                "and kvchat started a new one."
+            )
+        connection = _connect(path)
+    except OSError as exc:
+        raise StoreUnavailableError(
+            f"Conversations cannot be saved: {exc.strerror or exc} ({data_dir})."
+        ) from exc
+    except sqlite3.Error as exc:
+        raise StoreUnavailableError(
+            f"Conversations cannot be saved: {_describe(exc)} ({data_dir})."
+        ) from exc
+    try:
+        mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode != "wal":
+            raise StoreUnavailableError(
+                f"Conversations cannot be saved: the data folder does not allow a "
+                f"write-ahead log ({data_dir})."
+            )
+        connection.execute("PRAGMA synchronous = FULL")
+        # Checkpoints run between replies (ConversationStore.checkpoint), not
+        # inside whichever commit happens to cross the threshold.
+        connection.execute("PRAGMA wal_autocheckpoint = 0")
+        connection.execute("PRAGMA foreign_keys = ON")
+        migrate(connection)
+        store = ConversationStore(connection, path)
+        interrupted = store._recover()
+    except (sqlite3.Error, SaveError) as exc:
+        connection.close()
+        reason = _describe(exc) if isinstance(exc, sqlite3.Error) else str(exc)
+        raise StoreUnavailableError(
+            f"Conversations cannot be saved: {reason} ({data_dir})."
+        ) from exc
+    except StoreUnavailableError:
+        connection.close()
+        raise
+    return Opened(store, notice, interrupted)

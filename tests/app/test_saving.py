@@ -1,0 +1,98 @@
+"""The save queue: order, retries, and nothing dropped, on a real store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from pytestqt.qtbot import QtBot
+
+from app.saving import SaveQueue
+from app.store import (
+    Conversation,
+    Message,
+    PutConversation,
+    PutMessage,
+    open_store,
+)
+from tests.read_only import read_only
+
+
+def _put(position: int, text: str, state: str = "done") -> PutMessage:
+    return PutMessage(
+        Message(f"m{position}", "c", position, "user", text, state, 1.0, 1.0)  # type: ignore[arg-type]
+    )
+
+
+CONVERSATION = PutConversation(Conversation("c", "t", "p", "n", "", 1.0, 1.0))
+
+
+def _fill_the_disk(queue: SaveQueue) -> None:
+    store = queue.store
+    assert store is not None
+    pages = store._connection.execute("PRAGMA page_count").fetchone()[0]
+    store._connection.execute(f"PRAGMA max_page_count = {pages}")
+
+
+def _free_the_disk(queue: SaveQueue) -> None:
+    assert queue.store is not None
+    queue.store._connection.execute("PRAGMA max_page_count = 1073741823")
+
+
+def test_writes_land_in_order_and_a_failure_is_retried(qtbot: QtBot, data_dir: Path) -> None:
+    queue = SaveQueue(lambda: open_store(data_dir), retry_ms=30)
+    assert queue.open() is not None
+    assert queue.submit(CONVERSATION, _put(0, "first"))
+    _fill_the_disk(queue)
+    with qtbot.waitSignal(queue.save_failed) as failed:
+        assert not queue.submit(_put(1, "x" * 50_000))
+    assert failed.args == [
+        "Could not save the conversation: the disk is full. Everything stays on screen, "
+        "and kvchat keeps trying to save it every few seconds."
+    ]
+    # While it fails, later writes wait behind it; checkpoints of one reply fold into one.
+    assert not queue.submit(_put(2, "rep", "streaming"), durable=False)
+    assert not queue.submit(_put(2, "reply so far", "streaming"), durable=False)
+    assert queue.pending == 2
+    _free_the_disk(queue)
+    with qtbot.waitSignal(queue.saved_again, timeout=2000):
+        pass
+    assert queue.pending == 0 and queue.problem == ""
+    assert queue.store is not None
+    messages = queue.store.messages("c")
+    assert [(m.content[:5], m.state) for m in messages] == [
+        ("first", "done"),
+        ("xxxxx", "done"),
+        ("reply", "streaming"),
+    ]
+    assert queue.close() is None
+
+
+def test_a_store_that_cannot_open_is_opened_later(qtbot: QtBot, data_dir: Path) -> None:
+    queue = SaveQueue(lambda: open_store(data_dir), retry_ms=30)
+    with read_only(data_dir):
+        assert queue.open() is None
+        assert queue.problem.startswith("Conversations cannot be saved: ")
+        assert not queue.submit(CONVERSATION, _put(0, "kept"))
+    with qtbot.waitSignal(queue.store_opened, timeout=2000):
+        pass
+    assert queue.pending == 0
+    assert queue.store is not None
+    assert [m.content for m in queue.store.messages("c")] == ["kept"]
+    queue.close()
+
+
+def test_quitting_while_the_disk_refuses_keeps_the_writes_in_a_file(
+    qtbot: QtBot, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    queue = SaveQueue(lambda: open_store(data_dir))
+    queue.open()
+    queue.submit(CONVERSATION)
+    _fill_the_disk(queue)
+    queue.submit(_put(0, "y" * 50_000))
+    rescue = queue.close()
+    assert rescue is not None and rescue.parent == tmp_path
+    (group,) = json.loads(rescue.read_text(encoding="utf-8"))
+    assert group[0]["PutMessage"]["message"]["content"] == "y" * 50_000

@@ -1,0 +1,255 @@
+"""A scripted stand-in for the EngineClient, for tests and benchmarks that need
+exact timing or thousands of messages: replies come from a script, at a set
+rate, from a thread of their own as the real reader thread sends them.
+
+It is never a substitute for the real engine in end-to-end tests. Token
+counts are words plus a few tokens of wrapping per message, and the context
+is enforced as the runner enforces it: a prompt that does not fit is refused
+with both numbers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from PySide6.QtCore import QObject, QThread, QTimer, Signal
+
+from app.controller import Controller
+from app.history import History
+from app.instance_lock import InstanceLock
+from app.saving import SaveQueue
+from app.settings import EngineSettings
+from app.store import open_store
+from engine.protocol import (
+    ChatMessage,
+    LoadConfig,
+    ModelInfo,
+    PromptEvaluated,
+    Sampling,
+    TurnStats,
+)
+from ui.main_window import MainWindow
+
+FLUSH_S = 0.010  # what the engine host batches text deltas to
+WRAP_TOKENS = 4
+SYSTEM_TOKENS = 10
+
+
+def count_tokens(text: str) -> int:
+    return len(text.split())
+
+
+def model_info(n_ctx: int = 4096, path: str = "/models/scripted.gguf") -> ModelInfo:
+    return ModelInfo(
+        path=path,
+        name="Scripted",
+        architecture="script",
+        n_params=1,
+        size_bytes=1,
+        n_ctx=n_ctx,
+        n_ctx_train=n_ctx,
+        n_threads=1,
+        n_gpu_layers=0,
+        n_layers=1,
+        gpu_offload_supported=False,
+        chat_template_source="none",
+        load_seconds=0.0,
+    )
+
+
+@dataclass
+class Request:
+    request_id: int
+    messages: list[ChatMessage]
+    sampling: Sampling
+    continue_last: bool
+
+
+class _Stream(QThread):
+    """Emits the reply's words at `rate` a second, batched every FLUSH_S."""
+
+    delta = Signal(int, str)
+
+    def __init__(self, request_id: int, words: Sequence[str], rate: float) -> None:
+        super().__init__()
+        self.request_id = request_id
+        self.words = list(words)
+        self.rate = rate
+        self.cancelled = threading.Event()
+        self.sent = 0
+        self.first_at = 0.0
+        self.last_at = 0.0
+
+    def run(self) -> None:
+        started = time.perf_counter()
+        while self.sent < len(self.words) and not self.cancelled.is_set():
+            time.sleep(FLUSH_S)
+            due = min(int((time.perf_counter() - started) * self.rate) + 1, len(self.words))
+            if due > self.sent:
+                now = time.perf_counter()
+                self.first_at = self.first_at or now
+                self.last_at = now
+                self.delta.emit(self.request_id, "".join(self.words[self.sent : due]))
+                self.sent = due
+
+
+class ScriptedEngine(QObject):
+    """Speaks the EngineClient's signals; `reply` says what each reply is.
+
+    `reply` gets the messages of the request and returns the reply's words
+    (each with its own spacing), so that `"".join` of them is the reply.
+    """
+
+    host_started = Signal(object)
+    load_progress = Signal(float)
+    memory_reported = Signal(object)
+    model_loaded = Signal(object)
+    load_failed = Signal(object)
+    prompt_evaluated = Signal(object)
+    text_received = Signal(int, str)
+    cache_filled = Signal(int)
+    memory_sampled = Signal(object)
+    turn_finished = Signal(int, str, object)
+    chat_failed = Signal(int, str)
+    host_exited = Signal(object)
+
+    def __init__(
+        self,
+        reply: Callable[[list[ChatMessage]], list[str]],
+        rate: float = 500.0,
+        n_ctx: int = 4096,
+        parent: QObject | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.reply = reply
+        self.rate = rate
+        self.n_ctx = n_ctx
+        self.requests: list[Request] = []
+        self.fail_next = ""
+        self._ids = itertools.count(1)
+        self._streams: dict[int, _Stream] = {}
+        self._running = False
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    def start(self) -> None:
+        self._running = True
+
+    def load(self, config: LoadConfig) -> None:
+        self._running = True
+        info = model_info(self.n_ctx, config.model_path)
+        QTimer.singleShot(0, lambda: self.model_loaded.emit(info))
+
+    def switch(self, config: LoadConfig) -> None:
+        self.load(config)
+
+    def _prompt(self, messages: Sequence[ChatMessage]) -> tuple[int, int, int]:
+        system = SYSTEM_TOKENS + sum(
+            count_tokens(m.content) + WRAP_TOKENS for m in messages if m.role == "system"
+        )
+        turns = [m for m in messages if m.role != "system"]
+        costs = [count_tokens(m.content) + WRAP_TOKENS for m in turns]
+        history = sum(costs[:-1])
+        return system + sum(costs), system, history
+
+    def chat(
+        self, messages: Sequence[ChatMessage], sampling: Sampling, continue_last: bool = False
+    ) -> int:
+        request_id = next(self._ids)
+        self.requests.append(Request(request_id, list(messages), sampling, continue_last))
+        if self.fail_next:
+            message, self.fail_next = self.fail_next, ""
+            QTimer.singleShot(0, lambda: self.chat_failed.emit(request_id, message))
+            return request_id
+        prompt, system, history = self._prompt(messages)
+        if prompt >= self.n_ctx:
+            refusal = (
+                f"the conversation is {prompt} tokens long, and the context holds "
+                f"{self.n_ctx}: start a new conversation or raise the context size"
+            )
+            QTimer.singleShot(0, lambda: self.chat_failed.emit(request_id, refusal))
+            return request_id
+        words = self.reply(list(messages))
+        limited = words[: sampling.max_tokens]
+        stream = _Stream(request_id, limited, self.rate)
+        stream.delta.connect(self._on_delta)
+        stream.finished.connect(
+            lambda: self._finish(stream, prompt, system, history, len(words) > len(limited))
+        )
+        self._streams[request_id] = stream
+        evaluated = PromptEvaluated(request_id, prompt, system, history, 0, prompt)
+        self._started = time.perf_counter()
+        QTimer.singleShot(0, lambda: self._begin(evaluated, stream))
+        return request_id
+
+    def _begin(self, evaluated: PromptEvaluated, stream: _Stream) -> None:
+        self.prompt_evaluated.emit(evaluated)
+        stream.start()
+
+    def _on_delta(self, request_id: int, text: str) -> None:
+        if request_id in self._streams:
+            self.text_received.emit(request_id, text)
+
+    def _finish(self, stream: _Stream, prompt: int, system: int, history: int, cut: bool) -> None:
+        stream.wait()
+        if self._streams.pop(stream.request_id, None) is None:
+            return
+        reason = "cancelled" if stream.cancelled.is_set() else ("length" if cut else "eos")
+        seconds = stream.last_at - stream.first_at
+        stats = TurnStats(
+            prompt_tokens=prompt,
+            system_tokens=system,
+            history_tokens=history,
+            reused_tokens=0,
+            evaluated_tokens=prompt,
+            generated_tokens=stream.sent,
+            time_to_first_token_s=max(stream.first_at - self._started, 0.0),
+            prefill_tokens_per_s=0.0,
+            decode_tokens_per_s=(stream.sent - 1) / seconds if seconds > 0 else 0.0,
+            stop_reason=reason,
+        )
+        text = "".join(stream.words[: stream.sent])
+        self.turn_finished.emit(stream.request_id, text, stats)
+
+    def cancel(self, request_id: int | None = None) -> None:
+        for key, stream in self._streams.items():
+            if request_id is None or key == request_id:
+                stream.cancelled.set()
+
+    def shutdown(self) -> None:
+        self._running = False
+        for stream in list(self._streams.values()):
+            stream.cancelled.set()
+            stream.wait()
+        self._streams.clear()
+
+
+def build_scripted_window(
+    data_dir: Path, engine: ScriptedEngine, settings: EngineSettings | None = None
+) -> tuple[MainWindow, Controller]:
+    """What app.gui.build_window makes, with this engine in place of the real one."""
+    lock = InstanceLock(data_dir)
+    lock.acquire()
+    window = MainWindow()
+    saver = SaveQueue(lambda: open_store(data_dir))
+    opened = saver.open()
+    controller = Controller(
+        window,
+        engine,  # type: ignore[arg-type]
+        settings or EngineSettings(),
+        history=History(saver),
+        lock=lock,
+    )
+    window.show()
+    controller.open_latest()
+    if opened is not None and opened.notice:
+        window.chat_view.add_notice(opened.notice)
+    controller.start("/models/scripted.gguf")
+    return window, controller
