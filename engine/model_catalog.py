@@ -16,7 +16,7 @@ from pathlib import Path
 
 from gguf import LlamaFileType
 
-from engine.gguf_file import ModelFileError, read_gguf
+from engine.gguf_file import GgufInfo, ModelFileError, read_gguf
 from engine.models import bundled_model_path
 
 # Split models ship as NAME-00001-of-00003.gguf; only the first part is opened.
@@ -36,6 +36,8 @@ class ModelEntry:
     parameter_count: int = 0
     quantization: str = ""
     context_length: int | None = None
+    # The blocks and the output layer: what llama.cpp can put on a GPU.
+    offloadable_layers: int = 0
     problem: str = ""
 
 
@@ -93,7 +95,13 @@ def describe(path: Path, source: str) -> ModelEntry:
         parameter_count=info.parameter_count,
         quantization=quantization,
         context_length=info.context_length,
+        offloadable_layers=_block_count(info) + 1,
     )
+
+
+def _block_count(info: GgufInfo) -> int:
+    value = info.metadata.get(f"{info.architecture}.block_count")
+    return value if isinstance(value, int) else 0
 
 
 def find_models(

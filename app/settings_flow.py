@@ -1,0 +1,396 @@
+"""The settings dialog's owner: model discovery, memory projections, applying a choice.
+
+Everything slow runs on one worker thread: reading model headers and the
+dry runs of llama.cpp's allocator (each a short-lived child process). While
+a slider moves, the projection is first recomputed at once from the last
+dry run (the KV cache grows by an exact number of bytes per cell), then the
+dry run of the new settings replaces it.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+from pydantic import ValidationError
+from PySide6.QtCore import QObject, QTimer, Signal
+
+from app.controller import Controller
+from app.settings import EngineSettings
+from app.settings_file import read_settings, settings_path, write_settings
+from engine.estimate import Error as EstimateError
+from engine.estimate import Estimate, estimate
+from engine.gguf_file import ModelFileError
+from engine.model_catalog import ModelEntry, find_models
+from engine.protocol import KvCache
+from ui.memory_panel import format_bytes
+from ui.settings_dialog import Choice, DeviceProjection, ModelRow, SettingsDialog
+
+# A dry run starts when the controls have been still this long.
+DRY_RUN_DELAY_MS = 250
+# Fields that change how a model loads; the rest only change sampling.
+LOAD_FIELDS = (
+    "n_ctx",
+    "n_gpu_layers",
+    "n_threads",
+    "n_batch",
+    "flash_attention",
+    "type_k",
+    "type_v",
+)
+
+
+def model_row(entry: ModelEntry) -> ModelRow:
+    return ModelRow(
+        path=entry.path,
+        name=entry.name,
+        architecture=entry.architecture,
+        parameters=f"{entry.parameter_count / 1e9:.2f} B" if entry.parameter_count else "",
+        quantization=entry.quantization,
+        size=format_bytes(entry.size_bytes),
+        context_length=entry.context_length,
+        problem=entry.problem,
+    )
+
+
+def engine_settings(choice: Choice, current: EngineSettings) -> EngineSettings:
+    """The dialog's choice as validated settings (the bounds are app.settings')."""
+    values = current.model_dump()
+    values.update(
+        n_ctx=choice.n_ctx,
+        n_gpu_layers=choice.n_gpu_layers,
+        n_threads=choice.n_threads,
+        n_batch=choice.n_batch,
+        flash_attention=choice.flash_attention,
+        type_k=choice.type_k,
+        type_v=choice.type_v,
+        temperature=choice.temperature,
+        top_p=choice.top_p,
+        top_k=choice.top_k,
+        min_p=choice.min_p,
+        repeat_penalty=choice.repeat_penalty,
+        max_tokens=choice.max_tokens,
+        seed=choice.seed,
+        system_prompt=choice.system_prompt,
+    )
+    return EngineSettings.model_validate(values)
+
+
+def choice_of(path: str, settings: EngineSettings) -> Choice:
+    return Choice(
+        model_path=path,
+        n_ctx=settings.n_ctx,
+        n_gpu_layers=settings.n_gpu_layers,
+        n_threads=settings.n_threads,
+        n_batch=settings.n_batch,
+        flash_attention=settings.flash_attention,
+        type_k=settings.type_k,
+        type_v=settings.type_v,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        top_k=settings.top_k,
+        min_p=settings.min_p,
+        repeat_penalty=settings.repeat_penalty,
+        max_tokens=settings.max_tokens,
+        seed=settings.seed,
+        system_prompt=settings.system_prompt,
+    )
+
+
+def rescaled(result: Estimate, n_ctx: int) -> list[DeviceProjection]:
+    """The projection at another context, from a dry run at this one.
+
+    Weights do not depend on the context, and each full-size KV cache holds
+    one cell per token of context (sliding-window caches keep their size).
+    The compute buffers are the dry run's own: they change a little with the
+    context, which the next dry run settles.
+    """
+    old_ctx = result.projection.n_ctx
+    devices = []
+    for device in result.projection.devices:
+        kv = device.kv_bytes
+        if kv and old_ctx:
+            caches: tuple[KvCache, ...] = result.projection.kv_caches
+            full = sum(c.bytes for c in caches if c.cells >= old_ctx)
+            share = full / max(sum(c.bytes for c in caches), 1)
+            kv = round(kv * (1 - share) + kv * share * n_ctx / old_ctx)
+        grown = replace(device, kv_bytes=kv)
+        devices.append(
+            DeviceProjection(
+                device.name,
+                device.weights_bytes,
+                kv,
+                device.compute_bytes,
+                device.free_bytes,
+                grown.fits,
+            )
+        )
+    return devices
+
+
+def projection_of(result: Estimate) -> list[DeviceProjection]:
+    return [
+        DeviceProjection(d.name, d.weights_bytes, d.kv_bytes, d.compute_bytes, d.free_bytes, d.fits)
+        for d in result.projection.devices
+    ]
+
+
+class SettingsFlow(QObject):
+    """Opens the settings dialog and carries out what the person chooses.
+
+    Signals:
+        models_found(object): list[ModelEntry], from the worker thread.
+        estimated(int, object): generation, Estimate or an error message.
+        model_fit(str, str): a listed model's path and whether it fits, in words.
+        projection_shown(object): the Estimate (or error text) the dialog now shows.
+        layers_found(str, object, object): path, EngineSettings, GPU layers that fit or None.
+        loaded_estimate(str, object): a loaded model's path and its Estimate or error text.
+    """
+
+    models_found = Signal(object)
+    estimated = Signal(int, object)
+    model_fit = Signal(str, str)
+    projection_shown = Signal(object)
+    layers_found = Signal(str, object, object)
+    loaded_estimate = Signal(str, object)
+
+    def __init__(self, controller: Controller, data_dir: Path) -> None:
+        super().__init__(controller)
+        self.controller = controller
+        self.data_dir = data_dir
+        self.dialog: SettingsDialog | None = None
+        self.last_estimate: Estimate | None = None
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="settings")
+        self._generation = 0
+        self._entries: dict[str, ModelEntry] = {}
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(DRY_RUN_DELAY_MS)
+        self._timer.timeout.connect(self._dry_run)
+        self.models_found.connect(self._on_models_found)
+        self.estimated.connect(self._on_estimated)
+        self.model_fit.connect(self._on_model_fit)
+        self.layers_found.connect(self._on_layers_found)
+        self.loaded_estimate.connect(self._show_estimate_beside_actual)
+        controller.engine.model_loaded.connect(self._estimate_loaded_model)
+        controller.window.destroyed.connect(lambda: self._worker.shutdown(wait=False))
+
+    def discover(self) -> None:
+        """Looks for models in the background; the toolbar's list and the dialog follow."""
+        folders = read_settings(settings_path(self.data_dir)).settings.model_folders
+        self._worker.submit(lambda: self.models_found.emit(find_models(folders)))
+
+    def open(self) -> SettingsDialog:
+        """Shows the dialog (non-modal) and starts looking for models."""
+        if self.dialog is not None:
+            self.dialog.raise_()
+            return self.dialog
+        current = self.controller.model.path if self.controller.model else ""
+        dialog = SettingsDialog(
+            choice_of(current, self.controller.settings),
+            os.cpu_count() or 1,
+            self.controller.window,
+        )
+        dialog.choice_changed.connect(self._on_choice_changed)
+        dialog.applied.connect(self.apply)
+        dialog.finished.connect(self._on_closed)
+        self.dialog = dialog
+        if self._entries:
+            self._on_models_found(list(self._entries.values()))
+        self.discover()
+        dialog.show()
+        self._on_choice_changed(dialog.choice())
+        return dialog
+
+    def _on_closed(self) -> None:
+        self.dialog = None
+        self._generation += 1
+
+    def _on_models_found(self, entries: list[ModelEntry]) -> None:
+        self._entries = {entry.path: entry for entry in entries}
+        current = self.controller.model.path if self.controller.model else ""
+        usable = [e for e in entries if not e.problem]
+        self.controller.window.set_model_choices(
+            [(f"{e.name} · {format_bytes(e.size_bytes)}", e.path) for e in usable], current
+        )
+        if self.dialog is not None:
+            selected = self.dialog.choice().model_path
+            self.dialog.set_models([model_row(e) for e in entries], selected)
+            self._check_fits(usable)
+
+    def _check_fits(self, entries: list[ModelEntry]) -> None:
+        """Fills the list's "Fits" column, one dry run per model, in the background."""
+        settings = self.controller.settings
+
+        def run() -> None:
+            for entry in entries:
+                try:
+                    result = estimate(settings.load_config(entry.path), fit=False)
+                    total = sum(d.total_bytes for d in result.projection.devices)
+                    verdict = "yes" if result.projection.fits else "no"
+                    self.model_fit.emit(entry.path, f"{verdict} ({format_bytes(total)})")
+                except (EstimateError, ModelFileError) as exc:
+                    self.model_fit.emit(entry.path, f"unknown: {exc}")
+
+        self._worker.submit(run)
+
+    def _on_model_fit(self, path: str, text: str) -> None:
+        if self.dialog is not None:
+            self.dialog.set_model_fit(path, text)
+
+    def _on_choice_changed(self, choice: Choice) -> None:
+        dialog = self.dialog
+        if dialog is None:
+            return
+        self._generation += 1  # answers for the old choice are stale now
+        entry = self._entries.get(choice.model_path)
+        model = self.controller.model
+        if entry is not None and entry.context_length:
+            offload = bool(model and model.gpu_offload_supported)
+            dialog.set_model_limits(entry.context_length, entry.offloadable_layers, offload)
+        result = self.last_estimate
+        if result is not None and result.model_path == choice.model_path:
+            n_ctx = choice.n_ctx or result.projection.n_ctx
+            dialog.show_projection(
+                rescaled(result, n_ctx), "Updating: the compute buffers follow from a dry run…"
+            )
+        self._timer.start()
+
+    def _dry_run(self) -> None:
+        dialog = self.dialog
+        if dialog is None or not dialog.choice().model_path:
+            return
+        choice = dialog.choice()
+        try:
+            settings = engine_settings(choice, self.controller.settings)
+        except ValidationError as exc:
+            dialog.show_projection([], f"Not a valid choice: {exc.errors()[0]['msg']}")
+            return
+        self._generation += 1
+        generation = self._generation
+        config = settings.load_config(choice.model_path)
+
+        def run() -> None:
+            try:
+                answer: object = estimate(config, fit=False)
+            except (EstimateError, ModelFileError) as exc:
+                answer = (
+                    f"estimate unavailable: {exc}" if "unavailable" not in str(exc) else str(exc)
+                )
+            self.estimated.emit(generation, answer)
+
+        self._worker.submit(run)
+
+    def _on_estimated(self, generation: int, answer: object) -> None:
+        if generation != self._generation or self.dialog is None:
+            return  # the controls have moved on since
+        if isinstance(answer, Estimate):
+            self.last_estimate = answer
+            verdict = "It fits." if answer.projection.fits else "It does not fit: choose less."
+            seconds = answer.dry_run_seconds
+            note = f"{verdict} From a dry run of llama.cpp's allocator ({seconds:.2f} s)."
+            for extra in answer.notes:
+                note += f" {extra[:1].upper()}{extra[1:]}."
+            self.dialog.show_projection(projection_of(answer), note)
+        else:
+            self.dialog.show_projection([], str(answer))
+        self.projection_shown.emit(answer)
+
+    def _estimate_loaded_model(self, info: object) -> None:
+        """After a load, the estimate of the same load, to show beside what it took."""
+        path = str(getattr(info, "path", ""))
+        config = self.controller.settings.load_config(path)
+
+        def run() -> None:
+            try:
+                answer: object = estimate(config, fit=False)
+            except (EstimateError, ModelFileError) as exc:
+                answer = str(exc)
+            self.loaded_estimate.emit(path, answer)
+
+        self._worker.submit(run)
+
+    def _show_estimate_beside_actual(self, path: str, answer: object) -> None:
+        model = self.controller.model
+        memory = self.controller.memory_monitor.memory
+        panel = self.controller.window.memory_panel
+        if model is None or model.path != path or memory is None:
+            return
+        if not isinstance(answer, Estimate):
+            panel.set_estimate(f"Estimate before load: {answer}")
+            return
+        actual = {b.device: b for b in memory.buffers}
+        rows = []
+        for device in answer.projection.devices:
+            real = actual.get(device.name)
+            if real is None and not device.total_bytes:
+                continue
+            cells = []
+            for projected, measured in (
+                (device.weights_bytes, real.weights_bytes if real else 0),
+                (device.kv_bytes, real.kv_bytes if real else 0),
+                (device.compute_bytes, real.compute_bytes if real else 0),
+            ):
+                cells.append(f"{format_bytes(projected)} / {format_bytes(measured)}")
+            rows.append(
+                f"<tr><td><b>{device.name}</b></td><td>" + "</td><td>".join(cells) + "</td></tr>"
+            )
+        panel.set_estimate(
+            "<b>Estimate / actual</b> (dry run before load / llama.cpp's report)"
+            "<table cellspacing='6'><tr><td></td><td>weights</td><td>KV cache</td>"
+            "<td>compute</td></tr>" + "".join(rows) + "</table>"
+        )
+
+    def apply(self, choice: Choice) -> None:
+        """Saves the choice and, if it changes how the model loads, switches to it."""
+        try:
+            settings = engine_settings(choice, self.controller.settings)
+        except ValidationError as exc:
+            self.controller.window.show_error(f"Settings not applied: {exc.errors()[0]['msg']}")
+            return
+        file = settings_path(self.data_dir)
+        stored = read_settings(file).settings
+        model_path = choice.model_path or None
+        try:
+            write_settings(
+                file, stored.model_copy(update={"engine": settings, "model_path": model_path})
+            )
+        except OSError as exc:
+            self.controller.window.show_error(f"Settings apply now but could not be saved: {exc}")
+        current = self.controller.model
+        reload = (
+            current is None
+            or current.path != choice.model_path
+            or any(
+                getattr(settings, name) != getattr(self.controller.settings, name)
+                for name in LOAD_FIELDS
+            )
+        )
+        if not (reload and choice.model_path):
+            self.controller.settings = settings
+            return
+        offload = bool(current and current.gpu_offload_supported)
+        if settings.n_gpu_layers is not None or not offload:
+            self.controller.switch_model(choice.model_path, settings)
+            return
+        # "auto: the most that fit": the fit search's answer, for this load only
+        # (the saved setting stays auto, so another model gets its own answer).
+        config = settings.load_config(choice.model_path)
+
+        def find_layers() -> None:
+            try:
+                fit = estimate(config, fit=True).fit
+                layers = fit.max_gpu_layers if fit is not None else None
+            except (EstimateError, ModelFileError):
+                layers = None
+            self.layers_found.emit(choice.model_path, settings, layers)
+
+        self._worker.submit(find_layers)
+
+    def _on_layers_found(self, path: str, settings: EngineSettings, layers: int | None) -> None:
+        chosen = (
+            settings if layers is None else settings.model_copy(update={"n_gpu_layers": layers})
+        )
+        self.controller.switch_model(path, chosen)

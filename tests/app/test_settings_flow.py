@@ -1,0 +1,117 @@
+"""The settings dialog with the real bundled model: the projection follows the slider,
+and applying a choice saves it and reloads the model with it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pytestqt.qtbot import QtBot
+
+from app.controller import Controller
+from app.gui import build_window
+from app.settings import EngineSettings
+from app.settings_flow import SettingsFlow
+from ui.main_window import MainWindow
+from ui.settings_dialog import SettingsDialog
+
+WAIT_MS = 60_000
+
+
+@pytest.fixture
+def opened(
+    qtbot: QtBot, data_dir: Path
+) -> Iterator[tuple[MainWindow, Controller, SettingsFlow, SettingsDialog]]:
+    window, controller = build_window(None, EngineSettings(), data_dir)
+    if controller.model is None:
+        with qtbot.waitSignal(controller.engine.model_loaded, timeout=WAIT_MS):
+            pass
+    flow = controller.settings_flow
+    assert isinstance(flow, SettingsFlow)
+    with qtbot.waitSignal(flow.projection_shown, timeout=WAIT_MS):
+        dialog = flow.open()
+    yield window, controller, flow, dialog
+    dialog.close()
+    window.close()
+    window.deleteLater()
+    qtbot.wait(1)
+
+
+def _cpu_row(dialog: SettingsDialog) -> str:
+    label, _bar = dialog._projection_widgets[0]
+    return label.text()
+
+
+def test_context_slider_moves_the_projection(
+    qtbot: QtBot, opened: tuple[MainWindow, Controller, SettingsFlow, SettingsDialog]
+) -> None:
+    _, _, flow, dialog = opened
+    first = flow.last_estimate
+    assert first is not None
+    assert first.projection.n_ctx == 4096
+    cpu = first.projection.device("CPU")
+    assert cpu.kv_bytes == 4096 * 23040  # SmolLM2-135M: 22.5 KiB a token in f16
+    assert "KV 90.0 MiB" in _cpu_row(dialog)
+
+    dialog.context_default.setChecked(False)
+    dialog.context.setValue(8192)
+    # At once, before any dry run: the KV cache doubles.
+    assert "KV 180.0 MiB" in _cpu_row(dialog)
+    assert dialog.projection_note.text().startswith("Updating")
+    with qtbot.waitSignal(flow.projection_shown, timeout=WAIT_MS):
+        pass
+    exact = flow.last_estimate
+    assert exact is not None and exact.projection.n_ctx == 8192
+    assert exact.projection.device("CPU").kv_bytes == 8192 * 23040
+    assert dialog.projection_note.text().startswith("It fits.")
+
+
+def test_apply_saves_and_reloads_with_the_choice(
+    qtbot: QtBot,
+    opened: tuple[MainWindow, Controller, SettingsFlow, SettingsDialog],
+    data_dir: Path,
+) -> None:
+    window, controller, _flow, dialog = opened
+    dialog.context_default.setChecked(False)
+    dialog.context.setValue(2048)
+    dialog.temperature.setValue(0.2)
+    with qtbot.waitSignal(controller.engine.model_loaded, timeout=WAIT_MS) as loaded:
+        dialog.applied.emit(dialog.choice())
+    assert loaded.args[0].n_ctx == 2048
+    assert window.context_label.text() == "context 2048 tokens"
+    saved = json.loads((data_dir / "settings.json").read_text())
+    assert saved["engine"]["n_ctx"] == 2048
+    assert saved["engine"]["temperature"] == 0.2
+    # A sampling-only change applies without reloading the model.
+    dialog.temperature.setValue(0.9)
+    dialog.applied.emit(dialog.choice())
+    assert controller.settings.temperature == 0.9
+    assert controller.model is not None
+
+
+def test_panel_shows_estimate_beside_actual_after_load(qtbot: QtBot, data_dir: Path) -> None:
+    window, controller = build_window(None, EngineSettings(), data_dir)
+    flow = controller.settings_flow
+    assert isinstance(flow, SettingsFlow)
+    try:
+        with qtbot.waitSignal(flow.loaded_estimate, timeout=WAIT_MS) as shown:
+            pass
+        result = shown.args[1]
+        memory = controller.memory_monitor.memory
+        assert memory is not None
+        (actual,) = memory.buffers
+        projected = result.projection.device("CPU")
+        # The dry run before the load and llama.cpp's report of the load agree.
+        assert projected.weights_bytes == pytest.approx(actual.weights_bytes, rel=0.01)
+        assert projected.kv_bytes == pytest.approx(actual.kv_bytes, rel=0.01)
+        assert projected.compute_bytes == pytest.approx(actual.compute_bytes, rel=0.10)
+        window.memory_panel.refresh()
+        text = window.memory_panel.estimate_label.text()
+        assert "Estimate / actual" in text
+        assert "90.0 MiB / 90.0 MiB" in text  # the KV cache, 4096 tokens
+    finally:
+        window.close()
+        window.deleteLater()
+        qtbot.wait(1)

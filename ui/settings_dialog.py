@@ -1,0 +1,427 @@
+"""The settings dialog: pick a model and how to run it, and see what it costs first.
+
+It shows plain values it is given (the model list, a projection per device)
+and emits what the person changed; the owner computes projections and
+applies the choice. Every control's range comes from the owner, so the
+bounds live in one place (app.settings).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QPlainTextEdit,
+    QPushButton,
+    QSlider,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ui.memory_panel import COMPUTE, KV, OTHER, WEIGHTS, SegmentBar, format_bytes
+
+KV_TYPES = ("f16", "bf16", "q8_0", "q4_0", "f32")
+FLASH_ATTENTION = ("auto", "on", "off")
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    path: str
+    name: str
+    architecture: str
+    parameters: str
+    quantization: str
+    size: str
+    context_length: int | None
+    problem: str = ""
+    fits: str = ""
+
+
+@dataclass(frozen=True)
+class DeviceProjection:
+    name: str
+    weights_bytes: int
+    kv_bytes: int
+    compute_bytes: int
+    free_bytes: int
+    fits: bool
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What the dialog holds now; None means kvchat's default."""
+
+    model_path: str
+    n_ctx: int | None
+    n_gpu_layers: int | None
+    n_threads: int | None
+    n_batch: int
+    flash_attention: str
+    type_k: str
+    type_v: str
+    temperature: float
+    top_p: float
+    top_k: int
+    min_p: float
+    repeat_penalty: float
+    max_tokens: int
+    seed: int | None
+    system_prompt: str
+
+
+class SettingsDialog(QDialog):
+    """Model, context, GPU layers, threads, batch, attention, cache types, sampling.
+
+    Signals:
+        choice_changed(object): a Choice, whenever a control moved (for the projection).
+        applied(object): a Choice the person applied (Apply or OK).
+    """
+
+    choice_changed = Signal(object)
+    applied = Signal(object)
+
+    def __init__(self, choice: Choice, max_threads: int, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Settings")
+        self.resize(900, 720)
+        self._trained_context = 4096
+        self._layers = 0
+        self._updating = False
+
+        self.models = QTableWidget(0, 7)
+        self.models.setHorizontalHeaderLabels(
+            ["Model", "Architecture", "Parameters", "Quantization", "Size", "Context", "Fits"]
+        )
+        self.models.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.models.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.models.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.models.verticalHeader().hide()
+        self.models.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        self.models.itemSelectionChanged.connect(self._changed)
+        self.models.setMaximumHeight(180)
+        browse = QPushButton("Browse…")
+        browse.clicked.connect(self._browse)
+        self._paths: list[str] = []
+
+        self.context = QSlider(Qt.Orientation.Horizontal)
+        self.context.setRange(512, 4096)
+        self.context.setSingleStep(256)
+        self.context.setPageStep(1024)
+        self.context_label = QLabel()
+        self.context_default = QCheckBox("default (4096, capped by the model)")
+        self.gpu_layers = QSlider(Qt.Orientation.Horizontal)
+        self.gpu_layers_label = QLabel()
+        self.gpu_auto = QCheckBox("auto: the most that fit")
+        self.threads = QSpinBox()
+        self.threads.setRange(0, max_threads)
+        self.threads.setSpecialValueText("physical cores")
+        self.batch = QSpinBox()
+        self.batch.setRange(32, 8192)
+        self.flash = QComboBox()
+        self.flash.addItems(FLASH_ATTENTION)
+        self.type_k = QComboBox()
+        self.type_k.addItems(KV_TYPES)
+        self.type_v = QComboBox()
+        self.type_v.addItems(KV_TYPES)
+
+        self.temperature = QDoubleSpinBox()
+        self.temperature.setRange(0.0, 5.0)
+        self.temperature.setSingleStep(0.05)
+        self.top_p = QDoubleSpinBox()
+        self.top_p.setRange(0.01, 1.0)
+        self.top_p.setSingleStep(0.05)
+        self.top_k = QSpinBox()
+        self.top_k.setRange(0, 1000)
+        self.min_p = QDoubleSpinBox()
+        self.min_p.setRange(0.0, 1.0)
+        self.min_p.setSingleStep(0.01)
+        self.repeat_penalty = QDoubleSpinBox()
+        self.repeat_penalty.setRange(0.5, 2.0)
+        self.repeat_penalty.setSingleStep(0.05)
+        self.max_tokens = QSpinBox()
+        self.max_tokens.setRange(1, 1 << 20)
+        self.seed = QSpinBox()
+        self.seed.setRange(-1, 2**31 - 1)
+        self.seed.setSpecialValueText("random")
+        self.system_prompt = QPlainTextEdit()
+        self.system_prompt.setMaximumHeight(70)
+
+        self.projection_note = QLabel()
+        self.projection_note.setWordWrap(True)
+        self.projection_rows = QVBoxLayout()
+        self._projection_widgets: list[tuple[QLabel, SegmentBar]] = []
+
+        run = QFormLayout()
+        context_row = QHBoxLayout()
+        context_row.addWidget(self.context, 1)
+        context_row.addWidget(self.context_label)
+        context_row.addWidget(self.context_default)
+        run.addRow("Context", context_row)
+        layers_row = QHBoxLayout()
+        layers_row.addWidget(self.gpu_layers, 1)
+        layers_row.addWidget(self.gpu_layers_label)
+        layers_row.addWidget(self.gpu_auto)
+        run.addRow("GPU layers", layers_row)
+        run.addRow("CPU threads", self.threads)
+        run.addRow("Batch size", self.batch)
+        run.addRow("Flash attention", self.flash)
+        cache_row = QHBoxLayout()
+        cache_row.addWidget(QLabel("K"))
+        cache_row.addWidget(self.type_k)
+        cache_row.addWidget(QLabel("V"))
+        cache_row.addWidget(self.type_v)
+        cache_row.addStretch(1)
+        run.addRow("KV cache types", cache_row)
+
+        sampling = QFormLayout()
+        sampling.addRow("Temperature", self.temperature)
+        sampling.addRow("Top-p", self.top_p)
+        sampling.addRow("Top-k", self.top_k)
+        sampling.addRow("Min-p", self.min_p)
+        sampling.addRow("Repeat penalty", self.repeat_penalty)
+        sampling.addRow("Max tokens", self.max_tokens)
+        sampling.addRow("Seed", self.seed)
+
+        run_box = QGroupBox("Loading")
+        run_box.setLayout(run)
+        sampling_box = QGroupBox("Sampling")
+        sampling_box.setLayout(sampling)
+        projection_box = QGroupBox("Projected memory after loading")
+        projection_layout = QVBoxLayout(projection_box)
+        projection_layout.addWidget(self.projection_note)
+        projection_layout.addLayout(self.projection_rows)
+        projection_layout.addStretch(1)
+
+        columns = QHBoxLayout()
+        left = QVBoxLayout()
+        left.addWidget(run_box)
+        left.addWidget(projection_box)
+        columns.addLayout(left, 3)
+        right = QVBoxLayout()
+        right.addWidget(sampling_box)
+        right.addWidget(QLabel("System prompt"))
+        right.addWidget(self.system_prompt)
+        columns.addLayout(right, 2)
+
+        self.buttons = QDialogButtonBox(
+            QDialogButtonBox.StandardButton.Ok
+            | QDialogButtonBox.StandardButton.Apply
+            | QDialogButtonBox.StandardButton.Cancel
+        )
+        self.buttons.accepted.connect(self._ok)
+        self.buttons.rejected.connect(self.reject)
+        apply_button = self.buttons.button(QDialogButtonBox.StandardButton.Apply)
+        apply_button.clicked.connect(lambda: self.applied.emit(self.choice()))
+
+        layout = QVBoxLayout(self)
+        models_row = QHBoxLayout()
+        models_row.addWidget(QLabel("Model"))
+        models_row.addStretch(1)
+        models_row.addWidget(browse)
+        layout.addLayout(models_row)
+        layout.addWidget(self.models, 1)
+        layout.addLayout(columns)
+        layout.addWidget(self.buttons)
+
+        self.set_choice(choice)
+        for signal in (
+            self.context.valueChanged,
+            self.context_default.toggled,
+            self.gpu_layers.valueChanged,
+            self.gpu_auto.toggled,
+            self.threads.valueChanged,
+            self.batch.valueChanged,
+            self.flash.currentIndexChanged,
+            self.type_k.currentIndexChanged,
+            self.type_v.currentIndexChanged,
+        ):
+            signal.connect(self._changed)
+
+    # What the owner tells the dialog.
+
+    def set_models(self, rows: Sequence[ModelRow], selected: str) -> None:
+        self._updating = True
+        self.models.setRowCount(0)
+        self._paths = []
+        for row in rows:
+            self._add_model(row)
+        self._select(selected)
+        self._updating = False
+        self._changed()
+
+    def _add_model(self, row: ModelRow) -> None:
+        index = self.models.rowCount()
+        self.models.insertRow(index)
+        context = f"{row.context_length:,}" if row.context_length else ""
+        cells = [row.name, row.architecture, row.parameters, row.quantization, row.size, context]
+        cells.append(row.problem or row.fits)
+        for column, text in enumerate(cells):
+            item = QTableWidgetItem(text)
+            item.setToolTip(row.problem or row.path)
+            if row.problem:
+                item.setFlags(item.flags() & ~Qt.ItemFlag.ItemIsSelectable)
+                item.setForeground(self.palette().color(self.palette().ColorRole.PlaceholderText))
+            self.models.setItem(index, column, item)
+        self._paths.append(row.path)
+
+    def set_model_fit(self, path: str, text: str) -> None:
+        """The "Fits" cell of one model: whether it fits with the chosen settings."""
+        if path in self._paths:
+            item = self.models.item(self._paths.index(path), 6)
+            if item is not None:
+                item.setText(text)
+
+    def set_model_limits(self, trained_context: int, layers: int, offload: bool) -> None:
+        """The chosen model's trained context and offloadable layers."""
+        self._updating = True
+        self._trained_context = trained_context
+        self._layers = layers
+        self.context.setMaximum(max(trained_context, 512))
+        self.gpu_layers.setRange(0, layers)
+        self.gpu_layers.setEnabled(offload and not self.gpu_auto.isChecked())
+        self.gpu_auto.setEnabled(offload)
+        self._updating = False
+        self._sync_labels()
+
+    def show_projection(self, devices: Sequence[DeviceProjection], note: str) -> None:
+        """Per device: weights, KV, compute against the free memory; red when it won't fit."""
+        while len(self._projection_widgets) < len(devices):
+            label, bar = QLabel(), SegmentBar()
+            label.setWordWrap(True)
+            self.projection_rows.addWidget(label)
+            self.projection_rows.addWidget(bar)
+            self._projection_widgets.append((label, bar))
+        for index, (label, bar) in enumerate(self._projection_widgets):
+            visible = index < len(devices)
+            label.setVisible(visible)
+            bar.setVisible(visible)
+            if not visible:
+                continue
+            device = devices[index]
+            total = device.weights_bytes + device.kv_bytes + device.compute_bytes
+            verdict = "fits" if device.fits else "does not fit"
+            label.setText(
+                f"<b>{device.name}</b>: {format_bytes(total)} "
+                f"(weights {format_bytes(device.weights_bytes)}, "
+                f"KV {format_bytes(device.kv_bytes)}, "
+                f"compute {format_bytes(device.compute_bytes)}) of "
+                f"{format_bytes(device.free_bytes)} free, "
+                f"{format_bytes(max(device.free_bytes - total, 0))} free after loading: "
+                f"<b style='color:{'#16a34a' if device.fits else '#dc2626'}'>{verdict}</b>"
+            )
+            bar.set_segments(
+                [
+                    (device.weights_bytes, WEIGHTS, "weights"),
+                    (device.kv_bytes, KV, "KV cache"),
+                    (device.compute_bytes, COMPUTE, "compute"),
+                    (max(total - device.free_bytes, 0), OTHER, "over the free memory"),
+                ],
+                max(device.free_bytes, total),
+            )
+        self.projection_note.setText(note)
+
+    def set_choice(self, choice: Choice) -> None:
+        self._updating = True
+        self._select(choice.model_path)
+        self.context_default.setChecked(choice.n_ctx is None)
+        self.context.setValue(choice.n_ctx or min(4096, self._trained_context))
+        self.gpu_auto.setChecked(choice.n_gpu_layers is None)
+        self.gpu_layers.setValue(choice.n_gpu_layers or 0)
+        self.threads.setValue(choice.n_threads or 0)
+        self.batch.setValue(choice.n_batch)
+        self.flash.setCurrentText(choice.flash_attention)
+        self.type_k.setCurrentText(choice.type_k)
+        self.type_v.setCurrentText(choice.type_v)
+        self.temperature.setValue(choice.temperature)
+        self.top_p.setValue(choice.top_p)
+        self.top_k.setValue(choice.top_k)
+        self.min_p.setValue(choice.min_p)
+        self.repeat_penalty.setValue(choice.repeat_penalty)
+        self.max_tokens.setValue(choice.max_tokens)
+        self.seed.setValue(-1 if choice.seed is None else choice.seed)
+        self.system_prompt.setPlainText(choice.system_prompt)
+        self._updating = False
+        self._sync_labels()
+
+    def choice(self) -> Choice:
+        seed = self.seed.value()
+        return Choice(
+            model_path=self.selected_path(),
+            n_ctx=None if self.context_default.isChecked() else self._snapped_context(),
+            n_gpu_layers=None if self.gpu_auto.isChecked() else self.gpu_layers.value(),
+            n_threads=self.threads.value() or None,
+            n_batch=self.batch.value(),
+            flash_attention=self.flash.currentText(),
+            type_k=self.type_k.currentText(),
+            type_v=self.type_v.currentText(),
+            temperature=self.temperature.value(),
+            top_p=self.top_p.value(),
+            top_k=self.top_k.value(),
+            min_p=self.min_p.value(),
+            repeat_penalty=self.repeat_penalty.value(),
+            max_tokens=self.max_tokens.value(),
+            seed=None if seed < 0 else seed,
+            system_prompt=self.system_prompt.toPlainText(),
+        )
+
+    def selected_path(self) -> str:
+        rows = self.models.selectionModel().selectedRows() if self.models.selectionModel() else []
+        if rows and rows[0].row() < len(self._paths):
+            return self._paths[rows[0].row()]
+        return self._selected_fallback
+
+    # Internals.
+
+    _selected_fallback = ""
+
+    def _select(self, path: str) -> None:
+        self._selected_fallback = path
+        if path in self._paths:
+            self.models.selectRow(self._paths.index(path))
+
+    def _snapped_context(self) -> int:
+        return max(512, round(self.context.value() / 256) * 256)
+
+    def _sync_labels(self) -> None:
+        self.context.setEnabled(not self.context_default.isChecked())
+        self.context_label.setText(f"{self._snapped_context():,} tokens")
+        self.gpu_layers.setEnabled(self.gpu_auto.isEnabled() and not self.gpu_auto.isChecked())
+        self.gpu_layers_label.setText(
+            "auto" if self.gpu_auto.isChecked() else f"{self.gpu_layers.value()} of {self._layers}"
+        )
+
+    def _changed(self) -> None:
+        if self._updating:
+            return
+        self._sync_labels()
+        self.choice_changed.emit(self.choice())
+
+    def _browse(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Open a GGUF model", "", "GGUF models (*.gguf);;All files (*)"
+        )
+        if path:
+            self._selected_fallback = path
+            self.models.clearSelection()
+            self._changed()
+
+    def _ok(self) -> None:
+        self.applied.emit(self.choice())
+        self.accept()
