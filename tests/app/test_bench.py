@@ -1,0 +1,86 @@
+"""`kvchat bench` end to end at a tiny size: every field written, and a real PNG.
+
+Speed is never checked: the figures depend on the machine and on whatever
+else it runs, and a smoke-sized run's figures mean nothing anyway.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from pathlib import Path
+
+from PySide6.QtGui import QImage
+from PySide6.QtWidgets import QApplication
+
+from app import bench
+from app.bench_chart import HEIGHT, WIDTH
+from app.main import main
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _check(value: object, hint: object, where: str) -> None:
+    """Checks that `value`, read back from JSON, has the shape of the type `hint`."""
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        assert isinstance(hint, type)
+        assert isinstance(value, dict), where
+        hints = typing.get_type_hints(hint, vars(bench))
+        assert set(value) == {f.name for f in dataclasses.fields(hint)}, where
+        for name, field_hint in hints.items():
+            _check(value[name], field_hint, f"{where}.{name}")
+        if hint is bench.Spread:
+            assert value["low"] <= value["median"] <= value["high"], where
+            assert value["values"], where
+    elif origin is tuple:
+        assert isinstance(value, list) and value, where
+        for index, item in enumerate(value):
+            _check(item, typing.get_args(hint)[0], f"{where}[{index}]")
+    elif origin is dict:
+        assert isinstance(value, dict) and value, where
+        for key, item in value.items():
+            _check(item, typing.get_args(hint)[1], f"{where}.{key}")
+    elif origin in (typing.Union, types.UnionType):
+        assert value is None or any(
+            isinstance(value, arg) for arg in typing.get_args(hint) if isinstance(arg, type)
+        ), where
+    elif hint is bool:
+        assert isinstance(value, bool), where
+    elif hint in (int, float):
+        assert isinstance(value, int | float) and not isinstance(value, bool), where
+        assert math.isfinite(value), where
+    elif hint is str:
+        assert isinstance(value, str) and value, where
+    else:
+        assert hint is object and value is not None, where
+
+
+def test_bench_writes_every_field_and_a_chart(
+    qapp: QApplication, tmp_path: Path, model_path: Path
+) -> None:
+    results, chart = tmp_path / "bench.json", tmp_path / "bench.png"
+    argv = ["bench", "--quick", "--model", str(model_path)]
+    assert main([*argv, "--json", str(results), "--chart", str(chart)]) == 0
+
+    written = json.loads(results.read_text())
+    _check(written, bench.BenchResult, "result")
+    assert written["decode_ratio"] > 0 and written["prefill_ratio"] > 0
+    assert written["quick"] is True
+    assert set(written["goals"]) == {
+        "decode_ratio",
+        "prefill_ratio",
+        "ttft_turn20_over_turn1",
+        "only_new_tokens_evaluated",
+    }
+    assert [t["turn"] for t in written["time_to_first_token"]["turns"]] == [1, 5, 10, 20]
+    assert [v["messages"] for v in written["gui"]["views"]] == [10, 1000]
+    # Not speed: the cache must carry every turn over, whatever the machine.
+    assert written["time_to_first_token"]["only_new_tokens_evaluated"] is True
+
+    assert chart.read_bytes().startswith(PNG_SIGNATURE)
+    image = QImage(str(chart))
+    assert (image.width(), image.height()) == (WIDTH, HEIGHT)
