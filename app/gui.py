@@ -2,17 +2,37 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import sys
+import time
 from pathlib import Path
 
-from PySide6.QtWidgets import QApplication
+import psutil
+from PySide6.QtCore import QTimer
+from PySide6.QtWidgets import QApplication, QMessageBox
 
 from app.controller import Controller
 from app.engine_client import EngineClient
+from app.history import History
+from app.instance_lock import AlreadyRunningError, InstanceLock
 from app.paths import engine_log_path
-from app.settings import EngineSettings
+from app.saving import SaveQueue
+from app.settings import EngineSettings, Settings
+from app.settings_file import read_settings, settings_path, write_settings
+from app.settings_flow import SettingsFlow
+from app.store import open_store
+from engine.models import bundled_model_path
 from ui.main_window import MainWindow
 from ui.theme import apply_theme
+
+# `kvchat bench` times the launch with this set to "1": once the model is ready,
+# the app prints one JSON line to stdout and quits. The line holds time.time()
+# when the window was shown (the event loop running with it) and when the
+# model was ready for the first message, the process's RSS then, and "error"
+# when the model failed to load.
+EXIT_WHEN_READY_ENV = "KVCHAT_BENCH_EXIT_WHEN_READY"
 
 
 def build_window(
@@ -20,22 +40,84 @@ def build_window(
 ) -> tuple[MainWindow, Controller]:
     """The window and its controller, with the model starting to load.
 
-    The window is shown before the model has loaded, so loading progress is visible.
+    The window is shown before the model has loaded, so loading progress is
+    visible, with the conversation of the newest activity.
+
+    Raises:
+        AlreadyRunningError: another kvchat uses this data folder.
     """
+    lock = InstanceLock(data_dir)
+    lock.acquire()
     window = MainWindow()
     engine = EngineClient(engine_log_path(data_dir))
-    controller = Controller(window, engine, settings)
+    saver = SaveQueue(lambda: open_store(data_dir))
+    opened = saver.open()
+    controller = Controller(window, engine, settings, history=History(saver), lock=lock)
+    flow = SettingsFlow(controller, data_dir)
+    controller.settings_flow = flow
+    window.settings_requested.connect(flow.open)
     window.show()
+    controller.open_latest()
+    if opened is not None and opened.notice:
+        window.chat_view.add_notice(opened.notice)
     controller.start(model_path)
+    flow.discover()
     return window, controller
 
 
-def run_gui(model_path: str | None, settings: EngineSettings, data_dir: Path) -> int:
+def run_gui(model_path: str | None, settings: Settings, data_dir: Path, notice: str = "") -> int:
+    """Runs the window until it closes.
+
+    Args:
+        model_path: --model; else the model used last, else the bundled one.
+        settings: from settings.json, with this run's command-line values.
+        notice: what was wrong with settings.json, shown once in the chat.
+    """
     app = QApplication.instance() or QApplication(sys.argv[:1])
     assert isinstance(app, QApplication)
     app.setApplicationName("kvchat")
     app.setDesktopFileName("kvchat")
     apply_theme(app)
-    window, _controller = build_window(model_path, settings, data_dir)
+    try:
+        window, controller = build_window(
+            model_path or settings.model_path, settings.engine, data_dir
+        )
+    except AlreadyRunningError as exc:
+        print(f"kvchat: {exc}", file=sys.stderr)
+        QMessageBox.critical(None, "kvchat is already running", str(exc))
+        return 1
+    if notice:
+        window.chat_view.add_notice(notice)
+    controller.engine.model_loaded.connect(lambda info: _remember_model(data_dir, info.path))
+    if os.environ.get(EXIT_WHEN_READY_ENV) == "1":
+        _exit_when_ready(window, controller)
     app.styleHints().colorSchemeChanged.connect(lambda _scheme: window.refresh_theme())
     return app.exec()
+
+
+def _remember_model(data_dir: Path, path: str) -> None:
+    """The next start opens the model that loaded last (None: the bundled one)."""
+    bundled = bundled_model_path()
+    remembered = None if bundled is not None and Path(path) == bundled else path
+    file = settings_path(data_dir)
+    current = read_settings(file).settings
+    if current.model_path != remembered:
+        # Remembering the model is a convenience: a read-only data dir only loses it.
+        with contextlib.suppress(OSError):
+            write_settings(file, current.model_copy(update={"model_path": remembered}))
+
+
+def _exit_when_ready(window: MainWindow, controller: Controller) -> None:
+    """Reports the launch's timestamps once the model is ready, then closes the window."""
+    times: dict[str, object] = {}
+
+    def report(error: str | None) -> None:
+        times.update(ready=time.time(), rss_bytes=psutil.Process().memory_info().rss)
+        if error is not None:
+            times["error"] = error
+        print(json.dumps(times), flush=True)
+        window.close()
+
+    QTimer.singleShot(0, lambda: times.setdefault("window_shown", time.time()))
+    controller.engine.model_loaded.connect(lambda _info: report(None))
+    controller.engine.load_failed.connect(lambda failure: report(failure.message))

@@ -1,4 +1,4 @@
-"""kvchat's entry point: the window, or `kvchat chat` for scripts."""
+"""kvchat's entry point: the window, `kvchat chat` for scripts, `kvchat estimate` to plan."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 
 from app.paths import resolve_data_dir
-from app.settings import EngineSettings
+from app.settings import EngineSettings, Settings
+from app.settings_file import read_settings, settings_path
 
 
 def _add_common_options(parser: argparse.ArgumentParser) -> None:
@@ -25,10 +26,20 @@ def _add_common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpu-layers", type=int, metavar="N", help="layers to offload")
 
 
-def _settings(args: argparse.Namespace, **extra: object) -> EngineSettings:
+def _settings(args: argparse.Namespace, **extra: object) -> tuple[Settings, str]:
+    """settings.json from the data dir, with this run's command-line values on top.
+
+    Returns the settings and what was wrong with the file, if anything.
+
+    Raises:
+        ValidationError: a command-line value is out of range.
+    """
+    loaded = read_settings(settings_path(resolve_data_dir(args.data_dir)))
     values = {"n_ctx": args.ctx, "n_threads": args.threads, "n_gpu_layers": args.gpu_layers}
     values.update(extra)
-    return EngineSettings(**{k: v for k, v in values.items() if v is not None})
+    chosen = {k: v for k, v in values.items() if v is not None}
+    engine = EngineSettings.model_validate({**loaded.settings.engine.model_dump(), **chosen})
+    return loaded.settings.model_copy(update={"engine": engine}), loaded.notice
 
 
 def _explain(error: ValidationError) -> str:
@@ -42,6 +53,14 @@ def _explain(error: ValidationError) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["estimate"]:
+        from app.cli_estimate import main as run_estimate
+
+        return run_estimate(argv[1:])
+    if argv[:1] == ["bench"]:
+        from app.bench import main as run_bench
+
+        return run_bench(argv[1:])
     if argv[:1] == ["chat"]:
         parser = argparse.ArgumentParser(
             prog="kvchat chat",
@@ -55,33 +74,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.add_argument("--stats", action="store_true", help="print the turn's figures")
         args = parser.parse_args(argv[1:])
         try:
-            settings = _settings(
+            settings, notice = _settings(
                 args, max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed
             )
         except ValidationError as exc:
             print(f"kvchat: {_explain(exc)}", file=sys.stderr)
             return 2
+        if notice:
+            print(f"kvchat: {notice}", file=sys.stderr)
         from app.cli_chat import run_chat
 
         return run_chat(
-            args.question, args.model, settings, resolve_data_dir(args.data_dir), args.stats
+            args.question,
+            args.model or settings.model_path,
+            settings.engine,
+            resolve_data_dir(args.data_dir),
+            args.stats,
         )
 
     parser = argparse.ArgumentParser(
         prog="kvchat",
         description="Chat with a local language model and see where the memory goes.",
-        epilog="`kvchat chat QUESTION` streams one reply to stdout instead.",
+        epilog="`kvchat chat QUESTION` streams one reply to stdout instead; "
+        "`kvchat estimate MODEL` projects a load's memory per device.",
     )
     _add_common_options(parser)
     args = parser.parse_args(argv)
     try:
-        settings = _settings(args)
+        settings, notice = _settings(args)
     except ValidationError as exc:
         print(f"kvchat: {_explain(exc)}", file=sys.stderr)
         return 2
     from app.gui import run_gui
 
-    return run_gui(args.model, settings, resolve_data_dir(args.data_dir))
+    return run_gui(args.model, settings, resolve_data_dir(args.data_dir), notice)
 
 
 if __name__ == "__main__":

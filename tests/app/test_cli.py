@@ -22,7 +22,16 @@ def _kvchat(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_chat_streams_a_reply_to_stdout(data_dir: Path) -> None:
-    result = _kvchat("chat", "--stats", "--seed", "5", "Say hello in French.", data_dir=data_dir)
+    result = _kvchat(
+        "chat",
+        "--stats",
+        "--seed",
+        "5",
+        "--max-tokens",
+        "40",
+        "Say hello in French.",
+        data_dir=data_dir,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip()
     # Figures go to stderr, llama.cpp's log to the data dir, not the terminal.
@@ -78,3 +87,16 @@ def test_bad_arguments_get_a_clear_message(
 def test_gui_process_never_imports_llama_cpp() -> None:
     code = "import sys, app.gui, app.cli_chat, engine.client; sys.exit('llama_cpp' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+def test_chat_reads_the_same_settings_and_survives_a_bad_file(data_dir: Path) -> None:
+    (data_dir / "settings.json").write_text('{"engine": {"n_ctx": 0, "max_tokens": 3}}')
+    result = _kvchat("chat", "--stats", "Hello", data_dir=data_dir)
+    assert result.returncode == 0, result.stderr
+    assert "settings file" in result.stderr and "engine.n_ctx (0" in result.stderr
+    # The good field was kept: three tokens at most.
+    stats_line = result.stderr.strip().splitlines()[-1]
+    assert int(stats_line.split(" tokens")[0]) <= 3
+    assert list(data_dir.glob("settings.json.bad-*"))
+    again = _kvchat("chat", "Hello", "--max-tokens", "2", data_dir=data_dir)
+    assert "settings file" not in again.stderr  # said once
