@@ -451,6 +451,8 @@ def _decode_rate(generated: int, seconds: float) -> float:
 def measure_speed(
     kvchat: KvchatPath, direct: DirectProcess, sizes: Sizes, say: Callable[[str], None]
 ) -> SpeedResult:
+    """Each run is a decode turn and a prefill turn on each side, the sides
+    in turn first, after one untimed decode turn each to warm both up."""
     decode_prompt = [ChatMessage("user", DECODE_PROMPT)]
     rates: dict[str, list[float]] = {
         key: []
@@ -566,6 +568,8 @@ def _cached_after(stats: TurnStats) -> int:
 def measure_ttft(
     kvchat: KvchatPath, direct: DirectProcess, sizes: Sizes, say: Callable[[str], None]
 ) -> TtftResult:
+    """One conversation of TTFT_TURNS[-1] turns a run, each with short
+    replies so that the context stays well inside its size."""
     last_turn = max(TTFT_TURNS)
     gui: dict[int, list[float]] = {turn: [] for turn in TTFT_TURNS}
     engine: dict[int, list[float]] = {turn: [] for turn in TTFT_TURNS}
