@@ -15,8 +15,8 @@ here is our own.
 
 from __future__ import annotations
 
-import mmap
 import os
+import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,11 +34,21 @@ MAX_KV_PAIRS = 1 << 16
 MAX_DIMS = 4
 MAX_STRING_BYTES = 1 << 26
 MAX_ARRAY_ITEMS = 1 << 26
+MAX_KEY_BYTES = 1 << 16
+# llama.cpp's GGML_MAX_NAME is 64 bytes, its terminating NUL included.
+MAX_TENSOR_NAME_BYTES = 63
+# Larger than any page size; real files use 32.
+MAX_ALIGNMENT = 1 << 16
+# llama.cpp counts a tensor's elements in a signed 64-bit integer.
+MAX_ELEMENTS = (1 << 63) - 1
 # Strings up to this size are kept (chat templates run to tens of kilobytes).
 KEEP_STRING_BYTES = 1 << 20
 # Numeric arrays up to this length are kept (per-layer head counts and the
 # like); longer arrays (vocabularies, merges) are summarised by their length.
 KEEP_ARRAY_ITEMS = 1024
+# What is kept of all values together; past it, values are summarised too.
+KEEP_TOTAL_STRING_BYTES = 1 << 24
+KEEP_TOTAL_ARRAY_ITEMS = 1 << 16
 
 _SCALAR_FORMATS: dict[GGUFValueType, str] = {
     GGUFValueType.UINT8: "<B",
@@ -157,48 +167,110 @@ def describe_start(head: bytes) -> str:
     return f"it starts with bytes {head[:4].hex(' ')}, not with GGUF"
 
 
-class _Cursor:
-    """Reads little-endian values from a buffer, checking every bound."""
+class _Reader:
+    """Reads little-endian values from the file at a moving position, checking every bound.
 
-    def __init__(self, buffer: mmap.mmap | bytes, size: int) -> None:
-        self._buffer = buffer
+    The file is read with `os.pread` a window at a time rather than mapped:
+    touching a mapped page of a file that someone truncated meanwhile raises
+    SIGBUS, which would kill the process, and the GUI process reads headers
+    when it lists models. A short read here is an error with words instead.
+    """
+
+    _WINDOW = 1 << 20
+
+    def __init__(self, fd: int, size: int) -> None:
+        self._fd = fd
         self._size = size
+        self._base = 0
+        self._window = b""
         self.pos = 0
 
-    def _need(self, n_bytes: int, what: str) -> None:
+    def need(self, n_bytes: int, what: str) -> None:
+        """Checks that `n_bytes` from the current position lie inside the file."""
         if n_bytes < 0 or self.pos + n_bytes > self._size:
             raise ModelFileError(
                 f"the file is truncated or corrupt: {what} at byte {self.pos} "
                 f"runs past the end of the file ({self._size} bytes)"
             )
 
-    def scalar(self, fmt: str, what: str) -> int | float | bool:
-        n_bytes = struct.calcsize(fmt)
-        self._need(n_bytes, what)
-        (value,) = struct.unpack_from(fmt, self._buffer, self.pos)
+    def skip(self, n_bytes: int, what: str) -> None:
+        self.need(n_bytes, what)
         self.pos += n_bytes
-        return value  # type: ignore[no-any-return]
+
+    def take(self, n_bytes: int, what: str) -> tuple[bytes, int]:
+        """The buffer holding the next `n_bytes`, and where they start in it; advances."""
+        self.need(n_bytes, what)
+        start = self.pos - self._base
+        if self.pos < self._base or start + n_bytes > len(self._window):
+            data = os.pread(self._fd, max(n_bytes, self._WINDOW), self.pos)
+            if len(data) < n_bytes:
+                raise ModelFileError(
+                    f"the file shrank while it was being read (now {self.pos + len(data)} "
+                    f"bytes, {self._size} a moment ago): is it still being written or copied?"
+                )
+            self._base, self._window, start = self.pos, data, 0
+        self.pos += n_bytes
+        return self._window, start
+
+    def scalars(self, code: str, count: int, what: str) -> tuple[int | float | bool, ...]:
+        fmt = f"<{count}{code}"
+        buffer, start = self.take(struct.calcsize(fmt), what)
+        return struct.unpack_from(fmt, buffer, start)
 
     def u32(self, what: str) -> int:
-        return int(self.scalar("<I", what))
+        return int(self.scalars("I", 1, what)[0])
 
     def u64(self, what: str) -> int:
-        return int(self.scalar("<Q", what))
+        return int(self.scalars("Q", 1, what)[0])
 
-    def string(self, what: str, keep: bool = True) -> str | None:
+    def string(self, what: str, limit: int = MAX_STRING_BYTES) -> str:
+        """A length-prefixed UTF-8 string of at most `limit` bytes."""
+        return self.string_or_skip(what, keep_up_to=limit, limit=limit) or ""
+
+    def string_or_skip(
+        self, what: str, keep_up_to: int, limit: int = MAX_STRING_BYTES
+    ) -> str | None:
+        """A string, or None past `keep_up_to` bytes (then only its bounds are checked)."""
         length = self.u64(f"the length of {what}")
-        if length > MAX_STRING_BYTES:
-            raise ModelFileError(f"the header is corrupt: {what} claims {length} bytes")
-        self._need(length, what)
-        start = self.pos
-        self.pos += length
-        if not keep or length > KEEP_STRING_BYTES:
+        if length > limit:
+            raise ModelFileError(
+                f"the header is corrupt: {what} is {length} bytes long, "
+                f"and kvchat accepts at most {limit}"
+            )
+        if length > keep_up_to:
+            self.skip(length, what)
             return None
-        raw = bytes(self._buffer[start : self.pos])
+        buffer, start = self.take(length, what)
         try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ModelFileError(f"the header is corrupt: {what} is not valid UTF-8") from exc
+            return buffer[start : start + length].decode("utf-8")
+        except UnicodeDecodeError:
+            raise ModelFileError(f"the header is corrupt: {what} is not valid UTF-8 text") from None
+
+
+# Value types by struct code; strings and arrays are read by their own rules.
+_SCALAR_CODES: dict[GGUFValueType, str] = {
+    value_type: fmt[1:] for value_type, fmt in _SCALAR_FORMATS.items()
+}
+
+# Keys llama.cpp reads with accessors that abort the process (GGML_ASSERT)
+# when the stored type differs, rather than failing the load: a wrong type
+# here is refused before llama.cpp sees it. Values: (type, item type of an array).
+_REQUIRED_TYPES: dict[str, tuple[GGUFValueType, GGUFValueType | None]] = {
+    "general.alignment": (GGUFValueType.UINT32, None),
+    "general.architecture": (GGUFValueType.STRING, None),
+    "tokenizer.ggml.model": (GGUFValueType.STRING, None),
+    "tokenizer.chat_template": (GGUFValueType.STRING, None),
+    "tokenizer.ggml.tokens": (GGUFValueType.ARRAY, GGUFValueType.STRING),
+    "tokenizer.ggml.scores": (GGUFValueType.ARRAY, GGUFValueType.FLOAT32),
+    "tokenizer.ggml.token_type": (GGUFValueType.ARRAY, GGUFValueType.INT32),
+    "tokenizer.ggml.merges": (GGUFValueType.ARRAY, GGUFValueType.STRING),
+}
+
+
+def _type_name(value_type: GGUFValueType, item_type: GGUFValueType | None) -> str:
+    if item_type is None:
+        return value_type.name.lower()
+    return f"array of {item_type.name.lower()}"
 
 
 def _value_type(code: int, key: str) -> GGUFValueType:
@@ -210,28 +282,90 @@ def _value_type(code: int, key: str) -> GGUFValueType:
         ) from None
 
 
-def _read_value(cursor: _Cursor, value_type: GGUFValueType, key: str) -> object:
-    if value_type == GGUFValueType.STRING:
-        return cursor.string(f"metadata {key!r}")
-    if value_type == GGUFValueType.ARRAY:
-        item_type = _value_type(cursor.u32(f"the item type of {key!r}"), key)
-        length = cursor.u64(f"the length of {key!r}")
-        if length > MAX_ARRAY_ITEMS:
-            raise ModelFileError(f"the header is corrupt: metadata {key!r} claims {length} items")
+class _Metadata:
+    """Reads the key/value section, keeping small values and summarising large ones.
+
+    What is kept is bounded in total, not only per value, so that a file of
+    many mid-sized values cannot make the reader hold gigabytes of objects.
+    """
+
+    def __init__(self, reader: _Reader) -> None:
+        self._reader = reader
+        self.values: dict[str, object] = {}
+        self.types: dict[str, tuple[GGUFValueType, GGUFValueType | None]] = {}
+        self._kept_items = 0
+        self._kept_bytes = 0
+
+    def read_entry(self, index: int) -> None:
+        reader = self._reader
+        key = reader.string(f"metadata key {index}", limit=MAX_KEY_BYTES)
+        if key in self.values:
+            raise ModelFileError(f"the header is corrupt: metadata key {key!r} appears twice")
+        value_type = _value_type(reader.u32(f"the type of {key!r}"), key)
+        item_type: GGUFValueType | None = None
+        if value_type == GGUFValueType.ARRAY:
+            item_type = _value_type(reader.u32(f"the item type of {key!r}"), key)
+            value = self._read_array(key, item_type)
+        elif value_type == GGUFValueType.STRING:
+            value = self._read_string(f"metadata {key!r}")
+        else:
+            value = reader.scalars(_SCALAR_CODES[value_type], 1, f"metadata {key!r}")[0]
+        required = _REQUIRED_TYPES.get(key)
+        if required is not None and required != (value_type, item_type):
+            raise ModelFileError(
+                f"the header is corrupt: metadata {key!r} is stored as "
+                f"{_type_name(value_type, item_type)}, where llama.cpp expects "
+                f"{_type_name(*required)}"
+            )
+        self.values[key] = value
+        self.types[key] = (value_type, item_type)
+
+    def _read_string(self, what: str) -> str | None:
+        room = min(KEEP_STRING_BYTES, KEEP_TOTAL_STRING_BYTES - self._kept_bytes)
+        text = self._reader.string_or_skip(what, keep_up_to=room)
+        self._kept_bytes += len(text or "")
+        return text
+
+    def _read_array(self, key: str, item_type: GGUFValueType) -> object:
+        reader = self._reader
+        length = reader.u64(f"the length of {key!r}")
         if item_type == GGUFValueType.ARRAY:
             raise ModelFileError(f"the header is corrupt: metadata {key!r} nests arrays")
+        # Every string item has at least its 8-byte length.
+        item_size = 8 if item_type == GGUFValueType.STRING else _SCALAR_SIZES[item_type]
+        if length > MAX_ARRAY_ITEMS:
+            raise ModelFileError(f"the header is corrupt: metadata {key!r} claims {length} items")
+        # Checked before the walk over the items, which could take long.
+        reader.need(length * item_size, f"the {length} items of {key!r}")
         if item_type == GGUFValueType.STRING:
             for index in range(length):
-                cursor.string(f"item {index} of {key!r}", keep=False)
+                reader.string_or_skip(f"item {index} of {key!r}", keep_up_to=0)
             return ArraySummary(item_type.name, length)
-        fmt = _SCALAR_FORMATS[item_type]
-        item_size = struct.calcsize(fmt)
-        if length > KEEP_ARRAY_ITEMS:
-            cursor._need(item_size * length, f"metadata {key!r}")
-            cursor.pos += item_size * length
+        if length > KEEP_ARRAY_ITEMS or self._kept_items + length > KEEP_TOTAL_ARRAY_ITEMS:
+            reader.skip(item_size * length, f"metadata {key!r}")
             return ArraySummary(item_type.name, length)
-        return [cursor.scalar(fmt, f"item {index} of {key!r}") for index in range(length)]
-    return cursor.scalar(_SCALAR_FORMATS[value_type], f"metadata {key!r}")
+        self._kept_items += length
+        return list(reader.scalars(_SCALAR_CODES[item_type], length, f"metadata {key!r}"))
+
+
+_SCALAR_SIZES: dict[GGUFValueType, int] = {
+    value_type: struct.calcsize(fmt) for value_type, fmt in _SCALAR_FORMATS.items()
+}
+
+
+def _alignment(metadata: _Metadata) -> int:
+    alignment = metadata.values.get("general.alignment", DEFAULT_ALIGNMENT)
+    if not isinstance(alignment, int) or not 0 < alignment <= MAX_ALIGNMENT:
+        raise ModelFileError(
+            f"the header is corrupt: it asks for tensor data aligned to {alignment!r} bytes "
+            f"(kvchat accepts 1 to {MAX_ALIGNMENT})"
+        )
+    if alignment & (alignment - 1):
+        raise ModelFileError(
+            f"the header is corrupt: it asks for tensor data aligned to {alignment} bytes, "
+            "which is not a power of two"
+        )
+    return alignment
 
 
 def _tensor_bytes(shape: tuple[int, ...], type_code: int, name: str) -> tuple[str, int]:
@@ -242,10 +376,18 @@ def _tensor_bytes(shape: tuple[int, ...], type_code: int, name: str) -> tuple[st
             f"tensor {name!r} has type {type_code}, which this version of kvchat does not know"
         ) from None
     block_size, type_size = GGML_QUANT_SIZES[ggml_type]
+    if 0 in shape:
+        raise ModelFileError(f"the header is corrupt: tensor {name!r} has a dimension of 0")
     count = 1
     for dim in shape:
         count *= dim
-    if shape and shape[0] % block_size:
+    # llama.cpp counts elements in a signed 64-bit integer.
+    if count >= MAX_ELEMENTS:
+        raise ModelFileError(
+            f"the header is corrupt: tensor {name!r} has shape "
+            f"{' x '.join(map(str, shape))}, too many elements to count"
+        )
+    if shape[0] % block_size:
         raise ModelFileError(
             f"the header is corrupt: tensor {name!r} has {shape[0]} columns, "
             f"not a multiple of {ggml_type.name}'s block of {block_size}"
@@ -253,82 +395,114 @@ def _tensor_bytes(shape: tuple[int, ...], type_code: int, name: str) -> tuple[st
     return ggml_type.name, count // block_size * type_size
 
 
+def _read_tensor(reader: _Reader, index: int, alignment: int) -> TensorInfo:
+    name = reader.string(f"the name of tensor {index}", limit=MAX_TENSOR_NAME_BYTES)
+    label = name or f"#{index}"
+    n_dims = reader.u32(f"the dimension count of tensor {label!r}")
+    if not 1 <= n_dims <= MAX_DIMS:
+        raise ModelFileError(
+            f"the header is corrupt: tensor {label!r} has {n_dims} dimensions "
+            f"(tensors have 1 to {MAX_DIMS})"
+        )
+    shape = tuple(int(d) for d in reader.scalars("Q", n_dims, f"the shape of {label!r}"))
+    type_name, n_bytes = _tensor_bytes(shape, reader.u32(f"the type of {label!r}"), label)
+    offset = reader.u64(f"the offset of {label!r}")
+    if offset % alignment:
+        raise ModelFileError(
+            f"the header is corrupt: tensor {label!r} is not aligned to {alignment} bytes"
+        )
+    return TensorInfo(name, shape, type_name, offset, n_bytes)
+
+
 def read_gguf(path: str | os.PathLike[str]) -> GgufInfo:
     """Checks a GGUF file's header and returns what it says.
+
+    Any file at all, however malformed, either passes or gets a
+    ModelFileError: the checks cover every length, count and offset that
+    llama.cpp would otherwise trust.
 
     Raises:
         ModelFileError: the file is missing, unreadable, not GGUF, of an
             unsupported version, truncated, or its header is inconsistent.
     """
     path = Path(path)
-    if not path.exists():
-        raise ModelFileError(f"the file does not exist ({path})")
-    if path.is_dir():
-        raise ModelFileError(f"it is a folder, not a model file ({path})")
     try:
-        with path.open("rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
-            if size == 0:
-                raise ModelFileError("not a GGUF file: the file is empty")
-            with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
-                return _parse(path, view, size)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise ModelFileError(f"the file does not exist ({path})") from None
+    except IsADirectoryError:
+        raise ModelFileError(f"it is a folder, not a model file ({path})") from None
     except PermissionError:
         raise ModelFileError(f"permission denied: {path} cannot be read") from None
     except OSError as exc:
         raise ModelFileError(f"it cannot be read: {exc.strerror or exc}") from None
+    except ValueError:  # a NUL byte in the path
+        raise ModelFileError(f"the file name is not valid ({path!r})") from None
+    try:
+        status = os.fstat(fd)
+        if stat.S_ISDIR(status.st_mode):
+            raise ModelFileError(f"it is a folder, not a model file ({path})")
+        # A FIFO or a device would block or never end; a model is a plain file.
+        if not stat.S_ISREG(status.st_mode):
+            raise ModelFileError(f"it is not a regular file ({path})")
+        if status.st_size == 0:
+            raise ModelFileError("not a GGUF file: the file is empty")
+        return _parse(path, fd, status.st_size)
+    except OSError as exc:
+        raise ModelFileError(f"it cannot be read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
 
 
-def _parse(path: Path, view: mmap.mmap, size: int) -> GgufInfo:
-    head = bytes(view[:64])
+def _parse(path: Path, fd: int, size: int) -> GgufInfo:
+    head = os.pread(fd, 64, 0)
     if not head.startswith(GGUF_MAGIC):
         raise ModelFileError(f"not a GGUF file: {describe_start(head)}")
-    cursor = _Cursor(view, size)
-    cursor.pos = len(GGUF_MAGIC)
-    version = cursor.u32("the version")
+    reader = _Reader(fd, size)
+    reader.skip(len(GGUF_MAGIC), "the magic")
+    version = reader.u32("the version")
     if version not in SUPPORTED_VERSIONS:
         raise ModelFileError(
             f"it is GGUF version {version}; kvchat reads versions "
             f"{' and '.join(map(str, SUPPORTED_VERSIONS))}"
         )
-    n_tensors = cursor.u64("the tensor count")
-    n_kv = cursor.u64("the metadata count")
+    n_tensors = reader.u64("the tensor count")
+    n_kv = reader.u64("the metadata count")
     if n_tensors > MAX_TENSORS or n_kv > MAX_KV_PAIRS:
         raise ModelFileError(
             f"the header is corrupt: it claims {n_tensors} tensors and {n_kv} metadata entries"
         )
 
-    metadata: dict[str, object] = {}
+    metadata = _Metadata(reader)
     for index in range(n_kv):
-        key = cursor.string(f"metadata key {index}") or ""
-        value_type = _value_type(cursor.u32(f"the type of {key!r}"), key)
-        metadata[key] = _read_value(cursor, value_type, key)
+        metadata.read_entry(index)
+    alignment = _alignment(metadata)
 
-    alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
-    if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
-        raise ModelFileError(f"the header is corrupt: alignment {alignment!r}")
-
-    raw_tensors: list[tuple[str, tuple[int, ...], str, int, int]] = []
+    tensors: list[TensorInfo] = []
+    names: set[str] = set()
     for index in range(n_tensors):
-        name = cursor.string(f"the name of tensor {index}") or f"#{index}"
-        n_dims = cursor.u32(f"the dimension count of {name!r}")
-        if not 1 <= n_dims <= MAX_DIMS:
-            raise ModelFileError(f"the header is corrupt: tensor {name!r} has {n_dims} dimensions")
-        shape = tuple(cursor.u64(f"a dimension of {name!r}") for _ in range(n_dims))
-        type_name, n_bytes = _tensor_bytes(shape, cursor.u32(f"the type of {name!r}"), name)
-        offset = cursor.u64(f"the offset of {name!r}")
-        if offset % alignment:
-            raise ModelFileError(
-                f"the header is corrupt: tensor {name!r} is not aligned to {alignment} bytes"
-            )
-        raw_tensors.append((name, shape, type_name, offset, n_bytes))
+        tensor = _read_tensor(reader, index, alignment)
+        if tensor.name in names:
+            raise ModelFileError(f"the header is corrupt: tensor {tensor.name!r} appears twice")
+        names.add(tensor.name)
+        tensors.append(tensor)
 
-    data_offset = -(-cursor.pos // alignment) * alignment
-    for name, _shape, _type, offset, n_bytes in raw_tensors:
-        end = data_offset + offset + n_bytes
+    data_offset = -(-reader.pos // alignment) * alignment
+    # llama.cpp requires the tensors' data back to back, in table order, each
+    # padded to the alignment; anything else is a corrupt or hostile table
+    # (overlapping tensors, gaps).
+    expected = 0
+    for tensor in tensors:
+        if tensor.offset != expected:
+            raise ModelFileError(
+                f"the header is corrupt: tensor {tensor.name!r} starts at offset "
+                f"{tensor.offset} of the data, where the tensors before it end at {expected}"
+            )
+        end = data_offset + tensor.offset + tensor.n_bytes
         if end > size:
             raise ModelFileError(
-                f"the file is truncated: tensor {name!r} ends at byte {end}, "
+                f"the file is truncated: tensor {tensor.name!r} ends at byte {end}, "
                 f"but the file has {size} bytes (an unfinished download?)"
             )
-    tensors = tuple(TensorInfo(*fields) for fields in raw_tensors)
-    return GgufInfo(path, version, size, data_offset, metadata, tensors)
+        expected += -(-tensor.n_bytes // alignment) * alignment
+    return GgufInfo(path, version, size, data_offset, metadata.values, tuple(tensors))

@@ -18,6 +18,12 @@ The specs cover the cases the memory estimate must get right:
 - `llama-q4_0`: Q4_0 matrices and tied embeddings; on a CPU with AVX2 (or
   Arm's dot-product extensions) llama.cpp repacks them into a buffer of its
   own and loads the embeddings a second time as the output matrix.
+- `TINY` (not in SPECS, which the estimate tests walk): one layer and a
+  300-token vocabulary, about 100 kB, for tests that write many variants of
+  a file (the header fuzz) or need a quick load.
+
+A spec may carry a chat template for `tokenizer.chat_template`, for tests of
+templates that come from the file.
 
 `tests/engine/test_estimate.py` holds the checks that each of them loads.
 """
@@ -58,6 +64,8 @@ class ModelSpec:
     separate_output: bool = True
     # Metadata keys to leave out, for tests of files that lack them.
     omit_keys: frozenset[str] = field(default_factory=frozenset)
+    # `tokenizer.chat_template`, if any.
+    chat_template: str | None = None
 
     @property
     def head_dim(self) -> int:
@@ -123,6 +131,18 @@ LLAMA_Q4_0 = replace(
     matrix_type=GGMLQuantizationType.Q4_0,
     embedding_type=GGMLQuantizationType.Q4_0,
     separate_output=False,
+)
+
+TINY = ModelSpec(
+    name="tiny",
+    architecture="llama",
+    n_layer=1,
+    n_embd=64,
+    n_head=2,
+    n_head_kv=1,
+    n_ff=128,
+    n_vocab=300,
+    context_length=1024,
 )
 
 SPECS: dict[str, ModelSpec] = {
@@ -209,6 +229,8 @@ def write_model(spec: ModelSpec, path: Path) -> Path:
     }
     if spec.sliding_window is not None:
         metadata[f"{arch}.attention.sliding_window"] = spec.sliding_window
+    if spec.chat_template is not None:
+        metadata["tokenizer.chat_template"] = spec.chat_template
     for key, value in metadata.items():
         if key in spec.omit_keys:
             continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import struct
 import zipfile
@@ -11,7 +12,7 @@ import gguf
 import numpy as np
 import pytest
 
-from engine.gguf_file import GgufInfo, ModelFileError, read_gguf
+from engine.gguf_file import ArraySummary, GgufInfo, ModelFileError, read_gguf
 
 
 def test_bundled_model_header(model_path: Path) -> None:
@@ -156,3 +157,153 @@ def test_tensor_past_end_of_file(tmp_path: Path) -> None:
     with path.open("r+b") as handle:
         handle.truncate(size - 100)
     _expect(path, "truncated", "token_embd.weight")
+
+
+# Files built byte by byte, for the checks a GGUFWriter would never trip.
+
+_U32, _F32, _STRING, _ARRAY, _U8, _I32 = 4, 6, 8, 9, 0, 5
+
+
+def _text(value: bytes) -> bytes:
+    return struct.pack("<Q", len(value)) + value
+
+
+def _kv(key: str, value_type: int, payload: bytes) -> bytes:
+    return _text(key.encode()) + struct.pack("<I", value_type) + payload
+
+
+def _tensor(name: bytes, dims: tuple[int, ...], type_code: int = 0, offset: int = 0) -> bytes:
+    shape = struct.pack(f"<I{len(dims)}Q", len(dims), *dims)
+    return _text(name) + shape + struct.pack("<IQ", type_code, offset)
+
+
+def _raw_gguf(
+    path: Path,
+    entries: list[bytes],
+    tensors: list[bytes] = (),  # type: ignore[assignment]
+    data_bytes: int = 256,
+    alignment: int = 32,
+) -> Path:
+    header = b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(entries))
+    header += b"".join(entries) + b"".join(tensors)
+    header += b"\0" * (-len(header) % alignment)
+    path.write_bytes(header + b"\0" * data_bytes)
+    return path
+
+
+def test_raw_builder_makes_a_valid_file(tmp_path: Path) -> None:
+    # The tests below change one thing each; this proves the rest is valid.
+    path = _raw_gguf(
+        tmp_path / "ok.gguf",
+        [_kv("general.alignment", _U32, struct.pack("<I", 32))],
+        [_tensor(b"a", (8,)), _tensor(b"b", (4, 2), offset=32)],
+    )
+    info = read_gguf(path)
+    assert [t.name for t in info.tensors] == ["a", "b"]
+    assert [t.n_bytes for t in info.tensors] == [32, 32]
+
+
+def test_duplicate_key(tmp_path: Path) -> None:
+    entry = _kv("general.name", _STRING, _text(b"x"))
+    _expect(_raw_gguf(tmp_path / "m.gguf", [entry, entry]), "'general.name' appears twice")
+
+
+def test_duplicate_tensor_name(tmp_path: Path) -> None:
+    tensors = [_tensor(b"w", (8,)), _tensor(b"w", (8,), offset=32)]
+    _expect(_raw_gguf(tmp_path / "m.gguf", [], tensors), "tensor 'w' appears twice")
+
+
+def test_alignment_of_the_wrong_type(tmp_path: Path) -> None:
+    # llama.cpp asserts (aborts the process) on an alignment that is not u32.
+    entry = _kv("general.alignment", _U8, b"\x20")
+    _expect(
+        _raw_gguf(tmp_path / "m.gguf", [entry]),
+        "'general.alignment' is stored as uint8, where llama.cpp expects uint32",
+    )
+
+
+@pytest.mark.parametrize(
+    ("alignment", "fragment"),
+    [(48, "not a power of two"), (0, "aligned to 0 bytes"), (1 << 20, "accepts 1 to 65536")],
+)
+def test_bad_alignment(tmp_path: Path, alignment: int, fragment: str) -> None:
+    entry = _kv("general.alignment", _U32, struct.pack("<I", alignment))
+    _expect(_raw_gguf(tmp_path / "m.gguf", [entry]), "header is corrupt", fragment)
+
+
+def test_tensor_offset_not_aligned(tmp_path: Path) -> None:
+    tensors = [_tensor(b"w", (8,), offset=4)]
+    _expect(_raw_gguf(tmp_path / "m.gguf", [], tensors), "'w' is not aligned to 32 bytes")
+
+
+def test_overlapping_tensors(tmp_path: Path) -> None:
+    tensors = [_tensor(b"a", (16,)), _tensor(b"b", (16,), offset=32)]
+    _expect(
+        _raw_gguf(tmp_path / "m.gguf", [], tensors),
+        "tensor 'b' starts at offset 32 of the data, where the tensors before it end at 64",
+    )
+
+
+def test_gap_between_tensors(tmp_path: Path) -> None:
+    tensors = [_tensor(b"a", (8,)), _tensor(b"b", (8,), offset=96)]
+    _expect(_raw_gguf(tmp_path / "m.gguf", [], tensors), "'b' starts at offset 96")
+
+
+@pytest.mark.parametrize(
+    ("dims", "fragment"),
+    [
+        ((), "has 0 dimensions"),
+        ((1, 1, 1, 1, 1), "has 5 dimensions"),
+        ((8, 0), "has a dimension of 0"),
+        ((1 << 32, 1 << 32), "too many elements"),
+        ((2**64 - 1,), "too many elements"),
+    ],
+)
+def test_bad_shape(tmp_path: Path, dims: tuple[int, ...], fragment: str) -> None:
+    _expect(_raw_gguf(tmp_path / "m.gguf", [], [_tensor(b"w", dims)]), "'w'", fragment)
+
+
+def test_tensor_name_longer_than_llama_cpp_allows(tmp_path: Path) -> None:
+    path = _raw_gguf(tmp_path / "m.gguf", [], [_tensor(b"x" * 64, (8,))])
+    _expect(path, "the name of tensor 0", "64 bytes long", "at most 63")
+
+
+def test_vocabulary_of_the_wrong_type(tmp_path: Path) -> None:
+    # llama.cpp reads the token list with an accessor that aborts on another type.
+    tokens = _kv("tokenizer.ggml.tokens", _ARRAY, struct.pack("<IQ", _I32, 2) + b"\0" * 8)
+    _expect(
+        _raw_gguf(tmp_path / "m.gguf", [tokens]),
+        "'tokenizer.ggml.tokens' is stored as array of int32, "
+        "where llama.cpp expects array of string",
+    )
+
+
+def test_array_longer_than_the_file(tmp_path: Path) -> None:
+    entry = _kv("x.scores", _ARRAY, struct.pack("<IQ", _F32, 1 << 24))
+    _expect(
+        _raw_gguf(tmp_path / "m.gguf", [entry]), "the 16777216 items of 'x.scores'", "runs past"
+    )
+
+
+def test_kept_arrays_are_bounded_in_total(tmp_path: Path) -> None:
+    # Many mid-sized arrays: the first are kept, the rest summarised, not all held.
+    entries = [
+        _kv(f"k{i}", _ARRAY, struct.pack("<IQ", _U8, 1000) + b"\1" * 1000) for i in range(80)
+    ]
+    info = read_gguf(_raw_gguf(tmp_path / "m.gguf", entries))
+    assert info.metadata["k0"] == [1] * 1000
+    assert info.metadata["k79"] == ArraySummary("UINT8", 1000)
+
+
+def test_fifo_is_not_opened_for_reading_forever(tmp_path: Path) -> None:
+    path = tmp_path / "pipe.gguf"
+    os.mkfifo(path)
+    _expect(path, "not a regular file")
+
+
+def test_path_with_a_nul_byte() -> None:
+    _expect(Path("model\0.gguf"), "not valid")
+
+
+def test_path_too_long(tmp_path: Path) -> None:
+    _expect(tmp_path / ("x" * 300), "cannot be read")
