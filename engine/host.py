@@ -21,6 +21,7 @@ from dataclasses import replace
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING
 
+from engine import faults
 from engine.protocol import (
     Cancel,
     Chat,
@@ -33,6 +34,7 @@ from engine.protocol import (
     LoadProgress,
     MemorySample,
     ModelLoaded,
+    PromptEvaluated,
     Shutdown,
     TextDelta,
     TurnFinished,
@@ -100,6 +102,12 @@ class _Host:
         self._loaded_at = 0.0
         self.inbox = _Inbox()
         self._sampling_stopped = threading.Event()
+        # Set only by tests, to crash or hang this process on purpose.
+        self._fault = faults.from_environment()
+
+    def _strike(self, point: faults.Point) -> None:
+        if self._fault is not None:
+            self._fault.strike(point)
 
     def send(self, event: Event) -> None:
         """Sends an event; the main thread and the memory sampler both send."""
@@ -170,6 +178,8 @@ class _Host:
             if fraction - last_sent >= PROGRESS_STEP or fraction >= 1.0:
                 last_sent = fraction
                 self.send(LoadProgress(fraction))
+            if fraction >= 0.5:
+                self._strike("load")
             return not self.inbox.is_cancelled(None)
 
         try:
@@ -191,6 +201,8 @@ class _Host:
             return
         pending: list[str] = []
         last_flush = 0.0
+        prompt_evaluated = False
+        pieces = 0
 
         def flush() -> None:
             nonlocal last_flush
@@ -200,17 +212,32 @@ class _Host:
             last_flush = time.perf_counter()
 
         def on_text(text: str) -> None:
+            nonlocal pieces
             pending.append(text)
             if time.perf_counter() - last_flush >= TEXT_FLUSH_INTERVAL_S:
                 flush()
+            pieces += 1
+            if pieces == faults.DECODE_PIECES:
+                flush()  # the text a crash interrupts has reached the window
+                self._strike("decode")
+
+        def on_prompt(prompt: PromptEvaluated) -> None:
+            nonlocal prompt_evaluated
+            prompt_evaluated = True
+            self.send(replace(prompt, request_id=request_id))
+
+        def should_stop() -> bool:
+            if not prompt_evaluated:
+                self._strike("prefill")
+            return self.inbox.is_cancelled(request_id)
 
         try:
             text, stats = runner.chat(
                 command.messages,
                 command.sampling,
-                should_stop=lambda: self.inbox.is_cancelled(request_id),
+                should_stop=should_stop,
                 on_text=on_text,
-                on_prompt=lambda prompt: self.send(replace(prompt, request_id=request_id)),
+                on_prompt=on_prompt,
                 continue_last=command.continue_last,
             )
         except Error as exc:
