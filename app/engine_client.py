@@ -37,6 +37,10 @@ from engine.protocol import (
 )
 
 READER_JOIN_MS = 1000
+# How long a cancelled request may take to end before its host counts as
+# hung. The host checks for a cancel between tokens and between prefill
+# batches, so this only has to cover one batch of a large model on a CPU.
+ANSWER_TIMEOUT_S = 15.0
 
 # Every reader thread ever started, so tests can fail one that is left running.
 live_readers: weakref.WeakSet[EventReader] = weakref.WeakSet()
@@ -105,10 +109,21 @@ class EngineClient(QObject):
         self._reader: EventReader | None = None
         self._request_ids = itertools.count(1)
         self._stopping = False
+        self._open_requests: set[int] = set()
+        self._cancelled: set[int] = set()  # open, and asked to stop
+        self.answer_timeout_s = ANSWER_TIMEOUT_S
+        self._watchdog = QTimer(self)
+        self._watchdog.setSingleShot(True)
+        self._watchdog.timeout.connect(self._end_hung_host)
 
     @property
     def running(self) -> bool:
         return self._host is not None and self._host.is_alive()
+
+    @property
+    def pid(self) -> int | None:
+        """The engine host's process id, while one runs."""
+        return self._host.pid if self._host is not None else None
 
     def start(self) -> None:
         """Starts a host process and its reader; a no-op while one runs."""
@@ -116,6 +131,8 @@ class EngineClient(QObject):
             return
         self._discard()
         self._stopping = False
+        self._open_requests.clear()
+        self._cancelled.clear()
         self._host = HostProcess(self._log_path)
         # Parented, so that dropping our reference inside a slot that this
         # reader's own signal invoked (a restart after a crash) does not
@@ -151,7 +168,9 @@ class EngineClient(QObject):
         """
         request_id = next(self._request_ids)
         command = Chat(request_id, tuple(messages), sampling, continue_last)
+        self._open_requests.add(request_id)
         if self._host is None or not self._host.send(command):
+            self._open_requests.discard(request_id)
             # Emitted later, so that the caller knows the request id by then.
             QTimer.singleShot(
                 0, lambda: self.chat_failed.emit(request_id, "the engine is not running")
@@ -159,12 +178,27 @@ class EngineClient(QObject):
         return request_id
 
     def cancel(self, request_id: int | None = None) -> None:
-        if self._host is not None:
-            self._host.send(Cancel(request_id))
+        """Stops a request (None: whatever runs); a host that does not end it
+        within `answer_timeout_s` is killed, and `host_exited` says so."""
+        if self._host is None:
+            return
+        self._host.send(Cancel(request_id))
+        cancelled = self._open_requests if request_id is None else {request_id}
+        self._cancelled |= cancelled & self._open_requests
+        if self._cancelled and not self._watchdog.isActive():
+            self._watchdog.start(round(self.answer_timeout_s * 1000))
+
+    def _end_hung_host(self) -> None:
+        if self._host is not None and self._cancelled:
+            self._host.kill(
+                f"the engine did not stop within {self.answer_timeout_s:g} s "
+                "of being asked to, so kvchat ended it"
+            )
 
     def shutdown(self) -> None:
         """Stops the host (killing it after a grace period) and joins the reader."""
         self._stopping = True
+        self._watchdog.stop()
         if self._host is not None:
             self._host.stop()
         self._discard()
@@ -182,6 +216,11 @@ class EngineClient(QObject):
     def _dispatch(self, event: Event) -> None:
         if self.sender() is not self._reader:
             return  # queued before its host was replaced: that host is gone
+        if isinstance(event, TurnFinished | ChatFailed):
+            self._open_requests.discard(event.request_id)
+            self._cancelled.discard(event.request_id)
+            if not self._cancelled:
+                self._watchdog.stop()
         if isinstance(event, TextDelta):
             self.text_received.emit(event.request_id, event.text)
             self.cache_filled.emit(event.tokens_in_cache)
@@ -202,5 +241,9 @@ class EngineClient(QObject):
             self.chat_failed.emit(event.request_id, event.message)
         elif isinstance(event, HostStarted):
             self.host_started.emit(event)
-        elif isinstance(event, HostExited) and not self._stopping:
-            self.host_exited.emit(event)
+        elif isinstance(event, HostExited):
+            self._watchdog.stop()
+            self._open_requests.clear()
+            self._cancelled.clear()
+            if not self._stopping:
+                self.host_exited.emit(event)

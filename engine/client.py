@@ -61,6 +61,7 @@ class HostProcess:
         )
         self._send_lock = threading.Lock()
         self._exit_reported = False
+        self._kill_reason = ""
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._process.start()
         # Without closing our copy of the child's end, the pipe never reports EOF.
@@ -97,7 +98,14 @@ class HostProcess:
             self._exit_reported = True
             self._process.join(SHUTDOWN_GRACE_S)
             exit_code = self._process.exitcode
-            return HostExited(exit_code, describe_exit(exit_code), read_log_tail(self.log_path))
+            description = self._kill_reason or describe_exit(exit_code)
+            return HostExited(exit_code, description, read_log_tail(self.log_path))
+
+    def kill(self, reason: str) -> None:
+        """Kills a host that has stopped answering; its HostExited says `reason`."""
+        self._kill_reason = reason
+        if self._process.is_alive():
+            self._process.kill()
 
     def stop(self, grace: float = SHUTDOWN_GRACE_S) -> None:
         """Asks the host to stop, and kills it if it has not within `grace` seconds.
