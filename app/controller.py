@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import QObject, QTimer, Signal
 
 from app import context_window
 from app.engine_client import EngineClient
@@ -20,6 +20,7 @@ from app.export import ExportError, to_json, to_markdown, write_text
 from app.formatting import describe_model, format_stats
 from app.history import History, stats_of
 from app.instance_lock import InstanceLock
+from app.load_marker import LoadMarker
 from app.memory_monitor import MemoryMonitor
 from app.settings import EngineSettings
 from app.store import Message, MessageState, Opened
@@ -36,7 +37,11 @@ from ui.chat_view import MessageView
 from ui.conversation_list import ConversationItem
 from ui.main_window import MainWindow
 
-MAX_RESTARTS = 3
+# Seconds before each automatic restart of a crashed engine; after the last,
+# the person is asked.
+RESTART_DELAYS_S = (1.0, 2.0, 4.0)
+# Lines of the engine's log shown when it crashes (llama.cpp's last words).
+CRASH_LOG_LINES = 3
 # Tokens a reply costs in the next prompt beyond those generated (the
 # template's end-of-turn markers), counted generously.
 REPLY_OVERHEAD = 4
@@ -73,6 +78,7 @@ class Controller(QObject):
         *,
         history: History,
         lock: InstanceLock | None = None,
+        marker: LoadMarker | None = None,
     ) -> None:
         super().__init__(window)
         self.window = window
@@ -88,7 +94,15 @@ class Controller(QObject):
         self._system_tokens: dict[tuple[str, str], int] = {}
         self._loading_path: str | None = None
         self._request_id: int | None = None
+        self._marker = marker
+        # The model and settings that loaded last: what a crashed engine restarts with.
+        self._last_good: tuple[str, EngineSettings] | None = None
         self._restarts = 0
+        self.restart_delays_s = RESTART_DELAYS_S
+        self._restart_target: tuple[str, EngineSettings] | None = None
+        self._restart_timer = QTimer(self)
+        self._restart_timer.setSingleShot(True)
+        self._restart_timer.timeout.connect(self._restart)
         # What to load again if a switch to another model fails.
         self._fallback: tuple[str, EngineSettings] | None = None
         self.memory_monitor = MemoryMonitor(window.memory_panel, engine)
@@ -113,6 +127,7 @@ class Controller(QObject):
         if history.saver.problem:
             window.show_error(history.saver.problem)
         window.stop_requested.connect(self.stop)
+        window.restart_requested.connect(self.restart_engine)
         window.model_file_chosen.connect(self.switch_model)
         window.closing.connect(self.shutdown)
         engine.load_progress.connect(window.set_loading_progress)
@@ -142,15 +157,27 @@ class Controller(QObject):
                 self.window.show_error(missing_model_message())
                 return
             model_path = str(bundled)
+        unfinished = self._marker.read() if self._marker is not None else None
+        if unfinished is not None and unfinished.model_path == model_path:
+            self.window.show_no_model()
+            self.window.show_error(unfinished.explain())
+            return
         self.load_model(model_path)
 
     def load_model(self, path: str) -> None:
         if self.busy:
             self.stop()
         self._clear_error()
-        self._loading_path = path
-        self.window.show_loading(Path(path).name)
+        self._begin_load(path)
         self.engine.load(self.settings.load_config(path))
+
+    def _begin_load(self, path: str) -> None:
+        """Shows the load and notes it in the marker before the engine starts it."""
+        self._restart_timer.stop()
+        self._loading_path = path
+        if self._marker is not None:
+            self._marker.begin(path)
+        self.window.show_loading(Path(path).name)
 
     def switch_model(self, path: str, settings: EngineSettings | None = None) -> None:
         """Loads another model, or the same with other settings, in a fresh engine.
@@ -167,8 +194,7 @@ class Controller(QObject):
             self.settings = settings
         self.model = None
         self._clear_error()
-        self._loading_path = path
-        self.window.show_loading(Path(path).name)
+        self._begin_load(path)
         self.engine.switch(self.settings.load_config(path))
 
     def send(self, text: str) -> None:
@@ -296,9 +322,14 @@ class Controller(QObject):
             self.engine.cancel(self._request_id)
 
     def shutdown(self) -> None:
+        self._restart_timer.stop()
         if self._request_id is not None:
             self.engine.cancel(self._request_id)
         self.engine.shutdown()
+        unfinished = self._marker.read() if self._marker is not None else None
+        if self._marker is not None and unfinished is not None and not unfinished.crash:
+            # A load the person closed the window on did not crash anything.
+            self._marker.finish()
         self.history.close()
         if self._lock is not None:
             self._lock.release()
@@ -307,19 +338,22 @@ class Controller(QObject):
         self.model = info
         self._loading_path = None
         self._fallback = None
-        self._restarts = 0
+        self._last_good = (info.path, self.settings)
+        if self._marker is not None:
+            self._marker.finish()
         self._show_model(info)
         self.window.chat_view.add_notice(f"Loaded {describe_model(info)}")
 
     def _on_load_failed(self, failure: LoadFailed) -> None:
         self._loading_path = None
+        if self._marker is not None:
+            self._marker.finish()  # refused with a reason: no crash to guard against
         self.model = failure.loaded
         message = f"Could not load {Path(failure.model_path).name}: {failure.message}"
         if self.model is None and self._fallback is not None:
             path, self.settings = self._fallback
             self._fallback = None
-            self._loading_path = path
-            self.window.show_loading(Path(path).name)
+            self._begin_load(path)
             self.engine.load(self.settings.load_config(path))
             self.window.show_error(f"{message}. Loading {Path(path).name} again.")
             return
@@ -390,6 +424,7 @@ class Controller(QObject):
             return
         before = turn.previous.content if turn.previous is not None else ""
         state: MessageState = "interrupted" if stats.stop_reason == "cancelled" else "done"
+        self._restarts = 0  # the engine works again: a later crash starts a new count
         self._finish_reply(before + text, format_stats(stats), state, stats)
         if stats.generated_tokens > 1:
             self.window.show_speed(f"last reply {stats.decode_tokens_per_s:.1f} tok/s")
@@ -578,18 +613,65 @@ class Controller(QObject):
         self._refresh_list()
 
     def _on_host_exited(self, event: HostExited) -> None:
+        """The engine ended without being asked: keep what was said, say what
+        happened, and start it again after a pause, a few times, then ask."""
         if self._request_id is not None:
             self._finish_reply(
-                self.window.chat_view.reply_text(), "interrupted: the engine stopped"
+                self.window.chat_view.reply_text(), f"interrupted: {event.description}"
             )
-        log = event.log_tail.strip().splitlines()
-        detail = f" Last log line: {log[-1]}" if log else ""
-        model_path = self._loading_path or (self.model.path if self.model else None)
+        self.window.chat_view.add_notice(self._crash_report(event))
+        said = event.description[:1].upper() + event.description[1:] + "."
+        crashed_load = (self._loading_path, self.settings) if self._loading_path else None
+        self._loading_path = None
+        if crashed_load is not None and self._marker is not None:
+            self._marker.crashed(event.description)
+        if crashed_load is not None and crashed_load != self._last_good:
+            # A model (or settings) whose load crashed the engine is not loaded
+            # again by itself; the last that worked is, if any did.
+            target = self._last_good
+        elif crashed_load is not None:
+            target = crashed_load  # it loaded before: the crash may have been passing
+        elif self.model is not None:
+            target = (self.model.path, self.settings)
+        else:
+            target = self._last_good
         self.model = None
         self.window.show_no_model()
-        if model_path is None or self._restarts >= MAX_RESTARTS:
-            self.window.show_error(f"{event.description}.{detail}")
+        self._restart_target = target or crashed_load
+        if target is None:
+            name = Path(crashed_load[0]).name if crashed_load else "the model"
+            self.window.offer_restart(f"{said} {name} was not loaded again.")
             return
+        if self._restarts >= len(self.restart_delays_s):
+            self.window.offer_restart(
+                f"{said} It crashed {self._restarts + 1} times in a row, "
+                "so kvchat stopped restarting it."
+            )
+            return
+        delay = self.restart_delays_s[self._restarts]
         self._restarts += 1
-        self.load_model(model_path)  # on a fresh host
-        self.window.show_error(f"{event.description}; restarting it.{detail}")
+        self._restart_timer.start(round(delay * 1000))
+        self.window.show_error(
+            f"{said} Restarting it with {Path(target[0]).name} in {delay:g} s "
+            f"(attempt {self._restarts} of {len(self.restart_delays_s)})."
+        )
+
+    def _crash_report(self, event: HostExited) -> str:
+        """What the transcript keeps of a crash: how, when, and llama.cpp's last words."""
+        lines = [line.strip() for line in event.log_tail.splitlines() if line.strip()]
+        report = f"{time.strftime('%H:%M:%S')}: {event.description}."
+        if lines:
+            shown = "\n".join(line[:200] for line in lines[-CRASH_LOG_LINES:])
+            report += f" The engine's last log lines:\n{shown}"
+        return report
+
+    def _restart(self) -> None:
+        if self._restart_target is None:
+            return
+        path, self.settings = self._restart_target
+        self.load_model(path)  # on a fresh host
+
+    def restart_engine(self) -> None:
+        """The person's restart, after the automatic ones gave up."""
+        self._restarts = 0
+        self._restart()

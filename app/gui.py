@@ -17,6 +17,7 @@ from app.controller import Controller
 from app.engine_client import EngineClient
 from app.history import History
 from app.instance_lock import AlreadyRunningError, InstanceLock
+from app.load_marker import LoadMarker
 from app.paths import engine_log_path
 from app.saving import SaveQueue
 from app.settings import EngineSettings, Settings
@@ -52,7 +53,9 @@ def build_window(
     engine = EngineClient(engine_log_path(data_dir))
     saver = SaveQueue(lambda: open_store(data_dir))
     opened = saver.open()
-    controller = Controller(window, engine, settings, history=History(saver), lock=lock)
+    controller = Controller(
+        window, engine, settings, history=History(saver), lock=lock, marker=LoadMarker(data_dir)
+    )
     flow = SettingsFlow(controller, data_dir)
     controller.settings_flow = flow
     window.settings_requested.connect(flow.open)

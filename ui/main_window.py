@@ -14,6 +14,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QMainWindow,
     QProgressBar,
+    QPushButton,
     QToolButton,
     QVBoxLayout,
     QWidget,
@@ -40,6 +41,7 @@ class MainWindow(QMainWindow):
         stop_requested(): Stop was pressed (button or Esc).
         model_file_chosen(str): File > Open model, or the toolbar's model list, picked a file.
         settings_requested(): File > Settings (Ctrl+,).
+        restart_requested(): the person asked for the engine to be started again.
         closing(): the window is about to close; the owner stops the engine.
     """
 
@@ -49,6 +51,7 @@ class MainWindow(QMainWindow):
     stop_requested = Signal()
     model_file_chosen = Signal(str)
     settings_requested = Signal()
+    restart_requested = Signal()
     closing = Signal()
 
     def __init__(self) -> None:
@@ -73,6 +76,13 @@ class MainWindow(QMainWindow):
         self.banner.setWordWrap(True)
         self.banner.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.banner.hide()
+        self.restart_button = QPushButton("Restart engine")
+        self.restart_button.setObjectName("restartButton")
+        self.restart_button.clicked.connect(self.restart_requested)
+        self.restart_button.hide()
+        banner_row = QHBoxLayout()
+        banner_row.addWidget(self.banner, 1)
+        banner_row.addWidget(self.restart_button, 0, Qt.AlignmentFlag.AlignTop)
 
         self.loading_label = QLabel()
         self.loading_label.setObjectName("loadingLabel")
@@ -111,7 +121,7 @@ class MainWindow(QMainWindow):
         central = QWidget()
         layout = QVBoxLayout(central)
         layout.setContentsMargins(10, 10, 10, 6)
-        layout.addWidget(self.banner)
+        layout.addLayout(banner_row)
         layout.addWidget(self.loading_panel)
         layout.addWidget(self.chat_view, 1)
         layout.addWidget(self.edit_label)
@@ -283,10 +293,18 @@ class MainWindow(QMainWindow):
     def show_error(self, text: str) -> None:
         self.banner.setText(text)
         self.banner.show()
+        self.restart_button.hide()
+
+    def offer_restart(self, text: str) -> None:
+        """The engine stopped and will not start again on its own: say why, and
+        leave starting it to the person."""
+        self.show_error(text)
+        self.restart_button.show()
 
     def clear_error(self) -> None:
         self.banner.hide()
         self.banner.clear()
+        self.restart_button.hide()
 
     def show_speed(self, text: str) -> None:
         self.speed_label.setText(text)

@@ -1,0 +1,259 @@
+"""Real crashes of the real engine host, injected on purpose (engine.faults):
+the window stays up, what was said is kept, the person is told what
+happened, and the engine comes back or the person is asked."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pytestqt.qtbot import QtBot
+
+from app.controller import Controller
+from app.gui import build_window
+from app.load_marker import LoadMarker
+from app.settings import EngineSettings
+from app.store import open_store
+from engine.faults import ENVIRONMENT_VARIABLE, POINTS, Fault, Kind, Point
+from ui.main_window import MainWindow
+
+WAIT_MS = 60_000
+QUICK_RESTARTS = (0.05, 0.1, 0.2)
+SIGNAL_NAMES = {"abort": "SIGABRT", "segfault": "SIGSEGV", "sigkill": "SIGKILL"}
+
+
+@pytest.fixture
+def open_windows(qtbot: QtBot) -> Iterator[list[MainWindow]]:
+    windows: list[MainWindow] = []
+    yield windows
+    for window in windows:
+        window.close()
+        window.deleteLater()
+    qtbot.wait(1)
+
+
+def _start(
+    data_dir: Path, windows: list[MainWindow], model: str | None = None
+) -> tuple[MainWindow, Controller]:
+    window, controller = build_window(model, EngineSettings(seed=1, max_tokens=60), data_dir)
+    controller.restart_delays_s = QUICK_RESTARTS
+    windows.append(window)
+    return window, controller
+
+
+def _inject(monkeypatch: pytest.MonkeyPatch, fault: Fault) -> None:
+    """Every engine host started from now on carries the fault."""
+    monkeypatch.setenv(ENVIRONMENT_VARIABLE, fault.to_environment())
+
+
+def _strike_from_outside(qtbot: QtBot, controller: Controller, once_file: Path) -> None:
+    """SIGKILL, as the system's out-of-memory killer sends it, to a host that
+    has stalled at the fault's point."""
+    qtbot.waitUntil(once_file.exists, timeout=WAIT_MS)
+    pid = controller.engine.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+
+
+def _wait_loaded(qtbot: QtBot, controller: Controller) -> None:
+    if controller.model is None:
+        with qtbot.waitSignal(controller.engine.model_loaded, timeout=WAIT_MS):
+            pass
+
+
+def _stored_messages(data_dir: Path) -> list[tuple[str, str, str]]:
+    store = open_store(data_dir).store
+    try:
+        (conversation,) = store.conversations()
+        return [(m.role, m.content, m.state) for m in store.messages(conversation.key)]
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("how", ["abort", "segfault", "sigkill"])
+@pytest.mark.parametrize("point", POINTS)
+def test_a_crashed_engine_keeps_the_window_and_what_was_said(
+    qtbot: QtBot,
+    data_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    open_windows: list[MainWindow],
+    how: str,
+    point: Point,
+) -> None:
+    once_file = tmp_path / "struck"
+    kind: Kind = "stall" if how == "sigkill" else how  # type: ignore[assignment]
+    _inject(monkeypatch, Fault(kind, point, once_file))
+    window, controller = _start(data_dir, open_windows)
+    if point != "load":
+        _wait_loaded(qtbot, controller)
+        window.composer.setPlainText("Tell me a long story about a lighthouse.")
+        window.send_button.click()
+    with qtbot.waitSignal(controller.engine.host_exited, timeout=WAIT_MS) as exited:
+        if how == "sigkill":
+            _strike_from_outside(qtbot, controller, once_file)
+    assert once_file.exists()
+    assert exited.args[0].description.startswith(f"the engine crashed with {SIGNAL_NAMES[how]}")
+
+    # The window is up and says what happened, with llama.cpp's last log lines.
+    assert window.isVisible()
+    assert SIGNAL_NAMES[how] in window.banner.text()
+    shown = window.chat_view.toPlainText()
+    assert f"--- injecting fault: {kind} at {point}" in shown
+
+    if point == "load":
+        # A load that crashed is not retried by itself: the person is asked.
+        assert window.restart_button.isVisible()
+        assert "was not loaded again" in window.banner.text()
+        unfinished = LoadMarker(data_dir).read()
+        assert unfinished is not None and SIGNAL_NAMES[how] in unfinished.crash
+        with qtbot.waitSignal(controller.engine.model_loaded, timeout=WAIT_MS):
+            window.restart_button.click()
+        assert LoadMarker(data_dir).read() is None
+    else:
+        # The reply as far as it got is kept and marked; the engine comes back.
+        reply = controller.history.messages[-1]
+        assert reply.role == "assistant" and reply.state == "interrupted"
+        if point == "decode":
+            assert reply.content and reply.content in shown
+        else:
+            assert reply.content == ""
+        assert f"interrupted: the engine crashed with {SIGNAL_NAMES[how]}" in shown
+        assert "attempt 1 of 3" in window.banner.text()
+        _wait_loaded(qtbot, controller)
+        assert not window.restart_button.isVisible()
+
+    # And it works: a reply streams to its end.
+    with qtbot.waitSignal(controller.reply_finished, timeout=WAIT_MS):
+        window.composer.setPlainText("Say hello.")
+        window.send_button.click()
+    window.close()
+    stored = _stored_messages(data_dir)
+    assert [role for role, _, _ in stored] == ["user", "assistant"] * (len(stored) // 2)
+    assert stored[-1][2] == "done"
+    if point != "load":
+        assert stored[1][2] == "interrupted"
+        assert stored[1][1] == reply.content
+
+
+def test_restarts_back_off_then_the_person_is_asked(
+    qtbot: QtBot,
+    data_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    open_windows: list[MainWindow],
+) -> None:
+    window, controller = _start(data_dir, open_windows)
+    _wait_loaded(qtbot, controller)
+    # From now on every engine aborts while loading: each restart crashes too.
+    _inject(monkeypatch, Fault("abort", "load"))
+    delays: list[int] = []
+    banners: list[str] = []
+
+    def note_restart() -> None:
+        delays.append(controller._restart_timer.interval())
+        banners.append(window.banner.text())
+
+    controller.engine.host_exited.connect(note_restart)
+    pid = controller.engine.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    qtbot.waitUntil(window.restart_button.isVisible, timeout=WAIT_MS)
+
+    assert len(banners) == 4  # the first crash and three restarts, each crashed
+    assert [f"attempt {n} of 3" in text for n, text in enumerate(banners[:3], 1)] == [True] * 3
+    assert delays[:3] == [round(s * 1000) for s in QUICK_RESTARTS]
+    assert "crashed 4 times in a row" in window.banner.text()
+    assert "SIGABRT" in window.banner.text()
+    assert not controller.engine.running
+
+    # The person fixes the cause (here: the fault goes away) and restarts.
+    monkeypatch.delenv(ENVIRONMENT_VARIABLE)
+    with qtbot.waitSignal(controller.engine.model_loaded, timeout=WAIT_MS):
+        window.restart_button.click()
+    assert not window.restart_button.isVisible()
+    assert window.send_button.isEnabled()
+
+
+def test_a_switch_that_crashes_brings_the_last_good_settings_back(
+    qtbot: QtBot,
+    data_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    open_windows: list[MainWindow],
+    model_path: Path,
+) -> None:
+    window, controller = _start(data_dir, open_windows)
+    _wait_loaded(qtbot, controller)
+    assert controller.model is not None and controller.model.n_ctx == 4096
+    good = controller.settings
+    _inject(monkeypatch, Fault("segfault", "load", tmp_path / "struck"))
+    with qtbot.waitSignal(controller.engine.model_loaded, timeout=WAIT_MS) as loaded:
+        controller.switch_model(str(model_path), EngineSettings(n_ctx=2048))
+    assert loaded.args[0].n_ctx == 4096
+    assert controller.settings == good
+    assert "SIGSEGV" in window.chat_view.toPlainText()
+
+
+def test_a_model_whose_load_crashed_is_not_loaded_at_the_next_start(
+    qtbot: QtBot,
+    data_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    open_windows: list[MainWindow],
+    model_path: Path,
+) -> None:
+    _inject(monkeypatch, Fault("abort", "load", tmp_path / "struck"))
+    window, controller = _start(data_dir, open_windows)
+    qtbot.waitUntil(window.restart_button.isVisible, timeout=WAIT_MS)
+    window.close()  # the person gives up and quits
+    assert LoadMarker(data_dir).read() is not None
+
+    window, controller = _start(data_dir, open_windows)
+    assert not controller.engine.running  # nothing was started
+    assert window.banner.text().startswith(f"{model_path.name} was not loaded automatically")
+    assert "the engine crashed while loading it (the engine crashed with SIGABRT)" in (
+        window.banner.text()
+    )
+    assert not window.send_button.isEnabled()
+    # Choosing it again is the person's call, and it loads.
+    with qtbot.waitSignal(controller.engine.model_loaded, timeout=WAIT_MS):
+        window.model_file_chosen.emit(str(model_path))
+    assert LoadMarker(data_dir).read() is None
+
+
+def test_a_load_interrupted_by_closing_the_window_is_not_held_against_the_model(
+    qtbot: QtBot, data_dir: Path, open_windows: list[MainWindow]
+) -> None:
+    window, _controller = _start(data_dir, open_windows)
+    assert LoadMarker(data_dir).read() is not None  # written before the load
+    window.close()
+    assert LoadMarker(data_dir).read() is None
+
+
+def test_a_host_that_stops_answering_is_ended_and_restarted(
+    qtbot: QtBot,
+    data_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    open_windows: list[MainWindow],
+) -> None:
+    once_file = tmp_path / "struck"
+    _inject(monkeypatch, Fault("stall", "decode", once_file))
+    window, controller = _start(data_dir, open_windows)
+    controller.engine.answer_timeout_s = 1.0
+    _wait_loaded(qtbot, controller)
+    window.composer.setPlainText("Tell me a long story about a lighthouse.")
+    window.send_button.click()
+    qtbot.waitUntil(once_file.exists, timeout=WAIT_MS)
+    # The host's main thread hangs; its other threads still send memory samples.
+    with qtbot.waitSignal(controller.engine.host_exited, timeout=WAIT_MS) as exited:
+        window.stop_button.click()
+    assert exited.args[0].exit_code == -signal.SIGKILL
+    assert "did not stop within 1 s of being asked to, so kvchat ended it" in window.banner.text()
+    reply = controller.history.messages[-1]
+    assert reply.state == "interrupted" and reply.content
+    _wait_loaded(qtbot, controller)
+    assert window.send_button.isEnabled()
