@@ -72,6 +72,7 @@ class MemoryMonitor(QObject):
         engine.cache_filled.connect(self._on_cache_filled)
         engine.memory_sampled.connect(self._on_sample)
         engine.turn_finished.connect(self._on_turn_finished)
+        engine.host_exited.connect(self._on_host_exited)
 
     def _seconds(self) -> float:
         return time.monotonic() - self._loaded_at
@@ -118,6 +119,13 @@ class MemoryMonitor(QObject):
         self._loaded_at = time.monotonic()
         self.panel.reset()
         self._show_kv()
+
+    def _on_host_exited(self, _event: object) -> None:
+        self.memory = None
+        self.prompt = None
+        self.tokens = 0
+        self._speed_mark = None
+        self.panel.show_engine_stopped("The engine is not running: no model is in memory.")
 
     def _on_prompt(self, prompt: PromptEvaluated) -> None:
         self.prompt = prompt

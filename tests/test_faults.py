@@ -103,6 +103,10 @@ def test_a_crashed_engine_keeps_the_window_and_what_was_said(
     assert SIGNAL_NAMES[how] in window.banner.text()
     shown = window.chat_view.toPlainText()
     assert f"--- injecting fault: {kind} at {point}" in shown
+    # The memory panels no longer show the figures of a process that is gone.
+    stopped = "The engine is not running: no model is in memory."
+    assert window.memory_panel.kv_panel.fill_label.text() == stopped
+    assert window.memory_panel.device_panel.rows() == []
 
     if point == "load":
         # A load that crashed is not retried by itself: the person is asked.

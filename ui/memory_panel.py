@@ -266,6 +266,14 @@ class KvCachePanel(QGroupBox):
                 f"{view.evaluated_tokens:,} evaluated"
             )
 
+    def show_empty(self, text: str) -> None:
+        """No cache exists (the engine is not running): say so instead of figures."""
+        self.fill_label.setText(text)
+        self.fill_bar.set_segments([], 1)
+        for label in (self.bytes_label, self.types_label, self.turn_label, self.view_label):
+            label.setText("")
+        self.warning_label.hide()
+
     def _show_warning(self, view: KvView, fraction: float) -> None:
         if fraction >= self.WARN_AT:
             self.warning_label.setText(
@@ -526,6 +534,13 @@ class MemoryPanel(QScrollArea):
         """A new model: the plot starts again from its load."""
         self.plot.clear()
         self._plot_dirty = True
+
+    def show_engine_stopped(self, text: str) -> None:
+        """The engine has ended: the figures it reported are gone with it."""
+        self._kv = None
+        self._devices = None
+        self.kv_panel.show_empty(text)
+        self.device_panel.show_devices([], text)
 
     def refresh(self) -> None:
         """Repaints what changed since the last refresh (only while shown)."""
