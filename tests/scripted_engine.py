@@ -6,6 +6,13 @@ It is never a substitute for the real engine in end-to-end tests. Token
 counts are words plus a few tokens of wrapping per message, and the context
 is enforced as the runner enforces it: a prompt that does not fit is refused
 with both numbers.
+
+It keeps the two timing facts of the real pipe that a controller can get
+wrong. A cancelled reply does not stop at once: text already on its way
+(and what the host generates before it sees the flag) keeps arriving for
+`cancel_lag_s`, then the turn finishes as cancelled, with all of that text.
+A switch ends the old host: nothing it sent arrives afterwards, not even
+what was already queued (as EngineClient drops the old reader's events).
 """
 
 from __future__ import annotations
@@ -36,6 +43,8 @@ from engine.protocol import (
 from ui.main_window import MainWindow
 
 FLUSH_S = 0.010  # what the engine host batches text deltas to
+# How long a cancelled reply keeps arriving: a few flushes of the host.
+CANCEL_LAG_S = 0.030
 WRAP_TOKENS = 4
 SYSTEM_TOKENS = 10
 
@@ -71,23 +80,39 @@ class Request:
 
 
 class _Stream(QThread):
-    """Emits the reply's words at `rate` a second, batched every FLUSH_S."""
+    """Emits the reply's words at `rate` a second, batched every FLUSH_S.
+
+    Once cancelled it goes on for `lag` seconds more (what the pipe still
+    carries), unless `dropped` (its host was ended: nothing more comes).
+    """
 
     delta = Signal(int, str)
 
-    def __init__(self, request_id: int, words: Sequence[str], rate: float) -> None:
+    def __init__(self, request_id: int, words: Sequence[str], rate: float, lag: float) -> None:
         super().__init__()
         self.request_id = request_id
         self.words = list(words)
         self.rate = rate
+        self.lag = lag
         self.cancelled = threading.Event()
+        self.dropped = threading.Event()
         self.sent = 0
         self.first_at = 0.0
         self.last_at = 0.0
 
+    def _stopping(self) -> bool:
+        if self.dropped.is_set():
+            return True
+        if not self.cancelled.is_set():
+            return False
+        if self._cancel_seen == 0.0:
+            self._cancel_seen = time.perf_counter()
+        return time.perf_counter() - self._cancel_seen >= self.lag
+
     def run(self) -> None:
         started = time.perf_counter()
-        while self.sent < len(self.words) and not self.cancelled.is_set():
+        self._cancel_seen = 0.0
+        while self.sent < len(self.words) and not self._stopping():
             time.sleep(FLUSH_S)
             due = min(int((time.perf_counter() - started) * self.rate) + 1, len(self.words))
             if due > self.sent:
@@ -124,16 +149,22 @@ class ScriptedEngine(QObject):
         rate: float = 500.0,
         n_ctx: int = 4096,
         parent: QObject | None = None,
+        cancel_lag_s: float = CANCEL_LAG_S,
     ) -> None:
         super().__init__(parent)
         self.reply = reply
         self.rate = rate
         self.n_ctx = n_ctx
+        self.cancel_lag_s = cancel_lag_s
         self.requests: list[Request] = []
         self.fail_next = ""
         self._ids = itertools.count(1)
         self._streams: dict[int, _Stream] = {}
+        # Every stream ever started, so a test can check that none is left running.
+        self.threads: list[_Stream] = []
         self._running = False
+        # Counts the hosts: events of an ended one are never delivered.
+        self._host = 0
 
     @property
     def running(self) -> bool:
@@ -142,12 +173,24 @@ class ScriptedEngine(QObject):
     def start(self) -> None:
         self._running = True
 
+    def _later(self, emit: Callable[[], None]) -> None:
+        """Emits on the next turn of the event loop, unless the host ended by then."""
+        host = self._host
+
+        def deliver() -> None:
+            if host == self._host:
+                emit()
+
+        QTimer.singleShot(0, deliver)
+
     def load(self, config: LoadConfig) -> None:
         self._running = True
         info = model_info(self.n_ctx, config.model_path)
-        QTimer.singleShot(0, lambda: self.model_loaded.emit(info))
+        self._later(lambda: self.model_loaded.emit(info))
 
     def switch(self, config: LoadConfig) -> None:
+        """A fresh host: the old one's replies end, and none of their events arrive."""
+        self.shutdown()
         self.load(config)
 
     def _prompt(self, messages: Sequence[ChatMessage]) -> tuple[int, int, int]:
@@ -166,7 +209,7 @@ class ScriptedEngine(QObject):
         self.requests.append(Request(request_id, list(messages), sampling, continue_last))
         if self.fail_next:
             message, self.fail_next = self.fail_next, ""
-            QTimer.singleShot(0, lambda: self.chat_failed.emit(request_id, message))
+            self._later(lambda: self.chat_failed.emit(request_id, message))
             return request_id
         prompt, system, history = self._prompt(messages)
         if prompt >= self.n_ctx:
@@ -174,11 +217,12 @@ class ScriptedEngine(QObject):
                 f"the conversation is {prompt} tokens long, and the context holds "
                 f"{self.n_ctx}: start a new conversation or raise the context size"
             )
-            QTimer.singleShot(0, lambda: self.chat_failed.emit(request_id, refusal))
+            self._later(lambda: self.chat_failed.emit(request_id, refusal))
             return request_id
         words = self.reply(list(messages))
         limited = words[: sampling.max_tokens]
-        stream = _Stream(request_id, limited, self.rate)
+        stream = _Stream(request_id, limited, self.rate, self.cancel_lag_s)
+        self.threads.append(stream)
         stream.delta.connect(self._on_delta)
         stream.finished.connect(
             lambda: self._finish(stream, prompt, system, history, len(words) > len(limited))
@@ -190,6 +234,8 @@ class ScriptedEngine(QObject):
         return request_id
 
     def _begin(self, evaluated: PromptEvaluated, stream: _Stream) -> None:
+        if stream.request_id not in self._streams:
+            return  # its host ended before the prompt was evaluated
         self.prompt_evaluated.emit(evaluated)
         stream.start()
 
@@ -201,7 +247,9 @@ class ScriptedEngine(QObject):
         stream.wait()
         if self._streams.pop(stream.request_id, None) is None:
             return
-        reason = "cancelled" if stream.cancelled.is_set() else ("length" if cut else "eos")
+        # A reply that ran to its end before the host saw the cancel ends as usual.
+        stopped = stream.cancelled.is_set() and stream.sent < len(stream.words)
+        reason = "cancelled" if stopped else ("length" if cut else "eos")
         seconds = stream.last_at - stream.first_at
         stats = TurnStats(
             prompt_tokens=prompt,
@@ -224,9 +272,12 @@ class ScriptedEngine(QObject):
                 stream.cancelled.set()
 
     def shutdown(self) -> None:
+        """Ends the host: streams stop now, and what they queued is dropped
+        (`_on_delta` and `_finish` only pass on streams still listed)."""
         self._running = False
+        self._host += 1
         for stream in list(self._streams.values()):
-            stream.cancelled.set()
+            stream.dropped.set()
             stream.wait()
         self._streams.clear()
 
