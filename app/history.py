@@ -27,6 +27,7 @@ from app.store import (
     RestoreConversation,
     TrashConversation,
     new_key,
+    storable,
 )
 from engine.protocol import ModelInfo, TurnStats
 
@@ -114,12 +115,23 @@ class History(QObject):
 
     def add_user(self, text: str, model: ModelInfo, system_prompt: str) -> Message:
         """Appends the person's message and commits it (with a new conversation
-        if this is the first message). Returns the message."""
+        if this is the first message). Returns the message.
+
+        The text is kept as the store holds it (see app.store.storable), so
+        what the window shows, exports and sends is what is on disk.
+        """
+        text = storable(text)
         writes: list[PutConversation | PutMessage] = []
         if self.conversation is None:
             now = time.time()
             self.conversation = Conversation(
-                new_key(), title_for(text), model.path, model.name, system_prompt, now, now
+                new_key(),
+                title_for(text),
+                storable(model.path),
+                storable(model.name),
+                storable(system_prompt),
+                now,
+                now,
             )
             writes.append(PutConversation(self.conversation))
         message = self._message("user", text, "done")
@@ -134,7 +146,7 @@ class History(QObject):
         """
         assert self.conversation is not None
         del self.messages[position:]
-        message = self._message("user", text, "done")
+        message = self._message("user", storable(text), "done")
         self.messages.append(message)
         self.saver.submit(DeleteMessagesFrom(self.conversation.key, position), PutMessage(message))
         return message
@@ -212,9 +224,11 @@ class History(QObject):
 
     def use_model(self, model: ModelInfo) -> None:
         """The conversation goes on with this model (it remembers the last one used)."""
-        if self.conversation is None or self.conversation.model_path == model.path:
+        if self.conversation is None or self.conversation.model_path == storable(model.path):
             return
-        self.conversation = replace(self.conversation, model_path=model.path, model_name=model.name)
+        self.conversation = replace(
+            self.conversation, model_path=storable(model.path), model_name=storable(model.name)
+        )
         self.saver.submit(PutConversation(self.conversation))
 
     def rename(self, key: str, title: str) -> None:
@@ -226,7 +240,7 @@ class History(QObject):
             conversation = store.conversation(key)
         if conversation is None:
             return
-        conversation = replace(conversation, title=title)
+        conversation = replace(conversation, title=storable(title))
         if self.conversation is not None and self.conversation.key == key:
             self.conversation = conversation
         self.saver.submit(PutConversation(conversation))

@@ -95,6 +95,26 @@ class SaveError(Error):
     """A write did not reach the disk; applying the same writes again may succeed."""
 
 
+def storable(text: str) -> str:
+    """`text` as SQLite can hold it: each lone surrogate becomes U+FFFD.
+
+    A Python string may hold surrogates that UTF-8 cannot encode: a file name
+    decoded with surrogateescape, a JSON "\\ud800" escape, a caller's slip.
+    Qt drops them on its way in, so a typed message never has one, but a
+    write must never fail on one either: it would fail again at every retry.
+    A pair written as two code points becomes the character it stands for.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
+def _storable(values: Sequence[object]) -> tuple[object, ...]:
+    return tuple(storable(v) if isinstance(v, str) else v for v in values)
+
+
 def new_key() -> str:
     """A key for a conversation or a message, made before anything is written."""
     return uuid.uuid4().hex
@@ -270,7 +290,7 @@ class ConversationStore:
         )
         arguments: list[str] = []
         if search.strip():
-            pattern = "%" + search.strip().replace("\\", "\\\\").replace("%", "\\%")
+            pattern = "%" + storable(search.strip()).replace("\\", "\\\\").replace("%", "\\%")
             pattern = pattern.replace("_", "\\_") + "%"
             sql += (
                 " AND (title LIKE ? ESCAPE '\\' OR EXISTS (SELECT 1 FROM messages m "
@@ -349,18 +369,20 @@ class ConversationStore:
                 "state = excluded.state, updated_at = excluded.updated_at, "
                 "stats = excluded.stats, tokens = excluded.tokens, "
                 "tokens_model = excluded.tokens_model",
-                (
-                    m.key,
-                    m.conversation_key,
-                    m.position,
-                    m.role,
-                    m.content,
-                    m.state,
-                    m.created_at,
-                    m.updated_at,
-                    m.stats,
-                    m.tokens,
-                    m.tokens_model,
+                _storable(
+                    (
+                        m.key,
+                        m.conversation_key,
+                        m.position,
+                        m.role,
+                        m.content,
+                        m.state,
+                        m.created_at,
+                        m.updated_at,
+                        m.stats,
+                        m.tokens,
+                        m.tokens_model,
+                    )
                 ),
             )
             db.execute(
@@ -377,15 +399,17 @@ class ConversationStore:
                 "system_prompt = excluded.system_prompt, "
                 "updated_at = max(updated_at, excluded.updated_at), "
                 "view_start = excluded.view_start",
-                (
-                    c.key,
-                    c.title,
-                    c.model_path,
-                    c.model_name,
-                    c.system_prompt,
-                    c.created_at,
-                    c.updated_at,
-                    c.view_start,
+                _storable(
+                    (
+                        c.key,
+                        c.title,
+                        c.model_path,
+                        c.model_name,
+                        c.system_prompt,
+                        c.created_at,
+                        c.updated_at,
+                        c.view_start,
+                    )
                 ),
             )
         elif isinstance(write, DeleteMessagesFrom):
