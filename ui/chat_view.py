@@ -44,6 +44,11 @@ from ui.markdown import (
 )
 
 RENDER_INTERVAL_MS = 33
+# Characters of one message drawn at most. Qt lays text out at about half a
+# microsecond a character, all at once: a pasted megabyte would hold the
+# window for half a second each time it is drawn. The rest is kept, not
+# drawn; Copy and Edit have all of it, and so do the store and exports.
+DRAWN_CHARACTERS = 50_000
 # A conversation opens with at most this many of its last messages drawn; the
 # rest wait behind a link, so a long one opens at once.
 SHOWN_AT_OPEN = 120
@@ -242,12 +247,21 @@ class ChatView(QTextBrowser):
         return cursor
 
     def _insert_body(self, cursor: QTextCursor, key: str, text: str, from_person: bool) -> None:
+        drawn = text[:DRAWN_CHARACTERS]
         if from_person:
-            cursor.insertText(text)
-            return
-        look = self._look()
-        for index, block in enumerate(split_blocks(text)):
-            self._render_block(cursor, block_key=f"{key}/{index}", block=block, look=look)
+            cursor.insertText(drawn)
+        else:
+            look = self._look()
+            for index, block in enumerate(split_blocks(drawn)):
+                self._render_block(cursor, block_key=f"{key}/{index}", block=block, look=look)
+        if len(drawn) < len(text):
+            start_block(cursor, 4)
+            actions = "Copy and Edit take" if from_person else "Copy takes"
+            cursor.insertText(
+                f"… {len(text) - len(drawn):,} more characters are kept but not drawn, "
+                f"to keep the window quick: {actions} the whole message.",
+                self._quiet_format(),
+            )
 
     def _render_block(self, cursor: QTextCursor, block_key: str, block: Block, look: Look) -> None:
         if block.kind == "code":
