@@ -222,6 +222,9 @@ class ModelRunner:
         self._ctx = ctx
         self._memory = llama_cpp.llama_get_memory(ctx)
         self.n_ctx = int(llama_cpp.llama_n_ctx(ctx))
+        # llama.cpp caps the batch at a small requested context (and pads the
+        # context itself); a larger batch than it kept aborts the process.
+        self.n_batch = min(self.n_batch, int(llama_cpp.llama_n_batch(ctx)))
         self._cached: list[int] = []
 
         try:

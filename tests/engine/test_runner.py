@@ -193,3 +193,18 @@ def test_continue_a_reply_cut_at_its_limit(runner: ModelRunner) -> None:
     # twenty more are the forty in one go, the continued prompt from the cache.
     assert first + rest == whole
     assert more.reused_tokens >= more.prompt_tokens - 2
+
+
+def test_small_context_prompt_goes_in_batches_llama_cpp_accepts(
+    model_path: Path, log: LlamaLog
+) -> None:
+    # llama.cpp caps the batch at a context below it and pads the context; a
+    # prompt between the two used to go in one batch and abort the process.
+    runner = ModelRunner(LoadConfig(str(model_path), n_ctx=128), read_gguf(model_path), log)
+    try:
+        assert runner.n_batch <= 128 < runner.n_ctx
+        words = " ".join(f"w{index}" for index in range(40))
+        _text, _pieces, stats = _chat(runner, [ChatMessage("user", words)], Sampling(max_tokens=2))
+        assert 128 < stats.prompt_tokens < runner.n_ctx  # type: ignore[attr-defined]
+    finally:
+        runner.close()
