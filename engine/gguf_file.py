@@ -41,6 +41,8 @@ MAX_TENSOR_NAME_BYTES = 63
 MAX_ALIGNMENT = 1 << 16
 # llama.cpp counts a tensor's elements in a signed 64-bit integer.
 MAX_ELEMENTS = (1 << 63) - 1
+# llama.cpp's LLAMA_MAX_LAYERS: it aborts the process on a block count of 0 or above.
+MAX_LAYERS = 512
 # Strings up to this size are kept (chat templates run to tens of kilobytes).
 KEEP_STRING_BYTES = 1 << 20
 # Numeric arrays up to this length are kept (per-layer head counts and the
@@ -273,12 +275,17 @@ def _type_name(value_type: GGUFValueType, item_type: GGUFValueType | None) -> st
     return f"array of {item_type.name.lower()}"
 
 
+def _shown(name: str) -> str:
+    """A key or name quoted for a message, shortened: a hostile key can be 64 kB long."""
+    return repr(name if len(name) <= 80 else f"{name[:60]}...")
+
+
 def _value_type(code: int, key: str) -> GGUFValueType:
     try:
         return GGUFValueType(code)
     except ValueError:
         raise ModelFileError(
-            f"the header is corrupt: metadata {key!r} has unknown value type {code}"
+            f"the header is corrupt: metadata {key} has unknown value type {code}"
         ) from None
 
 
@@ -298,27 +305,28 @@ class _Metadata:
 
     def read_entry(self, index: int) -> None:
         reader = self._reader
-        key = reader.string(f"metadata key {index}", limit=MAX_KEY_BYTES)
-        if key in self.values:
-            raise ModelFileError(f"the header is corrupt: metadata key {key!r} appears twice")
-        value_type = _value_type(reader.u32(f"the type of {key!r}"), key)
+        name = reader.string(f"metadata key {index}", limit=MAX_KEY_BYTES)
+        key = _shown(name)
+        if name in self.values:
+            raise ModelFileError(f"the header is corrupt: metadata key {key} appears twice")
+        value_type = _value_type(reader.u32(f"the type of {key}"), key)
         item_type: GGUFValueType | None = None
         if value_type == GGUFValueType.ARRAY:
-            item_type = _value_type(reader.u32(f"the item type of {key!r}"), key)
+            item_type = _value_type(reader.u32(f"the item type of {key}"), key)
             value = self._read_array(key, item_type)
         elif value_type == GGUFValueType.STRING:
-            value = self._read_string(f"metadata {key!r}")
+            value = self._read_string(f"metadata {key}")
         else:
-            value = reader.scalars(_SCALAR_CODES[value_type], 1, f"metadata {key!r}")[0]
-        required = _REQUIRED_TYPES.get(key)
+            value = reader.scalars(_SCALAR_CODES[value_type], 1, f"metadata {key}")[0]
+        required = _REQUIRED_TYPES.get(name)
         if required is not None and required != (value_type, item_type):
             raise ModelFileError(
-                f"the header is corrupt: metadata {key!r} is stored as "
+                f"the header is corrupt: metadata {key} is stored as "
                 f"{_type_name(value_type, item_type)}, where llama.cpp expects "
                 f"{_type_name(*required)}"
             )
-        self.values[key] = value
-        self.types[key] = (value_type, item_type)
+        self.values[name] = value
+        self.types[name] = (value_type, item_type)
 
     def _read_string(self, what: str) -> str | None:
         room = min(KEEP_STRING_BYTES, KEEP_TOTAL_STRING_BYTES - self._kept_bytes)
@@ -328,24 +336,24 @@ class _Metadata:
 
     def _read_array(self, key: str, item_type: GGUFValueType) -> object:
         reader = self._reader
-        length = reader.u64(f"the length of {key!r}")
+        length = reader.u64(f"the length of {key}")
         if item_type == GGUFValueType.ARRAY:
-            raise ModelFileError(f"the header is corrupt: metadata {key!r} nests arrays")
+            raise ModelFileError(f"the header is corrupt: metadata {key} nests arrays")
         # Every string item has at least its 8-byte length.
         item_size = 8 if item_type == GGUFValueType.STRING else _SCALAR_SIZES[item_type]
         if length > MAX_ARRAY_ITEMS:
-            raise ModelFileError(f"the header is corrupt: metadata {key!r} claims {length} items")
+            raise ModelFileError(f"the header is corrupt: metadata {key} claims {length} items")
         # Checked before the walk over the items, which could take long.
-        reader.need(length * item_size, f"the {length} items of {key!r}")
+        reader.need(length * item_size, f"the {length} items of {key}")
         if item_type == GGUFValueType.STRING:
             for index in range(length):
-                reader.string_or_skip(f"item {index} of {key!r}", keep_up_to=0)
+                reader.string_or_skip(f"item {index} of {key}", keep_up_to=0)
             return ArraySummary(item_type.name, length)
         if length > KEEP_ARRAY_ITEMS or self._kept_items + length > KEEP_TOTAL_ARRAY_ITEMS:
-            reader.skip(item_size * length, f"metadata {key!r}")
+            reader.skip(item_size * length, f"metadata {key}")
             return ArraySummary(item_type.name, length)
         self._kept_items += length
-        return list(reader.scalars(_SCALAR_CODES[item_type], length, f"metadata {key!r}"))
+        return list(reader.scalars(_SCALAR_CODES[item_type], length, f"metadata {key}"))
 
 
 _SCALAR_SIZES: dict[GGUFValueType, int] = {
@@ -366,6 +374,21 @@ def _alignment(metadata: _Metadata) -> int:
             "which is not a power of two"
         )
     return alignment
+
+
+def _check_hyperparameters(values: dict[str, object]) -> None:
+    """Refuses the few hyperparameters llama.cpp asserts on instead of failing the load.
+
+    Most bad values (a head count that does not match the tensors, say)
+    make llama.cpp refuse the file with a message; these abort the process.
+    """
+    architecture = values.get("general.architecture")
+    layers = values.get(f"{architecture}.block_count")
+    if isinstance(layers, int) and not 0 < layers <= MAX_LAYERS:
+        raise ModelFileError(
+            f"the header is corrupt: it says the model has {layers} layers "
+            f"({architecture}.block_count); llama.cpp loads 1 to {MAX_LAYERS}"
+        )
 
 
 def _tensor_bytes(shape: tuple[int, ...], type_code: int, name: str) -> tuple[str, int]:
@@ -477,6 +500,7 @@ def _parse(path: Path, fd: int, size: int) -> GgufInfo:
     for index in range(n_kv):
         metadata.read_entry(index)
     alignment = _alignment(metadata)
+    _check_hyperparameters(metadata.values)
 
     tensors: list[TensorInfo] = []
     names: set[str] = set()

@@ -307,3 +307,12 @@ def test_path_with_a_nul_byte() -> None:
 
 def test_path_too_long(tmp_path: Path) -> None:
     _expect(tmp_path / ("x" * 300), "cannot be read")
+
+
+@pytest.mark.parametrize("layers", [0, 513, 2**32 - 1])
+def test_layer_count_llama_cpp_would_abort_on(tmp_path: Path, layers: int) -> None:
+    entries = [
+        _kv("general.architecture", _STRING, _text(b"llama")),
+        _kv("llama.block_count", _U32, struct.pack("<I", layers)),
+    ]
+    _expect(_raw_gguf(tmp_path / "m.gguf", entries), f"{layers} layers", "1 to 512")
