@@ -29,7 +29,6 @@ PNG chart; the tables go to stdout, progress to stderr.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import itertools
 import json
@@ -110,6 +109,9 @@ class Sizes:
     reply_tokens: int
     gui_tokens: int
 
+
+MAX_RUNS = 1000
+MAX_DECODE_TOKENS = 2048
 
 FULL = Sizes(
     threads=None,
@@ -1162,7 +1164,9 @@ def format_tables(result: BenchResult) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    from app.main import CommandLine
+
+    parser = CommandLine(
         prog="kvchat bench",
         description="Measure kvchat's speed against llama.cpp itself, and what the window costs.",
     )
@@ -1189,10 +1193,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
-    for name in ("runs", "tokens"):
+    # Bounds that keep a run finite: a decode stops at the context anyway.
+    for name, low, high in (("runs", 1, MAX_RUNS), ("tokens", 2, MAX_DECODE_TOKENS)):
         value = getattr(args, name)
-        if value is not None and value < (1 if name == "runs" else 2):
-            parser.error(f"--{name} is too small")
+        if value is not None and not low <= value <= high:
+            parser.error(f"--{name} {value} is out of range: it must be from {low} to {high:,}")
     sizes = dataclasses.replace(
         sizes,
         runs=args.runs or sizes.runs,

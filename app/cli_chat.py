@@ -41,6 +41,15 @@ def run_chat(
 ) -> int:
     if not question.strip():
         return _fail("the question is empty", EXIT_BAD_INPUT)
+    try:
+        question.encode("utf-8")
+    except UnicodeEncodeError:
+        # Bytes that are not UTF-8 reach argv as lone surrogates (surrogateescape):
+        # the engine could not tokenize them, and guessing would change the question.
+        return _fail(
+            "the question holds bytes that are not UTF-8 text: check the terminal's encoding",
+            EXIT_BAD_INPUT,
+        )
     if model_path is None:
         bundled = bundled_model_path()
         if bundled is None:

@@ -17,7 +17,7 @@ from typing import get_args
 
 from pydantic import ValidationError
 
-from app.main import _explain
+from app.main import CommandLine, _explain
 from app.settings import EngineSettings
 from engine.estimate import CannotEstimateError, DryRunError, Estimate, estimate, kv_type_name
 from engine.gguf_file import ModelFileError
@@ -137,7 +137,7 @@ def format_table(result: Estimate) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandLine(
         prog="kvchat estimate",
         description="Project the memory a model takes per device before loading it: "
         "weights, KV cache and compute buffers against the free memory.",

@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
+from typing import Any, NoReturn
 
+import annotated_types
 from pydantic import ValidationError
 
 from app.paths import resolve_data_dir
 from app.settings import EngineSettings, Settings
 from app.settings_file import read_settings, settings_path
+
+
+class CommandLine(argparse.ArgumentParser):
+    """An argument parser whose errors are one line: what is wrong, and where help is.
+
+    (argparse prints the whole usage first, which buries the one line that matters.)
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def _add_common_options(parser: argparse.ArgumentParser) -> None:
@@ -42,12 +55,56 @@ def _settings(args: argparse.Namespace, **extra: object) -> tuple[Settings, str]
     return loaded.settings.model_copy(update={"engine": engine}), loaded.notice
 
 
+OPTIONS = {"n_ctx": "--ctx", "n_threads": "--threads", "n_gpu_layers": "--gpu-layers"}
+
+
+def _number(value: object) -> str:
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _range(field: str) -> str:
+    """The bounds of a setting in words: "from 512 to 1,048,576"."""
+    info = EngineSettings.model_fields.get(field)
+    low = high = ""
+    for bound in info.metadata if info is not None else ():
+        if isinstance(bound, annotated_types.Ge):
+            low = f"from {_number(bound.ge)}"
+        elif isinstance(bound, annotated_types.Gt):
+            low = f"above {_number(bound.gt)}"
+        elif isinstance(bound, annotated_types.Le):
+            high = f"to {_number(bound.le)}"
+        elif isinstance(bound, annotated_types.Lt):
+            below = bound.lt
+            high = f"to {below - 1:,}" if isinstance(below, int) else f"below {_number(below)}"
+    if low.startswith("above") and high:
+        high = "and up " + high
+    return " ".join(part for part in (low, high) if part)
+
+
 def _explain(error: ValidationError) -> str:
-    names = {"n_ctx": "--ctx", "n_threads": "--threads", "n_gpu_layers": "--gpu-layers"}
+    """One line for a person: each option, the value given, and what it may be."""
     lines = []
     for problem in error.errors():
         field = str(problem["loc"][0]) if problem["loc"] else "value"
-        lines.append(f"{names.get(field, '--' + field.replace('_', '-'))}: {problem['msg']}")
+        option = OPTIONS.get(field, "--" + field.replace("_", "-"))
+        value: Any = problem.get("input")
+        bounds = _range(field)
+        if isinstance(value, float) and math.isnan(value):
+            why = "is not a number"
+        elif bounds and problem["type"] in (
+            "greater_than",
+            "greater_than_equal",
+            "less_than",
+            "less_than_equal",
+            "finite_number",
+        ):
+            why = "is out of range"
+        else:
+            why = f"is not allowed ({problem['msg'][:1].lower()}{problem['msg'][1:]})"
+        shown = f" {value}" if isinstance(value, int | float | str) else ""
+        lines.append(f"{option}{shown} {why}" + (f": it must be {bounds}" if bounds else ""))
     return "; ".join(lines)
 
 
@@ -62,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_bench(argv[1:])
     if argv[:1] == ["chat"]:
-        parser = argparse.ArgumentParser(
+        parser = CommandLine(
             prog="kvchat chat",
             description="Stream one reply to stdout, with no window.",
         )
@@ -92,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.stats,
         )
 
-    parser = argparse.ArgumentParser(
+    parser = CommandLine(
         prog="kvchat",
         description="Chat with a local language model and see where the memory goes.",
         epilog="`kvchat chat QUESTION` streams one reply to stdout instead; "

@@ -8,7 +8,7 @@ kept in settings.json in the data dir (app.settings_file).
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from engine.protocol import FlashAttention, KvType, LoadConfig, Sampling
 
@@ -53,6 +53,30 @@ class EngineSettings(BaseModel):
     system_prompt: str = Field(
         default="", max_length=100_000, description="Sent first in every conversation."
     )
+
+    @field_validator(
+        "n_ctx",
+        "n_threads",
+        "n_gpu_layers",
+        "n_batch",
+        "temperature",
+        "top_k",
+        "top_p",
+        "min_p",
+        "repeat_penalty",
+        "max_tokens",
+        "seed",
+        mode="before",
+    )
+    @classmethod
+    def _a_number(cls, value: object) -> object:
+        """Refuses true/false and text where a number goes: pydantic would read
+        `true` as 1 thread and "8" as 8, hiding a settings file that is wrong."""
+        if isinstance(value, bool):
+            raise ValueError("should be a number, not true or false")
+        if isinstance(value, str):
+            raise ValueError("should be a number, not text")
+        return value
 
     def load_config(self, model_path: str) -> LoadConfig:
         return LoadConfig(

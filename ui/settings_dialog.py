@@ -38,6 +38,7 @@ from PySide6.QtWidgets import (
 from ui.memory_panel import COMPUTE, KV, OTHER, WEIGHTS, SegmentBar, format_bytes
 
 KV_TYPES = ("f16", "bf16", "q8_0", "q4_0", "f32")
+MAX_SEED = 2**32 - 1
 FLASH_ATTENTION = ("auto", "on", "off")
 
 
@@ -145,11 +146,14 @@ class SettingsDialog(QDialog):
         self.temperature.setRange(0.0, 5.0)
         self.temperature.setSingleStep(0.05)
         self.top_p = QDoubleSpinBox()
-        self.top_p.setRange(0.01, 1.0)
+        # Three decimals: a setting of 0.005 is shown and kept, not rounded away.
+        self.top_p.setDecimals(3)
+        self.top_p.setRange(0.001, 1.0)
         self.top_p.setSingleStep(0.05)
         self.top_k = QSpinBox()
         self.top_k.setRange(0, 1000)
         self.min_p = QDoubleSpinBox()
+        self.min_p.setDecimals(3)
         self.min_p.setRange(0.0, 1.0)
         self.min_p.setSingleStep(0.01)
         self.repeat_penalty = QDoubleSpinBox()
@@ -157,8 +161,11 @@ class SettingsDialog(QDialog):
         self.repeat_penalty.setSingleStep(0.05)
         self.max_tokens = QSpinBox()
         self.max_tokens.setRange(1, 1 << 20)
-        self.seed = QSpinBox()
-        self.seed.setRange(-1, 2**31 - 1)
+        # A seed goes up to 2**32 - 1, past what a QSpinBox (an int) holds: a
+        # QDoubleSpinBox without decimals holds every seed exactly.
+        self.seed = QDoubleSpinBox()
+        self.seed.setDecimals(0)
+        self.seed.setRange(-1, MAX_SEED)
         self.seed.setSpecialValueText("random")
         self.system_prompt = QPlainTextEdit()
         self.system_prompt.setMaximumHeight(70)
@@ -361,7 +368,7 @@ class SettingsDialog(QDialog):
         self._sync_labels()
 
     def choice(self) -> Choice:
-        seed = self.seed.value()
+        seed = round(self.seed.value())
         return Choice(
             model_path=self.selected_path(),
             n_ctx=None if self.context_default.isChecked() else self._snapped_context(),

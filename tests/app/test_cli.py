@@ -65,15 +65,15 @@ def test_chat_with_a_missing_model(data_dir: Path, tmp_path: Path) -> None:
         (["chat", "   "], "kvchat: the question is empty\n"),
         (
             ["chat", "--ctx", "0", "hi"],
-            "kvchat: --ctx: Input should be greater than or equal to 512\n",
+            "kvchat: --ctx 0 is out of range: it must be from 512 to 1,048,576\n",
         ),
         (
             ["chat", "--threads", "-2", "hi"],
-            "kvchat: --threads: Input should be greater than or equal to 1\n",
+            "kvchat: --threads -2 is out of range: it must be from 1 to 512\n",
         ),
         (
             ["--gpu-layers", "-5"],
-            "kvchat: --gpu-layers: Input should be greater than or equal to 0\n",
+            "kvchat: --gpu-layers -5 is out of range: it must be from 0 to 999\n",
         ),
     ],
 )

@@ -116,11 +116,11 @@ def test_bad_input_gets_one_line_and_code_2(
         ),
         (
             [str(model_path), "--ctx", "100"],
-            "kvchat: --ctx: Input should be greater than or equal to 512\n",
+            "kvchat: --ctx 100 is out of range: it must be from 512 to 1,048,576\n",
         ),
         (
             [str(model_path), "--gpu-layers", "-1"],
-            "kvchat: --gpu-layers: Input should be greater than or equal to 0\n",
+            "kvchat: --gpu-layers -1 is out of range: it must be from 0 to 999\n",
         ),
     ]
     for args, message in cases:
