@@ -112,6 +112,9 @@ class TurnStats:
 
     The prompt splits into the system prompt (with whatever the template puts
     before the first message), the earlier turns, and the current message.
+    `template_notice` says, for a person, why the model's own chat template
+    was not used for this turn (it failed or refused, and ChatML stood in);
+    empty when it was used.
     """
 
     prompt_tokens: int
@@ -124,6 +127,7 @@ class TurnStats:
     prefill_tokens_per_s: float
     decode_tokens_per_s: float
     stop_reason: StopReason
+    template_notice: str = ""
 
 
 @dataclass(frozen=True)
