@@ -24,6 +24,9 @@ def format_stats(stats: TurnStats) -> str:
     stop = _STOP_WORDS[stats.stop_reason]
     if stop:
         parts.append(stop)
+    if stats.template_notice:
+        # Stats stored before the field existed load with the default "".
+        parts.append(stats.template_notice)
     return " · ".join(parts)
 
 

@@ -40,6 +40,8 @@ from engine.protocol import (
 from engine.text_stream import Utf8Stream
 
 PENALTY_LAST_N = 64
+# A template's error can quote much of itself; the notice under a reply stays short.
+MAX_NOTICE_REASON_CHARS = 300
 
 
 class Error(Exception):
@@ -51,7 +53,7 @@ class LoadError(Error):
 
 
 class ChatError(Error):
-    """A turn could not run: a template failure or a prompt that does not fit."""
+    """A turn could not run: a prompt that does not fit, or llama.cpp failed on it."""
 
 
 class LlamaLog:
@@ -231,6 +233,7 @@ class ModelRunner:
             self._template = ChatTemplate.compile(gguf.chat_template)
         except TemplateError as exc:
             self._template = ChatTemplate.chatml(f"ChatML ({exc})")
+        self._fallback_template = ChatTemplate.chatml("ChatML")
         self._bos_text = self._token_text(llama_cpp.llama_vocab_bos(self._vocab))
         self._eos_text = self._token_text(llama_cpp.llama_vocab_eos(self._vocab))
         self._add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
@@ -282,10 +285,41 @@ class ModelRunner:
         """The conversation as the tokens the model sees, with its own template."""
         return self._render(messages)[0]
 
+    def _render_text(self, messages: Sequence[ChatMessage], continue_last: bool) -> tuple[str, str]:
+        """The prompt's text, and why ChatML stood in for the model's template ("" if not).
+
+        A template that fails on this conversation (an error in it, a reach
+        for Python's internals, a runaway render) or refuses it on purpose
+        (its `raise_exception`, "roles must alternate") would otherwise stop
+        the person from chatting at all; a generic prompt the model may
+        follow less well is the better outcome, as long as they are told.
+        """
+
+        def render(template: ChatTemplate) -> str:
+            return template.render(
+                messages,
+                bos_token=self._bos_text,
+                eos_token=self._eos_text,
+                add_generation_prompt=not continue_last,
+            )
+
+        try:
+            return render(self._template), ""
+        except TemplateError as exc:
+            reason = str(exc)
+        if len(reason) > MAX_NOTICE_REASON_CHARS:
+            reason = reason[: MAX_NOTICE_REASON_CHARS - 3] + "..."
+        try:
+            text = render(self._fallback_template)
+        except TemplateError as exc:  # pragma: no cover - ChatML renders any conversation
+            raise ChatError(str(exc)) from exc
+        return text, f"{reason}; a generic ChatML template was used for this reply"
+
     def _render(
         self, messages: Sequence[ChatMessage], continue_last: bool = False
-    ) -> tuple[list[int], int, int]:
-        """The prompt's tokens, and where the system part and the earlier turns end.
+    ) -> tuple[list[int], int, int, str]:
+        """The prompt's tokens, where the system part and the earlier turns end,
+        and the template notice (see `_render_text`).
 
         The boundaries are found where each message's text starts in the
         rendered prompt, so the template's own wrapping around a message
@@ -293,15 +327,7 @@ class ModelRunner:
         with the last message's text, left open: what the template closes a
         message with (its end-of-turn marker) is cut, and no new turn begins.
         """
-        try:
-            text = self._template.render(
-                messages,
-                bos_token=self._bos_text,
-                eos_token=self._eos_text,
-                add_generation_prompt=not continue_last,
-            )
-        except TemplateError as exc:
-            raise ChatError(str(exc)) from exc
+        text, notice = self._render_text(messages, continue_last)
         if continue_last:
             # Templates may trim a message; the reply goes on from its last visible character.
             kept = messages[-1].content.rstrip() if messages else ""
@@ -329,7 +355,7 @@ class ModelRunner:
 
         system = tokens_before(first_turn)
         history = max(tokens_before(last_turn) - system, 0)
-        return tokens, min(system, len(tokens)), min(history, len(tokens) - system)
+        return tokens, min(system, len(tokens)), min(history, len(tokens) - system), notice
 
     def _decode(self, tokens: Sequence[int]) -> None:
         array = (llama_cpp.llama_token * len(tokens))(*tokens)
@@ -409,11 +435,14 @@ class ModelRunner:
             The reply's full text and the turn's statistics.
 
         Raises:
-            ChatError: the template failed, the prompt does not fit the
-                context, or llama.cpp failed to evaluate.
+            ChatError: the prompt does not fit the context, or llama.cpp
+                failed to evaluate. (A template that fails gives way to ChatML,
+                and `TurnStats.template_notice` says why.)
         """
         started = time.perf_counter()
-        prompt, system_tokens, history_tokens = self._render(messages, continue_last)
+        prompt, system_tokens, history_tokens, template_notice = self._render(
+            messages, continue_last
+        )
         if len(prompt) >= self.n_ctx:
             raise ChatError(
                 f"the conversation is {len(prompt)} tokens long, and the context holds "
@@ -480,5 +509,6 @@ class ModelRunner:
             prefill_tokens_per_s=evaluated / prefill_seconds if prefill_seconds > 0 else 0.0,
             decode_tokens_per_s=(generated - 1) / decode_seconds if decode_seconds > 0 else 0.0,
             stop_reason=stop_reason,
+            template_notice=template_notice,
         )
         return "".join(parts), stats

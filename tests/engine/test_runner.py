@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from app.formatting import format_stats
 from engine.gguf_file import read_gguf
 from engine.protocol import ChatMessage, LoadConfig, Sampling
 from engine.runner import ChatError, LlamaLog, ModelRunner, physical_cores
 from engine.text_stream import Utf8Stream
+from tests.model_factory import TINY, ModelFactory, model_factory
+
+__all__ = ["model_factory"]  # a fixture, imported so that pytest finds it
 
 GREEDY = Sampling(temperature=0.0, max_tokens=48)
 
@@ -206,5 +211,87 @@ def test_small_context_prompt_goes_in_batches_llama_cpp_accepts(
         words = " ".join(f"w{index}" for index in range(40))
         _text, _pieces, stats = _chat(runner, [ChatMessage("user", words)], Sampling(max_tokens=2))
         assert 128 < stats.prompt_tokens < runner.n_ctx  # type: ignore[attr-defined]
+    finally:
+        runner.close()
+
+
+# Templates from the model file that fail at render time: the turn goes on with
+# ChatML, and the reply's statistics carry a notice the window shows under it.
+
+ROLES_MUST_ALTERNATE = (
+    "{% for message in messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+    "{% endif %}{{ message['content'] }}{% endfor %}"
+)
+
+
+def _tiny_runner(model_factory: ModelFactory, log: LlamaLog, chat_template: str) -> ModelRunner:
+    spec = replace(TINY, name=f"tiny-template-{len(chat_template)}", chat_template=chat_template)
+    path = model_factory.path(spec)
+    return ModelRunner(LoadConfig(str(path)), read_gguf(path), log)
+
+
+def _prompt_text(runner: ModelRunner, messages: list[ChatMessage]) -> str:
+    tokens = runner.render_prompt(messages)
+    return b"".join(runner.piece(token, special=True) for token in tokens).decode()
+
+
+def test_model_template_is_used_without_a_notice(runner: ModelRunner) -> None:
+    _text, _pieces, stats = _chat(runner, [ChatMessage("user", "Hi")], Sampling(max_tokens=2))
+    assert stats.template_notice == ""  # type: ignore[attr-defined]
+    assert "· the model's chat template" not in format_stats(stats)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("template", "reason"),
+    [
+        (
+            ROLES_MUST_ALTERNATE,
+            "the model's chat template refused the conversation: "
+            "Conversation roles must alternate user/assistant",
+        ),
+        ("{{ messages[0]['content'].upper().nope() }}", "the model's chat template failed:"),
+        ("{{ messages | length / 0 }}", "the model's chat template failed: ZeroDivisionError"),
+    ],
+    ids=["refuses the conversation", "calls an undefined method", "divides by zero"],
+)
+def test_template_failing_at_render_gives_way_to_chatml_with_a_notice(
+    model_factory: ModelFactory, log: LlamaLog, template: str, reason: str
+) -> None:
+    runner = _tiny_runner(model_factory, log, template)
+    try:
+        assert runner.info.chat_template_source == "model"  # it compiled
+        # Two user messages in a row: the alternation template refuses them.
+        messages = [ChatMessage("user", "Hi"), ChatMessage("user", "Again?")]
+        _text, _pieces, stats = _chat(runner, messages, Sampling(max_tokens=4))
+        assert stats.generated_tokens > 0 or stats.stop_reason == "eos"  # type: ignore[attr-defined]
+        notice = stats.template_notice  # type: ignore[attr-defined]
+        assert notice.startswith(reason), notice
+        assert notice.endswith("a generic ChatML template was used for this reply")
+        assert "<|im_start|>user\nAgain?<|im_end|>\n<|im_start|>assistant\n" in (
+            _prompt_text(runner, messages)
+        )
+        # The person sees it in the line under the reply.
+        assert format_stats(stats).endswith(" · " + notice)  # type: ignore[arg-type]
+    finally:
+        runner.close()
+
+
+def test_hostile_template_in_a_model_file_runs_nothing(
+    model_factory: ModelFactory, log: LlamaLog, tmp_path: Path
+) -> None:
+    marker = tmp_path / "pwned"
+    template = (
+        "{{ cycler.__init__.__globals__.os.popen('touch " + str(marker) + "').read() }}"
+        "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    )
+    runner = _tiny_runner(model_factory, log, template)
+    try:
+        _text, _pieces, stats = _chat(runner, [ChatMessage("user", "Hi")], Sampling(max_tokens=2))
+        notice = stats.template_notice  # type: ignore[attr-defined]
+        assert "the model's chat template failed" in notice
+        assert "unsafe" in notice
+        assert not marker.exists()
     finally:
         runner.close()
