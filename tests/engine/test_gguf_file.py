@@ -6,13 +6,31 @@ import os
 import shutil
 import struct
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import gguf
 import numpy as np
 import pytest
 
+from engine.client import HostProcess
 from engine.gguf_file import ArraySummary, GgufInfo, ModelFileError, read_gguf
+from engine.protocol import (
+    Chat,
+    ChatFailed,
+    ChatMessage,
+    Event,
+    HostExited,
+    LoadConfig,
+    LoadFailed,
+    LoadModel,
+    ModelLoaded,
+    Sampling,
+    TurnFinished,
+)
+from tests.model_factory import TINY, ModelFactory, model_factory
+
+__all__ = ["model_factory"]  # a fixture, imported so that pytest finds it
 
 
 def test_bundled_model_header(model_path: Path) -> None:
@@ -316,3 +334,80 @@ def test_layer_count_llama_cpp_would_abort_on(tmp_path: Path, layers: int) -> No
         _kv("llama.block_count", _U32, struct.pack("<I", layers)),
     ]
     _expect(_raw_gguf(tmp_path / "m.gguf", entries), f"{layers} layers", "1 to 512")
+
+
+# A model file that changes under a loaded model. llama.cpp maps the file
+# into memory: a deleted file stays mapped until the model is freed, while a
+# truncated one loses the pages past its new end, and touching them raises
+# SIGBUS in the engine host. Either way the test process (the window) lives
+# on, and the next load of the path says what happened to the file.
+
+HOST_TIMEOUT_S = 60.0
+
+
+def _host_event(host: HostProcess, *kinds: type) -> Event:
+    while True:
+        event = host.receive(HOST_TIMEOUT_S)
+        assert event is not None, "the engine went silent"
+        if isinstance(event, (*kinds, HostExited)):
+            return event
+
+
+@pytest.fixture
+def loaded_copy(
+    model_factory: ModelFactory, tmp_path: Path, data_dir: Path
+) -> Iterator[tuple[HostProcess, Path]]:
+    path = tmp_path / "copy.gguf"
+    shutil.copyfile(model_factory.path(TINY), path)
+    host = HostProcess(data_dir / "logs" / "engine.log")
+    try:
+        host.send(LoadModel(LoadConfig(str(path))))
+        assert isinstance(_host_event(host, ModelLoaded, LoadFailed), ModelLoaded)
+        yield host, path
+    finally:
+        host.close()
+
+
+def _turn(host: HostProcess, request_id: int) -> Event:
+    host.send(Chat(request_id, (ChatMessage("user", "Hi"),), Sampling(max_tokens=4)))
+    return _host_event(host, TurnFinished, ChatFailed)
+
+
+def test_model_file_deleted_while_loaded(loaded_copy: tuple[HostProcess, Path]) -> None:
+    host, path = loaded_copy
+    path.unlink()
+    # The mapping keeps the deleted file's data: chatting goes on.
+    assert isinstance(_turn(host, 1), TurnFinished)
+    host.send(LoadModel(LoadConfig(str(path))))
+    failed = _host_event(host, ModelLoaded, LoadFailed)
+    assert isinstance(failed, LoadFailed), failed
+    assert failed.message == f"the file does not exist ({path})"
+    # The model in memory stays loaded and usable.
+    assert failed.loaded is not None
+    assert isinstance(_turn(host, 2), TurnFinished)
+
+
+def test_model_file_truncated_while_loaded(
+    loaded_copy: tuple[HostProcess, Path], data_dir: Path
+) -> None:
+    host, path = loaded_copy
+    with path.open("r+b") as handle:
+        handle.truncate(path.stat().st_size // 2)
+    outcome = _turn(host, 1)
+    if isinstance(outcome, HostExited):
+        # The weights past the cut were touched (on Linux with the weights
+        # mapped, this is what happens): the host died, and said how. The
+        # fixture closes the dead host; the next load goes to a fresh one.
+        assert outcome.description == "the engine crashed with SIGBUS", outcome
+        host = HostProcess(data_dir / "logs" / "engine-2.log")
+    else:
+        # Weights copied off the file (all on a GPU, say) never touch the cut.
+        assert isinstance(outcome, TurnFinished), outcome
+    try:
+        host.send(LoadModel(LoadConfig(str(path))))
+        failed = _host_event(host, ModelLoaded, LoadFailed)
+        assert isinstance(failed, LoadFailed), failed
+        assert "the file is truncated" in failed.message
+        assert "unfinished download?" in failed.message
+    finally:
+        host.close()
