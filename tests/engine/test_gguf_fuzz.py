@@ -44,7 +44,9 @@ from engine.protocol import (
     Sampling,
     TurnFinished,
 )
-from tests.model_factory import TINY, ModelFactory, model_factory  # noqa: F401
+from tests.model_factory import TINY, ModelFactory, model_factory
+
+__all__ = ["model_factory"]  # a fixture, imported so that pytest finds it
 
 T = TypeVar("T")
 
@@ -205,7 +207,7 @@ def check(path: Path, kind: str) -> GgufInfo | None:
 
 
 @pytest.fixture(scope="module")
-def tiny_path(model_factory: ModelFactory) -> Path:  # noqa: F811
+def tiny_path(model_factory: ModelFactory) -> Path:
     return model_factory.path(TINY)
 
 
