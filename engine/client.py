@@ -17,6 +17,12 @@ from engine import host
 from engine.protocol import Command, Event, HostExited, Shutdown
 
 SHUTDOWN_GRACE_S = 1.0
+# What a signal most likely means for an engine host.
+HINTS = {
+    "SIGKILL": " (killed, perhaps for lack of memory)",
+    # The model file is memory-mapped: a page that is no longer in the file.
+    "SIGBUS": " (was the model file changed or truncated while it was loaded?)",
+}
 
 
 def describe_exit(exit_code: int | None) -> str:
@@ -30,7 +36,7 @@ def describe_exit(exit_code: int | None) -> str:
             name = signal.Signals(-exit_code).name
         except ValueError:
             name = f"signal {-exit_code}"
-        hint = " (killed, perhaps for lack of memory)" if name == "SIGKILL" else ""
+        hint = HINTS.get(name, "")
         return f"the engine crashed with {name}{hint}"
     return f"the engine exited with code {exit_code}"
 

@@ -257,6 +257,10 @@ def main(connection: Connection, log_path: str) -> None:
     os.dup2(log_file.fileno(), 2)
     sys.stdout = sys.stderr = log_file
     print(f"--- engine host {os.getpid()} started {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    # Read by ggml as its library loads. Without it, an abort runs gdb to print
+    # a backtrace: seconds of a dying process, and the assertion that says
+    # why scrolls out of the log tail the person is shown.
+    os.environ.setdefault("GGML_NO_BACKTRACE", "1")
 
     from engine.runner import LlamaLog, gpu_offload_supported, llama_cpp_version
 

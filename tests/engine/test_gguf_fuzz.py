@@ -325,6 +325,10 @@ def test_mutants_the_check_accepts_meet_real_llama_cpp(
                 exited = loaded if isinstance(loaded, HostExited) else turn
                 assert isinstance(exited, HostExited)
                 assert exited.description.startswith("the engine"), exited
+                if "SIGABRT" in exited.description:
+                    # llama.cpp's reason, not a gdb backtrace, ends the log the person sees.
+                    reasons = ("GGML_ASSERT", "what():", "error")
+                    assert any(reason in exited.log_tail for reason in reasons), exited
                 counts[f"llama.cpp crash: {exited.description}"] += 1
                 host.close()
                 host = HostProcess(log)

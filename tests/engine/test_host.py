@@ -198,4 +198,5 @@ def test_describe_exit() -> None:
     assert describe_exit(0) == "the engine stopped"
     assert describe_exit(-signal.SIGSEGV) == "the engine crashed with SIGSEGV"
     assert "lack of memory" in describe_exit(-signal.SIGKILL)
+    assert "truncated while it was loaded" in describe_exit(-signal.SIGBUS)
     assert describe_exit(3) == "the engine exited with code 3"
