@@ -204,7 +204,8 @@ class Controller(QObject):
         self._clear_error()
         self.window.accept_message()
         message = self.history.add_user(text, self.model, self.settings.system_prompt)
-        self.window.chat_view.add_message("You", text, from_person=True, key=message.key)
+        # As stored: the store may have replaced what UTF-8 cannot hold.
+        self.window.chat_view.add_message("You", message.content, from_person=True, key=message.key)
         self._refresh_list()
         self._request("send")
 
@@ -218,7 +219,7 @@ class Controller(QObject):
         self.window.accept_message()
         self.window.chat_view.truncate_from(key)
         message = self.history.replace_from(index, text)
-        self.window.chat_view.add_message("You", text, from_person=True, key=message.key)
+        self.window.chat_view.add_message("You", message.content, from_person=True, key=message.key)
         self._refresh_list()
         self._request("edit")
 
