@@ -17,6 +17,7 @@ import queue
 import sys
 import threading
 import time
+import traceback
 from dataclasses import replace
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING
@@ -148,13 +149,30 @@ class _Host:
             self.inbox.begin()
             if isinstance(command, Shutdown):
                 break
-            if isinstance(command, LoadModel):
-                self._load(command)
-            elif isinstance(command, Chat):
-                self._chat(command)
+            try:
+                if isinstance(command, LoadModel):
+                    self._load(command)
+                elif isinstance(command, Chat):
+                    self._chat(command)
+            except Exception as exc:  # one bad command must not end the engine
+                traceback.print_exc()
+                self._report_failure(command, exc)
         self._sampling_stopped.set()
         if self._runner is not None:
             self._runner.close()
+
+    def _report_failure(self, command: Command, exc: Exception) -> None:
+        """Answers a command that failed in a way nobody foresaw (a bug, or input
+        that slipped past every check), so the window hears why and the engine
+        goes on serving."""
+        reason = f"{type(exc).__name__}: {exc}"
+        if isinstance(command, LoadModel):
+            loaded = self._runner.info if self._runner is not None else None
+            self.send(
+                LoadFailed(command.config.model_path, f"the engine failed ({reason})", loaded)
+            )
+        elif isinstance(command, Chat):
+            self.send(ChatFailed(command.request_id, f"the engine failed ({reason})"))
 
     def _load(self, command: LoadModel) -> None:
         from engine.gguf_file import ModelFileError, read_gguf

@@ -122,6 +122,23 @@ def test_cancel_stops_generation_at_once(host: HostProcess, model_path: Path) ->
     assert _until(host, TurnFinished)[-1].stats.stop_reason == "length"  # type: ignore[union-attr]
 
 
+def test_a_command_that_fails_unforeseen_is_answered_and_the_engine_goes_on(
+    host: HostProcess, model_path: Path
+) -> None:
+    loaded = _load(host, model_path)
+    # A lone surrogate cannot become UTF-8 for the tokenizer: the window and
+    # the store never send one, but nothing past them may end the engine.
+    host.send(Chat(4, (ChatMessage("user", "half a pair \ud800"),), Sampling(max_tokens=4)))
+    failed = _until(host, ChatFailed)[-1]
+    assert isinstance(failed, ChatFailed) and failed.request_id == 4
+    assert failed.message.startswith("the engine failed (UnicodeEncodeError")
+    host.send(LoadModel(LoadConfig("/models/\udcff.gguf")))
+    refused = _until(host, LoadFailed)[-1]
+    assert isinstance(refused, LoadFailed) and refused.loaded == loaded.info
+    host.send(Chat(5, STORY, Sampling(max_tokens=4)))
+    assert isinstance(_until(host, TurnFinished)[-1], TurnFinished)
+
+
 def test_chat_before_any_model_fails_politely(host: HostProcess) -> None:
     host.send(Chat(3, STORY))
     failed = _until(host, ChatFailed)[-1]
