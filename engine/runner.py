@@ -40,6 +40,8 @@ from engine.protocol import (
 from engine.text_stream import Utf8Stream
 
 PENALTY_LAST_N = 64
+# llama_decode's status when the abort callback stopped it.
+DECODE_ABORTED = 2
 # A template's error can quote much of itself; the notice under a reply stays short.
 MAX_NOTICE_REASON_CHARS = 300
 
@@ -228,6 +230,13 @@ class ModelRunner:
         # context itself); a larger batch than it kept aborts the process.
         self.n_batch = min(self.n_batch, int(llama_cpp.llama_n_batch(ctx)))
         self._cached: list[int] = []
+        # Set only while a prompt is evaluated: ggml calls it after every node
+        # of the graph, so Stop ends a long prefill batch within milliseconds
+        # instead of when the batch is done (seconds for a large model on a
+        # CPU). During decode one token's graph is short, and a Python call
+        # per node would cost more than it saves.
+        self._abort_check: Callable[[], bool] = lambda: False
+        self._abort_callback = llama_cpp.ggml_abort_callback(lambda _data: self._abort_check())
 
         try:
             self._template = ChatTemplate.compile(gguf.chat_template)
@@ -357,15 +366,34 @@ class ModelRunner:
         history = max(tokens_before(last_turn) - system, 0)
         return tokens, min(system, len(tokens)), min(history, len(tokens) - system), notice
 
-    def _decode(self, tokens: Sequence[int]) -> None:
+    def _decode(self, tokens: Sequence[int]) -> bool:
+        """Evaluates `tokens`; False when the abort callback stopped it."""
         array = (llama_cpp.llama_token * len(tokens))(*tokens)
         status = llama_cpp.llama_decode(
             self._ctx, llama_cpp.llama_batch_get_one(array, len(tokens))
         )
+        if status == DECODE_ABORTED:
+            # The micro-batches evaluated before the abort stay in the cache.
+            self._cached.extend(tokens[: max(self._memory_end() - len(self._cached), 0)])
+            return False
         if status != 0:
             self._cached = self._cached[: self._memory_end()]
             raise ChatError(f"llama.cpp failed to evaluate the prompt (status {status})")
         self._cached.extend(tokens)
+        return True
+
+    def _prefill(self, tokens: Sequence[int], should_stop: Callable[[], bool]) -> bool:
+        """Evaluates the prompt's new tokens in batches; False when stopped."""
+        self._abort_check = should_stop
+        llama_cpp.llama_set_abort_callback(self._ctx, self._abort_callback, None)
+        try:
+            for start in range(0, len(tokens), self.n_batch):
+                if should_stop() or not self._decode(tokens[start : start + self.n_batch]):
+                    return False
+            return True
+        finally:
+            llama_cpp.llama_set_abort_callback(self._ctx, llama_cpp.ggml_abort_callback(), None)
+            self._abort_check = lambda: False
 
     def _memory_end(self) -> int:
         return int(llama_cpp.llama_memory_seq_pos_max(self._memory, 0)) + 1
@@ -426,7 +454,8 @@ class ModelRunner:
         """Generates the assistant's reply to the conversation.
 
         Only the tokens that are new since the previous turn are evaluated.
-        `should_stop` is polled between prefill batches and between tokens.
+        `should_stop` is polled between tokens, and while the prompt is
+        evaluated after every step of llama.cpp's graph.
         Text reaches `on_text` in pieces that are always whole characters;
         `on_prompt` hears once the prompt is in the cache. With
         `continue_last`, the last message is a reply to go on with.
@@ -453,11 +482,8 @@ class ModelRunner:
         stop_reason: StopReason | None = None
 
         prefill_started = time.perf_counter()
-        for start in range(0, len(pending), self.n_batch):
-            if should_stop():
-                stop_reason = "cancelled"
-                break
-            self._decode(pending[start : start + self.n_batch])
+        if not self._prefill(pending, should_stop):
+            stop_reason = "cancelled"
         prefill_seconds = time.perf_counter() - prefill_started
         evaluated = len(self._cached) - reused
         on_prompt(PromptEvaluated(0, len(prompt), system_tokens, history_tokens, reused, evaluated))

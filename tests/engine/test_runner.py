@@ -215,6 +215,41 @@ def test_small_context_prompt_goes_in_batches_llama_cpp_accepts(
         runner.close()
 
 
+def test_stop_during_a_long_prefill_batch_ends_it_early(model_path: Path, log: LlamaLog) -> None:
+    runner = ModelRunner(
+        LoadConfig(str(model_path), n_ctx=2048, n_batch=2048), read_gguf(model_path), log
+    )
+    try:
+        words = " ".join(f"w{index}" for index in range(400))
+        prompt = [ChatMessage("user", words)]
+        calls = 0
+
+        def stop_inside_the_batch() -> bool:
+            # The first call is before the batch; the later ones come from
+            # inside llama.cpp's graph, once per step.
+            nonlocal calls
+            calls += 1
+            return calls > 50
+
+        text, stats = runner.chat(prompt, GREEDY, stop_inside_the_batch, lambda _text: None)
+        assert stats.stop_reason == "cancelled" and text == ""
+        assert calls > 50  # asked from inside the batch, not only between batches
+        # Stopped inside the one batch: at most the micro-batches before it stay.
+        assert stats.prompt_tokens > 1000
+        assert stats.evaluated_tokens < stats.prompt_tokens
+        assert runner.cached_tokens == stats.evaluated_tokens
+        # The cache is as the runner believes, so the same prompt replies as a
+        # fresh runner would.
+        again, _pieces, _stats = _chat(runner, prompt)
+        fresh = ModelRunner(LoadConfig(str(model_path), n_ctx=2048), read_gguf(model_path), log)
+        try:
+            assert again == _chat(fresh, prompt)[0]
+        finally:
+            fresh.close()
+    finally:
+        runner.close()
+
+
 # Templates from the model file that fail at render time: the turn goes on with
 # ChatML, and the reply's statistics carry a notice the window shows under it.
 
