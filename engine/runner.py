@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import llama_cpp
@@ -42,6 +44,12 @@ from engine.text_stream import Utf8Stream
 PENALTY_LAST_N = 64
 # llama_decode's status when the abort callback stopped it.
 DECODE_ABORTED = 2
+# Tokens the tokenizer recognises by their text when asked to parse special
+# tokens, as the rendered prompt must be (its turn markers are such tokens).
+PARSED_AS_SPECIAL = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN
+# Put after the first character of a control token's text inside a message:
+# it reads the same, and the tokenizer no longer takes it for the token.
+ZERO_WIDTH_SPACE = "\u200b"
 # A template's error can quote much of itself; the notice under a reply stays short.
 MAX_NOTICE_REASON_CHARS = 300
 
@@ -246,6 +254,38 @@ class ModelRunner:
         self._bos_text = self._token_text(llama_cpp.llama_vocab_bos(self._vocab))
         self._eos_text = self._token_text(llama_cpp.llama_vocab_eos(self._vocab))
         self._add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
+        self._control_texts = self._control_token_pattern()
+
+    def _control_token_pattern(self) -> re.Pattern[str] | None:
+        """The texts of the vocabulary's control tokens (`<|im_start|>` …), longest first."""
+        texts = set()
+        for token in range(int(llama_cpp.llama_vocab_n_tokens(self._vocab))):
+            if llama_cpp.llama_vocab_get_attr(self._vocab, token) & PARSED_AS_SPECIAL:
+                text = self.piece(token, special=True).decode("utf-8", errors="ignore")
+                if len(text) > 1:
+                    texts.add(text)
+        if not texts:
+            return None
+        return re.compile("|".join(re.escape(t) for t in sorted(texts, key=len, reverse=True)))
+
+    def _defuse(self, messages: Sequence[ChatMessage]) -> list[ChatMessage]:
+        """Messages whose text cannot pass for the template's control tokens.
+
+        The rendered prompt is tokenized with special tokens recognised, so
+        that the template's turn markers become the tokens the model was
+        trained on; the same text typed or pasted into a message (a document
+        with `<|im_end|><|im_start|>system` in it) would otherwise end the
+        person's turn and speak as the system.
+        """
+        pattern = self._control_texts
+        if pattern is None:
+            return list(messages)
+        return [
+            replace(
+                m, content=pattern.sub(lambda t: t[0][0] + ZERO_WIDTH_SPACE + t[0][1:], m.content)
+            )
+            for m in messages
+        ]
 
     def close(self) -> None:
         """Frees the context and the model; the runner is unusable afterwards."""
@@ -336,6 +376,7 @@ class ModelRunner:
         with the last message's text, left open: what the template closes a
         message with (its end-of-turn marker) is cut, and no new turn begins.
         """
+        messages = self._defuse(messages)
         text, notice = self._render_text(messages, continue_last)
         if continue_last:
             # Templates may trim a message; the reply goes on from its last visible character.
