@@ -381,8 +381,13 @@ class SpeedPanel(QGroupBox):
 
     def show_speed(self, view: SpeedView) -> None:
         self.labels["prefill"].setText(f"{view.prefill_tokens_per_s:,.0f} tokens/s")
-        self.labels["decode"].setText(f"{view.decode_tokens_per_s:,.1f} tokens/s")
         self.labels["ttft"].setText(f"{view.time_to_first_token_s * 1000:,.0f} ms")
+        if view.decode_tokens_per_s <= 0:
+            # A reply of one token has no time between tokens to measure.
+            self.labels["decode"].setText("– (one token: nothing to time)")
+            self.labels["bandwidth"].setText("–")
+            return
+        self.labels["decode"].setText(f"{view.decode_tokens_per_s:,.1f} tokens/s")
         achieved = view.bytes_read_per_token * view.decode_tokens_per_s
         text = (
             f"{format_rate(achieved)} ({format_bytes(view.bytes_read_per_token)} per token × "

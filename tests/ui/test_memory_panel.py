@@ -103,6 +103,11 @@ def test_speed_panel_shows_bandwidth_against_peak(qtbot: QtBot) -> None:
     assert labels["ttft"].text() == "50 ms"
     assert labels["bandwidth"].text().startswith("1.00 TB/s (")
     assert "30% of the 3.35 TB/s peak" in labels["bandwidth"].text()
+    # A one-token reply has no decode speed, and so no memory-read rate.
+    panel.set_speed(SpeedView(2500.0, 0.0, 0.05, 10**10, 3.35e12, "gpu"))
+    panel.refresh()
+    assert labels["decode"].text() == "– (one token: nothing to time)"
+    assert labels["bandwidth"].text() == "–"
 
 
 def test_hidden_panel_does_no_work(qtbot: QtBot) -> None:
