@@ -297,7 +297,9 @@ class ChatView(QTextBrowser):
         cursor = self._end_cursor()
         if not self._doc.isEmpty():
             cursor.insertBlock(plain_block(10), QTextCharFormat())
-        cursor.insertText(text, self._quiet_format())
+        # Lines of one notice (a crash report's log lines) break within its
+        # paragraph rather than each becoming a paragraph of its own.
+        cursor.insertText(text.replace("\n", "\u2028"), self._quiet_format())
         if follow:
             self._scroll_to_bottom()
 
