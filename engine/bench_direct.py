@@ -41,11 +41,10 @@ from typing import TextIO, cast
 import llama_cpp
 import psutil
 
+from engine import vocab
 from engine.chat_template import ChatTemplate, TemplateError
 from engine.gguf_file import read_gguf
 from engine.protocol import ChatMessage, Role
-
-PIECE_BYTES = 64
 
 
 class DirectError(Exception):
@@ -92,8 +91,8 @@ class DirectLoop:
             self._template = ChatTemplate.compile(read_gguf(model_path).chat_template)
         except TemplateError:
             self._template = ChatTemplate.chatml("ChatML")
-        self._bos = self._special_text(llama_cpp.llama_vocab_bos(self._vocab))
-        self._eos = self._special_text(llama_cpp.llama_vocab_eos(self._vocab))
+        self._bos = vocab.special_text(self._vocab, llama_cpp.llama_vocab_bos(self._vocab))
+        self._eos = vocab.special_text(self._vocab, llama_cpp.llama_vocab_eos(self._vocab))
         self._add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
 
     def close(self) -> None:
@@ -101,31 +100,8 @@ class DirectLoop:
         llama_cpp.llama_free(self._ctx)
         llama_cpp.llama_model_free(self._model)
 
-    def _piece(self, token: int, special: bool = False) -> bytes:
-        buffer = ctypes.create_string_buffer(PIECE_BYTES)
-        length = llama_cpp.llama_token_to_piece(self._vocab, token, buffer, PIECE_BYTES, 0, special)
-        if length < 0:
-            buffer = ctypes.create_string_buffer(-length)
-            length = llama_cpp.llama_token_to_piece(self._vocab, token, buffer, -length, 0, special)
-        return buffer.raw[:length]
-
-    def _special_text(self, token: int) -> str:
-        return self._piece(token, special=True).decode("utf-8", "replace") if token >= 0 else ""
-
     def tokenize(self, text: str, add_special: bool, parse_special: bool) -> list[int]:
-        data = text.encode("utf-8")
-        capacity = len(data) + 16
-        tokens = (llama_cpp.llama_token * capacity)()
-        count = llama_cpp.llama_tokenize(
-            self._vocab, data, len(data), tokens, capacity, add_special, parse_special
-        )
-        if count < 0:
-            capacity = -count
-            tokens = (llama_cpp.llama_token * capacity)()
-            count = llama_cpp.llama_tokenize(
-                self._vocab, data, len(data), tokens, capacity, add_special, parse_special
-            )
-        return list(tokens[:count])
+        return vocab.tokenize(self._vocab, text, add_special, parse_special)
 
     def prompt(self, messages: Sequence[ChatMessage]) -> list[int]:
         text = self._template.render(messages, bos_token=self._bos, eos_token=self._eos)
@@ -169,7 +145,7 @@ class DirectLoop:
         first = last = time.perf_counter()
         while not llama_cpp.llama_vocab_is_eog(self._vocab, token):
             generated += 1
-            reply += self._piece(token)
+            reply += vocab.token_bytes(self._vocab, token)
             if generated >= max_tokens:
                 break
             one[0] = token

@@ -24,6 +24,7 @@ from pathlib import Path
 import llama_cpp
 import psutil
 
+from engine import vocab
 from engine.accounting import load_memory
 from engine.buffer_report import parse_buffer_report
 from engine.chat_template import ChatTemplate, TemplateError
@@ -251,8 +252,8 @@ class ModelRunner:
         except TemplateError as exc:
             self._template = ChatTemplate.chatml(f"ChatML ({exc})")
         self._fallback_template = ChatTemplate.chatml("ChatML")
-        self._bos_text = self._token_text(llama_cpp.llama_vocab_bos(self._vocab))
-        self._eos_text = self._token_text(llama_cpp.llama_vocab_eos(self._vocab))
+        self._bos_text = vocab.special_text(self._vocab, llama_cpp.llama_vocab_bos(self._vocab))
+        self._eos_text = vocab.special_text(self._vocab, llama_cpp.llama_vocab_eos(self._vocab))
         self._add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
         self._control_texts = self._control_token_pattern()
 
@@ -301,34 +302,13 @@ class ModelRunner:
         """How many tokens the KV cache holds now."""
         return len(self._cached)
 
-    def _token_text(self, token: int) -> str:
-        if token < 0:
-            return ""
-        return self.piece(token, special=True).decode("utf-8", errors="replace")
-
     def piece(self, token: int, special: bool = False) -> bytes:
         """The bytes of one token (special tokens render as nothing unless `special`)."""
-        buffer = ctypes.create_string_buffer(64)
-        length = llama_cpp.llama_token_to_piece(self._vocab, token, buffer, 64, 0, special)
-        if length < 0:
-            buffer = ctypes.create_string_buffer(-length)
-            length = llama_cpp.llama_token_to_piece(self._vocab, token, buffer, -length, 0, special)
-        return buffer.raw[:length]
+        return vocab.token_bytes(self._vocab, token, special)
 
     def tokenize(self, text: str, add_special: bool) -> list[int]:
-        data = text.encode("utf-8")
-        capacity = len(data) + 16
-        tokens = (llama_cpp.llama_token * capacity)()
-        count = llama_cpp.llama_tokenize(
-            self._vocab, data, len(data), tokens, capacity, add_special, True
-        )
-        if count < 0:
-            capacity = -count
-            tokens = (llama_cpp.llama_token * capacity)()
-            count = llama_cpp.llama_tokenize(
-                self._vocab, data, len(data), tokens, capacity, add_special, True
-            )
-        return list(tokens[:count])
+        """The tokens of a rendered prompt: the template's special tokens are parsed."""
+        return vocab.tokenize(self._vocab, text, add_special, parse_special=True)
 
     def render_prompt(self, messages: Sequence[ChatMessage]) -> list[int]:
         """The conversation as the tokens the model sees, with its own template."""
