@@ -234,10 +234,11 @@ class _Host:
             pending.append(text)
             if time.perf_counter() - last_flush >= TEXT_FLUSH_INTERVAL_S:
                 flush()
-            pieces += 1
-            if pieces == faults.DECODE_PIECES:
-                flush()  # the text a crash interrupts has reached the window
-                self._strike("decode")
+            if self._fault is not None:
+                pieces += 1
+                if pieces == faults.DECODE_PIECES:
+                    flush()  # the text a crash interrupts has reached the window
+                    self._strike("decode")
 
         def on_prompt(prompt: PromptEvaluated) -> None:
             nonlocal prompt_evaluated
