@@ -109,6 +109,10 @@ class MemoryMonitor(QObject):
             self.panel.set_kv(view, self._seconds())
 
     def _on_memory_reported(self, memory: LoadMemory) -> None:
+        self._set_model(memory)
+
+    def _set_model(self, memory: LoadMemory | None) -> None:
+        """A new model's memory (None: none loaded); what the last one held is gone."""
         self.memory = memory
         self.prompt = None
         self.tokens = 0
@@ -121,10 +125,7 @@ class MemoryMonitor(QObject):
         self._show_kv()
 
     def _on_host_exited(self, _event: object) -> None:
-        self.memory = None
-        self.prompt = None
-        self.tokens = 0
-        self._speed_mark = None
+        self._set_model(None)
         self.panel.show_engine_stopped("The engine is not running: no model is in memory.")
 
     def _on_prompt(self, prompt: PromptEvaluated) -> None:
