@@ -10,7 +10,6 @@ conftest.py fails any test that leaves an engine process running.
 from __future__ import annotations
 
 import random
-import sqlite3
 import time
 from pathlib import Path
 
@@ -20,21 +19,13 @@ from pytestqt.qtbot import QtBot
 
 from app.gui import build_window
 from app.settings import EngineSettings
-from app.store import DB_NAME
 from tests.app.test_input_text import HOSTILE
 from tests.random_sessions import Session
+from tests.stored import stored_rows
 
 WAIT_MS = 60_000
 SEEDS = range(6)
 STEPS = 10
-
-
-def _rows(data_dir: Path) -> list[tuple[str, str, str]]:
-    connection = sqlite3.connect(data_dir / DB_NAME)
-    rows = connection.execute("SELECT role, content, state FROM messages ORDER BY position")
-    result = [(str(r), str(c), str(s)) for r, c, s in rows]
-    connection.close()
-    return result
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -84,7 +75,7 @@ def test_unusual_text_reaches_the_real_model_and_comes_back_stored(
         assert finished.args[0].prompt_tokens > 20  # the engine tokenized all of it
         assert not window.banner.isVisibleTo(window)
         reply = controller.history.messages[-1].content
-        assert _rows(data_dir) == [("user", composed, "done"), ("assistant", reply, "done")]
+        assert stored_rows(data_dir) == [("user", composed, "done"), ("assistant", reply, "done")]
         assert "before\x00after" in composed and "\ud800" not in composed
         # The engine is still there for the next message.
         with qtbot.waitSignal(controller.reply_finished, timeout=WAIT_MS):
@@ -114,13 +105,13 @@ def test_a_megabyte_message_is_refused_with_both_sizes_and_given_back(
         assert "tokens long, and the context holds 4096" in message
         assert window.banner.text() == f"The message was not sent: {message}"
         assert window.composer.toPlainText() == big  # nothing typed is lost
-        assert _rows(data_dir) == []  # nor stored as if it was sent
+        assert stored_rows(data_dir) == []  # nor stored as if it was sent
         assert "line 000000" not in window.chat_view.toPlainText()
         print(f"\n1 MB send: GUI thread busy {blocked * 1000:.0f} ms in the send call")
         # The window goes on: a short message is answered.
         with qtbot.waitSignal(controller.reply_finished, timeout=WAIT_MS):
             controller.send("Short one.")
-        assert [row[0] for row in _rows(data_dir)] == ["user", "assistant"]
+        assert [row[0] for row in stored_rows(data_dir)] == ["user", "assistant"]
     finally:
         window.close()
         window.deleteLater()

@@ -4,7 +4,6 @@ for exact timing (the real model is in tests/test_end_to_end.py)."""
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from app.store import DB_NAME
 from engine.protocol import ChatMessage
 from tests.read_only import read_only
 from tests.scripted_engine import ScriptedEngine, build_scripted_window
+from tests.stored import stored_rows
 from ui.main_window import MainWindow
 
 Words = Callable[[list[ChatMessage]], list[str]]
@@ -70,14 +70,6 @@ def _send(qtbot: QtBot, controller: Controller, text: str) -> None:
         controller.send(text)
 
 
-def _rows(data_dir: Path) -> list[tuple[str, str, str]]:
-    connection = sqlite3.connect(data_dir / DB_NAME)
-    rows = connection.execute("SELECT role, content, state FROM messages ORDER BY position")
-    result = [(str(r), str(c), str(s)) for r, c, s in rows]
-    connection.close()
-    return result
-
-
 def test_messages_are_stored_and_come_back_after_a_restart(
     qtbot: QtBot, scripted: App, data_dir: Path
 ) -> None:
@@ -86,7 +78,7 @@ def test_messages_are_stored_and_come_back_after_a_restart(
     real_chat = engine.chat
 
     def chat_and_look(*args: object, **kwargs: object) -> int:
-        committed.append(_rows(data_dir))  # what is on disk as the request leaves
+        committed.append(stored_rows(data_dir))  # what is on disk as the request leaves
         return real_chat(*args, **kwargs)  # type: ignore[arg-type]
 
     engine.chat = chat_and_look  # type: ignore[method-assign]
@@ -96,7 +88,7 @@ def test_messages_are_stored_and_come_back_after_a_restart(
     # The person's message was committed before the request went to the engine.
     assert committed[0] == [("user", "First question\nwith two lines", "done")]
     assert committed[1][-1] == ("user", "Second question", "done")
-    assert _rows(data_dir) == [
+    assert stored_rows(data_dir) == [
         ("user", "First question\nwith two lines", "done"),
         ("assistant", reply, "done"),
         ("user", "Second question", "done"),
@@ -127,16 +119,16 @@ def test_a_streaming_reply_is_checkpointed_and_a_stopped_one_is_interrupted(
 ) -> None:
     window, controller, _engine = scripted.open(numbered(2000), rate=100)
     controller.send("Tell me everything")
-    qtbot.waitUntil(lambda: len(_rows(data_dir)) == 2, timeout=3000)
-    role, content, state = _rows(data_dir)[1]
+    qtbot.waitUntil(lambda: len(stored_rows(data_dir)) == 2, timeout=3000)
+    role, content, state = stored_rows(data_dir)[1]
     assert (role, state) == ("assistant", "streaming")
     assert content and "".join(f"w{i} " for i in range(2000)).startswith(content)
     # Checkpoints keep coming, at least once a second.
-    qtbot.waitUntil(lambda: len(_rows(data_dir)[1][1]) > len(content), timeout=1500)
+    qtbot.waitUntil(lambda: len(stored_rows(data_dir)[1][1]) > len(content), timeout=1500)
     with qtbot.waitSignal(controller.reply_finished) as finished:
         window.stop_action.trigger()
     assert finished.args[0].stop_reason == "cancelled"
-    role, content, state = _rows(data_dir)[1]
+    role, content, state = stored_rows(data_dir)[1]
     assert state == "interrupted"
     assert content == window.chat_view.message_text(controller.history.messages[1].key)
 
@@ -146,7 +138,7 @@ def test_a_reply_left_streaming_by_a_dead_app_shows_as_interrupted(
 ) -> None:
     window, controller, _engine = scripted.open(numbered(2000), rate=100)
     controller.send("Go")
-    qtbot.waitUntil(lambda: len(_rows(data_dir)) == 2, timeout=3000)
+    qtbot.waitUntil(lambda: len(stored_rows(data_dir)) == 2, timeout=3000)
     # What a killed app leaves: the row says streaming. Copy the files as they are.
     copy = data_dir.parent / "copy"
     copy.mkdir()
@@ -170,7 +162,7 @@ def test_regenerate_replaces_the_last_reply(qtbot: QtBot, scripted: App, data_di
     with qtbot.waitSignal(controller.reply_finished):
         window.chat_view.regenerate_requested.emit(key)
     assert [m.content for m in engine.requests[1].messages] == ["Q"]
-    assert _rows(data_dir) == [("user", "Q", "done"), ("assistant", "beta", "done")]
+    assert stored_rows(data_dir) == [("user", "Q", "done"), ("assistant", "beta", "done")]
     assert "alpha" not in window.chat_view.toPlainText()
     assert window.chat_view.toPlainText().count("Scripted   Copy") == 1
 
@@ -191,7 +183,7 @@ def test_editing_a_message_replaces_the_replies_after_it(
         qtbot.keyClicks(window.composer, "TWO, edited")
         qtbot.keyClick(window.composer, Qt.Key.Key_Return)
     assert [m.content for m in engine.requests[-1].messages] == ["one", "re: one", "TWO, edited"]
-    assert _rows(data_dir) == [
+    assert stored_rows(data_dir) == [
         ("user", "one", "done"),
         ("assistant", "re: one", "done"),
         ("user", "TWO, edited", "done"),
@@ -226,7 +218,7 @@ def test_continue_asks_the_engine_to_go_on_with_the_reply(
     assert request.continue_last
     assert request.messages[-1] == ChatMessage("assistant", reply.content)
     full = reply.content + "more words"
-    assert _rows(data_dir)[-1] == ("assistant", full, "done")
+    assert stored_rows(data_dir)[-1] == ("assistant", full, "done")
     assert window.chat_view.message_text(reply.key) == full
     assert window.chat_view.toPlainText().count("Scripted   Copy") == 1
 
@@ -284,7 +276,10 @@ def test_a_message_longer_than_the_context_is_refused_and_given_back(
     assert window.banner.text().startswith("The message was not sent: the conversation is ")
     assert "tokens long, and the context holds 300" in window.banner.text()
     assert window.composer.toPlainText() == long
-    assert [row[1] for row in _rows(data_dir)] == ["short", "".join(f"w{i} " for i in range(20))]
+    assert [row[1] for row in stored_rows(data_dir)] == [
+        "short",
+        "".join(f"w{i} " for i in range(20)),
+    ]
     assert long not in window.chat_view.toPlainText()
     assert not controller.busy
 
@@ -373,7 +368,7 @@ def test_a_full_disk_keeps_the_text_says_so_and_saves_it_later(
     qtbot.waitUntil(lambda: controller.history.saver.pending == 0, timeout=5000)
     assert not window.banner.isVisibleTo(window)
     assert "Saving works again" in window.chat_view.toPlainText()
-    contents = [row[1] for row in _rows(data_dir)]
+    contents = [row[1] for row in stored_rows(data_dir)]
     assert contents[::2] == ["before", big, "while full"]
 
 
@@ -388,7 +383,7 @@ def test_a_read_only_data_folder_keeps_messages_until_it_can_save(
         assert controller.history.saver.pending > 0
     controller.history.saver.retry()
     assert controller.history.saver.pending == 0
-    assert _rows(data_dir)[0][1] == "kept in memory"
+    assert stored_rows(data_dir)[0][1] == "kept in memory"
     assert window.conversation_list.titles() == ["kept in memory"]
 
 

@@ -1,0 +1,18 @@
+"""What the conversation store holds, read straight from its SQLite file."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from app.store import DB_NAME
+
+
+def stored_rows(data_dir: Path) -> list[tuple[str, str, str]]:
+    """Every message's role, content and state, in position order."""
+    connection = sqlite3.connect(data_dir / DB_NAME)
+    try:
+        rows = connection.execute("SELECT role, content, state FROM messages ORDER BY position")
+        return [(str(r), str(c), str(s)) for r, c, s in rows]
+    finally:
+        connection.close()
