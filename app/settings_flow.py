@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -55,48 +55,19 @@ def model_row(entry: ModelEntry) -> ModelRow:
     )
 
 
+# The settings the dialog shows and edits: every field of its Choice but the model.
+CHOICE_FIELDS = frozenset(f.name for f in fields(Choice)) - {"model_path"}
+
+
 def engine_settings(choice: Choice, current: EngineSettings) -> EngineSettings:
     """The dialog's choice as validated settings (the bounds are app.settings')."""
     values = current.model_dump()
-    values.update(
-        n_ctx=choice.n_ctx,
-        n_gpu_layers=choice.n_gpu_layers,
-        n_threads=choice.n_threads,
-        n_batch=choice.n_batch,
-        flash_attention=choice.flash_attention,
-        type_k=choice.type_k,
-        type_v=choice.type_v,
-        temperature=choice.temperature,
-        top_p=choice.top_p,
-        top_k=choice.top_k,
-        min_p=choice.min_p,
-        repeat_penalty=choice.repeat_penalty,
-        max_tokens=choice.max_tokens,
-        seed=choice.seed,
-        system_prompt=choice.system_prompt,
-    )
+    values.update({name: getattr(choice, name) for name in CHOICE_FIELDS})
     return EngineSettings.model_validate(values)
 
 
 def choice_of(path: str, settings: EngineSettings) -> Choice:
-    return Choice(
-        model_path=path,
-        n_ctx=settings.n_ctx,
-        n_gpu_layers=settings.n_gpu_layers,
-        n_threads=settings.n_threads,
-        n_batch=settings.n_batch,
-        flash_attention=settings.flash_attention,
-        type_k=settings.type_k,
-        type_v=settings.type_v,
-        temperature=settings.temperature,
-        top_p=settings.top_p,
-        top_k=settings.top_k,
-        min_p=settings.min_p,
-        repeat_penalty=settings.repeat_penalty,
-        max_tokens=settings.max_tokens,
-        seed=settings.seed,
-        system_prompt=settings.system_prompt,
-    )
+    return Choice(model_path=path, **settings.model_dump(include=set(CHOICE_FIELDS)))
 
 
 def rescaled(result: Estimate, n_ctx: int) -> list[DeviceProjection]:
