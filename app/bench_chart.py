@@ -17,7 +17,7 @@ from PySide6.QtCore import QByteArray, QPointF, QRectF, Qt
 from PySide6.QtGui import QColor, QFont, QImage, QImageWriter, QPainter, QPen
 
 if TYPE_CHECKING:
-    from app.bench import BenchResult, Spread
+    from kvchat.app.bench import BenchResult, Spread
 
 WIDTH, HEIGHT = 1400, 840
 HEADER = 92

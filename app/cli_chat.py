@@ -5,12 +5,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from app.formatting import format_stats
-from app.paths import engine_log_path
-from app.settings import EngineSettings
-from engine.client import HostProcess
-from engine.models import bundled_model_path, missing_model_message
-from engine.protocol import (
+from kvchat.app.formatting import format_stats
+from kvchat.app.paths import engine_log_path
+from kvchat.app.settings import EngineSettings
+from kvchat.engine.client import HostProcess
+from kvchat.engine.models import bundled_model_path, missing_model_message
+from kvchat.engine.protocol import (
     Cancel,
     Chat,
     ChatFailed,

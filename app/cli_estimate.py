@@ -17,12 +17,18 @@ from typing import get_args
 
 from pydantic import ValidationError
 
-from app.main import CommandLine, _explain
-from app.settings import EngineSettings
-from engine.estimate import CannotEstimateError, DryRunError, Estimate, estimate, kv_type_name
-from engine.gguf_file import ModelFileError
-from engine.models import bundled_model_path, missing_model_message
-from engine.protocol import FlashAttention, KvType
+from kvchat.app.main import CommandLine, _explain
+from kvchat.app.settings import EngineSettings
+from kvchat.engine.estimate import (
+    CannotEstimateError,
+    DryRunError,
+    Estimate,
+    estimate,
+    kv_type_name,
+)
+from kvchat.engine.gguf_file import ModelFileError
+from kvchat.engine.models import bundled_model_path, missing_model_message
+from kvchat.engine.protocol import FlashAttention, KvType
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1

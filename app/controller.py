@@ -14,18 +14,18 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject, QTimer, Signal
 
-from app import context_window
-from app.engine_client import EngineClient
-from app.export import ExportError, to_json, to_markdown, write_text
-from app.formatting import describe_model, format_stats
-from app.history import History, stats_of
-from app.instance_lock import InstanceLock
-from app.load_marker import LoadMarker
-from app.memory_monitor import MemoryMonitor
-from app.settings import EngineSettings
-from app.store import Message, MessageState, Opened
-from engine.models import bundled_model_path, missing_model_message
-from engine.protocol import (
+from kvchat.app import context_window
+from kvchat.app.engine_client import EngineClient
+from kvchat.app.export import ExportError, to_json, to_markdown, write_text
+from kvchat.app.formatting import describe_model, format_stats
+from kvchat.app.history import History, stats_of
+from kvchat.app.instance_lock import InstanceLock
+from kvchat.app.load_marker import LoadMarker
+from kvchat.app.memory_monitor import MemoryMonitor
+from kvchat.app.settings import EngineSettings
+from kvchat.app.store import Message, MessageState, Opened
+from kvchat.engine.models import bundled_model_path, missing_model_message
+from kvchat.engine.protocol import (
     ChatMessage,
     HostExited,
     LoadFailed,
@@ -33,9 +33,9 @@ from engine.protocol import (
     PromptEvaluated,
     TurnStats,
 )
-from ui.chat_view import MessageView
-from ui.conversation_list import ConversationItem
-from ui.main_window import MainWindow
+from kvchat.ui.chat_view import MessageView
+from kvchat.ui.conversation_list import ConversationItem
+from kvchat.ui.main_window import MainWindow
 
 # Seconds before each automatic restart of a crashed engine; after the last,
 # the person is asked.

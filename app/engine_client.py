@@ -15,8 +15,8 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject, QThread, QTimer, Signal
 
-from engine.client import HostProcess
-from engine.protocol import (
+from kvchat.engine.client import HostProcess
+from kvchat.engine.protocol import (
     Cancel,
     Chat,
     ChatFailed,

@@ -9,7 +9,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from app.store import Conversation, Message
+from kvchat.app.store import Conversation, Message
 
 JSON_FORMAT = "kvchat-conversation"
 JSON_VERSION = 1

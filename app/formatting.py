@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine.protocol import ModelInfo, TurnStats
+from kvchat.engine.protocol import ModelInfo, TurnStats
 
 _STOP_WORDS = {
     "eos": "",

@@ -13,20 +13,20 @@ import psutil
 from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QApplication, QMessageBox
 
-from app.controller import Controller
-from app.engine_client import EngineClient
-from app.history import History
-from app.instance_lock import AlreadyRunningError, InstanceLock
-from app.load_marker import LoadMarker
-from app.paths import engine_log_path
-from app.saving import SaveQueue
-from app.settings import EngineSettings, Settings
-from app.settings_file import read_settings, settings_path, write_settings
-from app.settings_flow import SettingsFlow
-from app.store import open_store
-from engine.models import bundled_model_path
-from ui.main_window import MainWindow
-from ui.theme import apply_theme
+from kvchat.app.controller import Controller
+from kvchat.app.engine_client import EngineClient
+from kvchat.app.history import History
+from kvchat.app.instance_lock import AlreadyRunningError, InstanceLock
+from kvchat.app.load_marker import LoadMarker
+from kvchat.app.paths import engine_log_path
+from kvchat.app.saving import SaveQueue
+from kvchat.app.settings import EngineSettings, Settings
+from kvchat.app.settings_file import read_settings, settings_path, write_settings
+from kvchat.app.settings_flow import SettingsFlow
+from kvchat.app.store import open_store
+from kvchat.engine.models import bundled_model_path
+from kvchat.ui.main_window import MainWindow
+from kvchat.ui.theme import apply_theme
 
 # `kvchat bench` times the launch with this set to "1": once the model is ready,
 # the app prints one JSON line to stdout and quits. The line holds time.time()

@@ -16,8 +16,8 @@ from dataclasses import replace
 
 from PySide6.QtCore import QObject, QTimer
 
-from app.saving import SaveQueue
-from app.store import (
+from kvchat.app.saving import SaveQueue
+from kvchat.app.store import (
     Conversation,
     DeleteMessagesFrom,
     Message,
@@ -29,7 +29,7 @@ from app.store import (
     new_key,
     storable,
 )
-from engine.protocol import ModelInfo, TurnStats
+from kvchat.engine.protocol import ModelInfo, TurnStats
 
 CHECKPOINT_MS = 1000
 TITLE_LENGTH = 60

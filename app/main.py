@@ -11,9 +11,9 @@ from typing import Any, NoReturn
 import annotated_types
 from pydantic import ValidationError
 
-from app.paths import resolve_data_dir
-from app.settings import EngineSettings, Settings
-from app.settings_file import read_settings, settings_path
+from kvchat.app.paths import resolve_data_dir
+from kvchat.app.settings import EngineSettings, Settings
+from kvchat.app.settings_file import read_settings, settings_path
 
 
 class CommandLine(argparse.ArgumentParser):
@@ -111,11 +111,11 @@ def _explain(error: ValidationError) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["estimate"]:
-        from app.cli_estimate import main as run_estimate
+        from kvchat.app.cli_estimate import main as run_estimate
 
         return run_estimate(argv[1:])
     if argv[:1] == ["bench"]:
-        from app.bench import main as run_bench
+        from kvchat.app.bench import main as run_bench
 
         return run_bench(argv[1:])
     if argv[:1] == ["chat"]:
@@ -139,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         if notice:
             print(f"kvchat: {notice}", file=sys.stderr)
-        from app.cli_chat import run_chat
+        from kvchat.app.cli_chat import run_chat
 
         return run_chat(
             args.question,
@@ -162,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"kvchat: {_explain(exc)}", file=sys.stderr)
         return 2
-    from app.gui import run_gui
+    from kvchat.app.gui import run_gui
 
     return run_gui(args.model, settings, resolve_data_dir(args.data_dir), notice)
 

@@ -12,9 +12,9 @@ import time
 
 from PySide6.QtCore import QObject
 
-from app.engine_client import EngineClient
-from engine.protocol import LoadMemory, MemorySample, PromptEvaluated, TurnStats
-from ui.memory_panel import DeviceView, KvView, MemoryPanel, SpeedView
+from kvchat.app.engine_client import EngineClient
+from kvchat.engine.protocol import LoadMemory, MemorySample, PromptEvaluated, TurnStats
+from kvchat.ui.memory_panel import DeviceView, KvView, MemoryPanel, SpeedView
 
 # A decode-speed point on the plot at most this often.
 SPEED_POINT_INTERVAL_S = 0.5

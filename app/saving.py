@@ -18,7 +18,7 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject, QTimer, Signal
 
-from app.store import (
+from kvchat.app.store import (
     ConversationStore,
     Opened,
     PutMessage,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from engine.protocol import FlashAttention, KvType, LoadConfig, Sampling
+from kvchat.engine.protocol import FlashAttention, KvType, LoadConfig, Sampling
 
 SCHEMA_VERSION = 1
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from app.settings import EngineSettings, Settings
+from kvchat.app.settings import EngineSettings, Settings
 
 SETTINGS_FILE = "settings.json"
 

@@ -17,16 +17,16 @@ from pathlib import Path
 from pydantic import ValidationError
 from PySide6.QtCore import QObject, QTimer, Signal
 
-from app.controller import Controller
-from app.settings import EngineSettings
-from app.settings_file import read_settings, settings_path, write_settings
-from engine.estimate import Error as EstimateError
-from engine.estimate import Estimate, estimate
-from engine.gguf_file import ModelFileError
-from engine.model_catalog import ModelEntry, find_models
-from engine.protocol import KvCache
-from ui.memory_panel import format_bytes
-from ui.settings_dialog import Choice, DeviceProjection, ModelRow, SettingsDialog
+from kvchat.app.controller import Controller
+from kvchat.app.settings import EngineSettings
+from kvchat.app.settings_file import read_settings, settings_path, write_settings
+from kvchat.engine.estimate import Error as EstimateError
+from kvchat.engine.estimate import Estimate, estimate
+from kvchat.engine.gguf_file import ModelFileError
+from kvchat.engine.model_catalog import ModelEntry, find_models
+from kvchat.engine.protocol import KvCache
+from kvchat.ui.memory_panel import format_bytes
+from kvchat.ui.settings_dialog import Choice, DeviceProjection, ModelRow, SettingsDialog
 
 # A dry run starts when the controls have been still this long.
 DRY_RUN_DELAY_MS = 250

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from engine.protocol import Role
+from kvchat.engine.protocol import Role
 
 DB_NAME = "kvchat.sqlite3"
 

@@ -12,6 +12,6 @@ import sys
 # multiprocessing's spawn, which runs this module's top level again in the
 # child, and the host should not carry Qt.
 if __name__ == "__main__":
-    from app.main import main
+    from kvchat.app.main import main
 
     sys.exit(main(["bench", *sys.argv[1:]]))

@@ -32,9 +32,9 @@ def main() -> int:
     from PySide6.QtCore import QEventLoop, QTimer
     from PySide6.QtWidgets import QApplication
 
-    from app.gui import build_window
-    from app.settings import EngineSettings
-    from engine.models import bundled_model_path
+    from kvchat.app.gui import build_window
+    from kvchat.app.settings import EngineSettings
+    from kvchat.engine.models import bundled_model_path
 
     def wait(signal: object) -> tuple[object, ...]:
         loop = QEventLoop()

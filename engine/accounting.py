@@ -13,9 +13,9 @@ from collections.abc import Iterable
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from engine.buffer_report import MIB, BufferReport, device_of_buffer
-from engine.gguf_file import GgufInfo
-from engine.protocol import DeviceBuffers, KvCache, LoadMemory
+from kvchat.engine.buffer_report import MIB, BufferReport, device_of_buffer
+from kvchat.engine.gguf_file import GgufInfo
+from kvchat.engine.protocol import DeviceBuffers, KvCache, LoadMemory
 
 # The report rounds to 0.01 MiB; an exact figure further off than this means
 # the shape assumption does not hold for this model.

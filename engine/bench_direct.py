@@ -9,7 +9,7 @@ which are llama.cpp's) and renders the same chat template the same way, so
 both sides evaluate the same tokens and, sampling greedily, generate the same
 reply.
 
-It runs as its own process, `python -m engine.bench_direct`, because the GUI
+It runs as its own process, `python -m kvchat.engine.bench_direct`, because the GUI
 process must never import llama_cpp. It reads one JSON request per line on
 stdin and answers one JSON line on stdout; llama.cpp's own output goes to
 stderr. It first answers {"ready": true, "rss_before_model_bytes": N} (or
@@ -41,10 +41,10 @@ from typing import TextIO, cast
 import llama_cpp
 import psutil
 
-from engine import vocab
-from engine.chat_template import ChatTemplate, TemplateError
-from engine.gguf_file import read_gguf
-from engine.protocol import ChatMessage, Role
+from kvchat.engine import vocab
+from kvchat.engine.chat_template import ChatTemplate, TemplateError
+from kvchat.engine.gguf_file import read_gguf
+from kvchat.engine.protocol import ChatMessage, Role
 
 
 class DirectError(Exception):

@@ -25,7 +25,7 @@ from jinja2.exceptions import SecurityError
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from engine.protocol import ChatMessage
+from kvchat.engine.protocol import ChatMessage
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"

@@ -13,8 +13,8 @@ import threading
 from collections import deque
 from pathlib import Path
 
-from engine import host
-from engine.protocol import Command, Event, HostExited, Shutdown
+from kvchat.engine import host
+from kvchat.engine.protocol import Command, Event, HostExited, Shutdown
 
 SHUTDOWN_GRACE_S = 1.0
 # What a signal most likely means for an engine host.

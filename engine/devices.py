@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import psutil
 
-from engine.protocol import DeviceSample
+from kvchat.engine.protocol import DeviceSample
 
 CPU_TYPES = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel", 4: "meta"}
 

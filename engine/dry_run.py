@@ -1,6 +1,6 @@
 """The dry run: llama.cpp's own allocator asked what a load would take.
 
-Run as `python -m engine.dry_run RESULT_PATH` with a JSON request on stdin
+Run as `python -m kvchat.engine.dry_run RESULT_PATH` with a JSON request on stdin
 (`{"config": LoadConfig fields, "fit": bool}`); it writes
 `{"estimate": ...}` or `{"error": "..."}` to RESULT_PATH. It loads the
 model with `no_alloc = True` and `load_mode = LLAMA_LOAD_MODE_NONE`, as
@@ -28,8 +28,8 @@ from typing import Any
 
 import llama_cpp
 
-from engine.devices import NvmlDevice, RawDevice, ggml_devices, nvml_devices, probe_devices
-from engine.estimate import (
+from kvchat.engine.devices import NvmlDevice, RawDevice, ggml_devices, nvml_devices, probe_devices
+from kvchat.engine.estimate import (
     CannotEstimateError,
     Error,
     Estimate,
@@ -43,9 +43,9 @@ from engine.estimate import (
     project,
     read_dry_run_log,
 )
-from engine.gguf_file import GgufInfo, ModelFileError, read_gguf
-from engine.load_params import LoadParams, resolve_load_params
-from engine.protocol import DeviceSample, LoadConfig
+from kvchat.engine.gguf_file import GgufInfo, ModelFileError, read_gguf
+from kvchat.engine.load_params import LoadParams, resolve_load_params
+from kvchat.engine.protocol import DeviceSample, LoadConfig
 
 _FEATURE = re.compile(r"(\w+) = 1\b")
 # Devices that hold model memory; "accel" devices (BLAS) compute in host RAM.
@@ -238,7 +238,7 @@ def run(
 
 def main(argv: Sequence[str]) -> int:
     if len(argv) != 1:
-        print("usage: python -m engine.dry_run RESULT_PATH < request.json", file=sys.stderr)
+        print("usage: python -m kvchat.engine.dry_run RESULT_PATH < request.json", file=sys.stderr)
         return 2
     request = json.loads(sys.stdin.read())
     answer = run(request)

@@ -1,7 +1,7 @@
 """What a load will cost, per device, before the model is loaded.
 
 The figures come from llama.cpp itself rather than from a formula that
-drifts with each release: a short-lived child process (`engine.dry_run`)
+drifts with each release: a short-lived child process (`kvchat.engine.dry_run`)
 loads the model with `no_alloc` and creates the context, exactly as
 llama.cpp's own memory-fit code does. That takes a fraction of a second,
 allocates nothing, and logs the KV caches and compute buffers the real load
@@ -37,17 +37,17 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from engine.accounting import load_memory
-from engine.buffer_report import (
+from kvchat.engine.accounting import load_memory
+from kvchat.engine.buffer_report import (
     MIB,
     BufferReport,
     KvCacheLayout,
     device_of_buffer,
     parse_buffer_report,
 )
-from engine.gguf_file import GgufInfo, TensorInfo, read_gguf
-from engine.load_params import ALL_LAYERS, KV_TYPE_NAMES, LoadParams
-from engine.protocol import DeviceSample, KvCache, LoadConfig
+from kvchat.engine.gguf_file import GgufInfo, TensorInfo, read_gguf
+from kvchat.engine.load_params import ALL_LAYERS, KV_TYPE_NAMES, LoadParams
+from kvchat.engine.protocol import DeviceSample, KvCache, LoadConfig
 
 # A device "fits" when the load leaves this much of its free memory unused:
 # the larger of 512 MiB and 5% of what is free. It covers what the estimate
@@ -544,7 +544,7 @@ def estimate(
     with tempfile.TemporaryDirectory(prefix="kvchat-estimate-") as folder:
         result_path = Path(folder) / "result.json"
         # The answer goes to a file: llama.cpp's native code may print to stdout.
-        command = [sys.executable, "-m", "engine.dry_run", str(result_path)]
+        command = [sys.executable, "-m", "kvchat.engine.dry_run", str(result_path)]
         try:
             finished = subprocess.run(
                 command,

@@ -22,8 +22,8 @@ from dataclasses import replace
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING
 
-from engine import faults
-from engine.protocol import (
+from kvchat.engine import faults
+from kvchat.engine.protocol import (
     Cancel,
     Chat,
     ChatFailed,
@@ -42,7 +42,7 @@ from engine.protocol import (
 )
 
 if TYPE_CHECKING:
-    from engine.runner import LlamaLog, ModelRunner
+    from kvchat.engine.runner import LlamaLog, ModelRunner
 
 # Text deltas are coalesced so that a fast GPU does not flood the pipe and the
 # GUI's event loop with one message per token; 10 ms is below what an eye sees.
@@ -119,8 +119,8 @@ class _Host:
             self.inbox.shutting_down = True
 
     def send_memory_sample(self) -> None:
-        from engine.devices import probe_devices
-        from engine.runner import gpu_offload_supported
+        from kvchat.engine.devices import probe_devices
+        from kvchat.engine.runner import gpu_offload_supported
 
         runner = self._runner
         if runner is None:
@@ -175,8 +175,8 @@ class _Host:
             self.send(ChatFailed(command.request_id, f"the engine failed ({reason})"))
 
     def _load(self, command: LoadModel) -> None:
-        from engine.gguf_file import ModelFileError, read_gguf
-        from engine.runner import Error, ModelRunner
+        from kvchat.engine.gguf_file import ModelFileError, read_gguf
+        from kvchat.engine.runner import Error, ModelRunner
 
         path = command.config.model_path
         try:
@@ -210,7 +210,7 @@ class _Host:
         self.send_memory_sample()
 
     def _chat(self, command: Chat) -> None:
-        from engine.runner import Error
+        from kvchat.engine.runner import Error
 
         request_id = command.request_id
         runner = self._runner
@@ -281,7 +281,7 @@ def main(connection: Connection, log_path: str) -> None:
     # why scrolls out of the log tail the person is shown.
     os.environ.setdefault("GGML_NO_BACKTRACE", "1")
 
-    from engine.runner import LlamaLog, gpu_offload_supported, llama_cpp_version
+    from kvchat.engine.runner import LlamaLog, gpu_offload_supported, llama_cpp_version
 
     host = _Host(connection, LlamaLog())
     reader = threading.Thread(

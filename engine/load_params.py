@@ -14,7 +14,7 @@ from typing import get_args
 
 from gguf import GGMLQuantizationType
 
-from engine.protocol import FlashAttention, KvType, LoadConfig
+from kvchat.engine.protocol import FlashAttention, KvType, LoadConfig
 
 DEFAULT_CONTEXT = 4096
 # More layers than any model has: llama.cpp clamps it to "every layer and the output".

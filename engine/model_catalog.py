@@ -16,8 +16,8 @@ from pathlib import Path
 
 from gguf import LlamaFileType
 
-from engine.gguf_file import GgufInfo, ModelFileError, read_gguf
-from engine.models import bundled_model_path
+from kvchat.engine.gguf_file import GgufInfo, ModelFileError, read_gguf
+from kvchat.engine.models import bundled_model_path
 
 # Split models ship as NAME-00001-of-00003.gguf; only the first part is opened.
 _SPLIT_PART = re.compile(r"-(\d{5})-of-\d{5}\.gguf$", re.IGNORECASE)

@@ -24,14 +24,14 @@ from pathlib import Path
 import llama_cpp
 import psutil
 
-from engine import vocab
-from engine.accounting import load_memory
-from engine.buffer_report import parse_buffer_report
-from engine.chat_template import ChatTemplate, TemplateError
-from engine.devices import probe_devices
-from engine.gguf_file import GgufInfo
-from engine.load_params import LoadParams, resolve_load_params
-from engine.protocol import (
+from kvchat.engine import vocab
+from kvchat.engine.accounting import load_memory
+from kvchat.engine.buffer_report import parse_buffer_report
+from kvchat.engine.chat_template import ChatTemplate, TemplateError
+from kvchat.engine.devices import probe_devices
+from kvchat.engine.gguf_file import GgufInfo
+from kvchat.engine.load_params import LoadParams, resolve_load_params
+from kvchat.engine.protocol import (
     ChatMessage,
     LoadConfig,
     ModelInfo,
@@ -40,7 +40,7 @@ from engine.protocol import (
     StopReason,
     TurnStats,
 )
-from engine.text_stream import Utf8Stream
+from kvchat.engine.text_stream import Utf8Stream
 
 PENALTY_LAST_N = 64
 # llama_decode's status when the abort callback stopped it.

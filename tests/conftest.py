@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from engine.models import bundled_model_path, missing_model_message
+from kvchat.engine.models import bundled_model_path, missing_model_message
 
 
 @pytest.fixture(scope="session")
@@ -57,7 +57,7 @@ def no_engine_left_running() -> Iterator[None]:
     gc.collect()
     leftovers = [f"engine host pid {p.pid}" for p in _engine_processes()]
     try:
-        from app.engine_client import live_readers
+        from kvchat.app.engine_client import live_readers
     except ImportError:  # pragma: no cover - Qt missing
         live_readers = set()  # type: ignore[assignment]
     leftovers += [f"QThread {t.objectName()}" for t in list(live_readers) if t.isRunning()]

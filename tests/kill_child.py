@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from engine.protocol import ChatMessage
+from kvchat.engine.protocol import ChatMessage
 
 LONG_REPLY = [f"r{i} " for i in range(1600)]  # 1.6 s at RATE: checkpointed midway
 SHORT_REPLY = LONG_REPLY[:150]
@@ -31,7 +31,7 @@ def main(data_dir: Path, run: int) -> int:
     from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication
 
-    from app.settings import EngineSettings
+    from kvchat.app.settings import EngineSettings
     from tests.scripted_engine import ScriptedEngine, build_scripted_window
 
     app = QApplication(sys.argv[:1])

@@ -30,10 +30,10 @@ from pathlib import Path
 from PySide6.QtCore import Qt
 from pytestqt.qtbot import QtBot
 
-from app.controller import Controller
-from app.store import DB_NAME
-from engine.protocol import ChatMessage, Sampling
-from ui.main_window import MainWindow
+from kvchat.app.controller import Controller
+from kvchat.app.store import DB_NAME
+from kvchat.engine.protocol import ChatMessage, Sampling
+from kvchat.ui.main_window import MainWindow
 
 ACTIONS = (
     ("send", 30),

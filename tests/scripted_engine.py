@@ -26,13 +26,13 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject, QThread, QTimer, Signal
 
-from app.controller import Controller
-from app.history import History
-from app.instance_lock import InstanceLock
-from app.saving import SaveQueue
-from app.settings import EngineSettings
-from app.store import open_store
-from engine.protocol import (
+from kvchat.app.controller import Controller
+from kvchat.app.history import History
+from kvchat.app.instance_lock import InstanceLock
+from kvchat.app.saving import SaveQueue
+from kvchat.app.settings import EngineSettings
+from kvchat.app.store import open_store
+from kvchat.engine.protocol import (
     ChatMessage,
     LoadConfig,
     ModelInfo,
@@ -40,7 +40,7 @@ from engine.protocol import (
     Sampling,
     TurnStats,
 )
-from ui.main_window import MainWindow
+from kvchat.ui.main_window import MainWindow
 
 FLUSH_S = 0.010  # what the engine host batches text deltas to
 # How long a cancelled reply keeps arriving: a few flushes of the host.

@@ -17,8 +17,8 @@ import pytest
 from PySide6.QtCore import Qt
 from pytestqt.qtbot import QtBot
 
-from app.gui import build_window
-from app.settings import EngineSettings
+from kvchat.app.gui import build_window
+from kvchat.app.settings import EngineSettings
 from tests.app.test_input_text import HOSTILE
 from tests.random_sessions import Session
 from tests.stored import stored_rows

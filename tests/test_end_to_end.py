@@ -11,12 +11,12 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QAction
 from pytestqt.qtbot import QtBot
 
-from app.controller import Controller
-from app.formatting import format_stats
-from app.gui import build_window
-from app.settings import EngineSettings
-from engine.protocol import ModelInfo, TurnStats
-from ui.main_window import MainWindow
+from kvchat.app.controller import Controller
+from kvchat.app.formatting import format_stats
+from kvchat.app.gui import build_window
+from kvchat.app.settings import EngineSettings
+from kvchat.engine.protocol import ModelInfo, TurnStats
+from kvchat.ui.main_window import MainWindow
 
 WAIT_MS = 60_000
 

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 from pytestqt.qtbot import QtBot
 
-from app.controller import Controller
-from app.gui import build_window
-from app.load_marker import LoadMarker
-from app.settings import EngineSettings
-from app.store import open_store
-from engine.faults import ENVIRONMENT_VARIABLE, POINTS, Fault, Kind, Point
-from ui.main_window import MainWindow
+from kvchat.app.controller import Controller
+from kvchat.app.gui import build_window
+from kvchat.app.load_marker import LoadMarker
+from kvchat.app.settings import EngineSettings
+from kvchat.app.store import open_store
+from kvchat.engine.faults import ENVIRONMENT_VARIABLE, POINTS, Fault, Kind, Point
+from kvchat.ui.main_window import MainWindow
 
 WAIT_MS = 60_000
 QUICK_RESTARTS = (0.05, 0.1, 0.2)

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from app.store import DB_NAME, open_store
+from kvchat.app.store import DB_NAME, open_store
 from tests.kill_child import LONG_REPLY
 
 KILLS = 20

@@ -30,7 +30,7 @@ from PySide6.QtGui import (
 )
 from PySide6.QtWidgets import QTextBrowser, QWidget
 
-from ui.markdown import (
+from kvchat.ui.markdown import (
     COPY_CODE_SCHEME,
     Block,
     Look,

@@ -20,11 +20,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ui.chat_view import ChatView
-from ui.composer import Composer
-from ui.conversation_list import ConversationList
-from ui.memory_panel import MemoryPanel
-from ui.theme import icon
+from kvchat.ui.chat_view import ChatView
+from kvchat.ui.composer import Composer
+from kvchat.ui.conversation_list import ConversationList
+from kvchat.ui.memory_panel import MemoryPanel
+from kvchat.ui.theme import icon
 
 GGUF_FILTER = "GGUF models (*.gguf);;All files (*)"
 EXPORT_FILTERS = {"markdown": "Markdown (*.md)", "json": "JSON (*.json)"}

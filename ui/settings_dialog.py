@@ -35,7 +35,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ui.memory_panel import COMPUTE, KV, OTHER, WEIGHTS, SegmentBar, format_bytes
+from kvchat.ui.memory_panel import COMPUTE, KV, OTHER, WEIGHTS, SegmentBar, format_bytes
 
 KV_TYPES = ("f16", "bf16", "q8_0", "q4_0", "f32")
 MAX_SEED = 2**32 - 1

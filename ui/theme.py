@@ -17,7 +17,7 @@ ICON_SIZES = (16, 24, 32, 48)
 
 
 def _resource_text(name: str) -> str:
-    return resources.files("resources").joinpath(name).read_text(encoding="utf-8")
+    return resources.files("kvchat.resources").joinpath(name).read_text(encoding="utf-8")
 
 
 def icon(name: str, color: QColor | None = None) -> QIcon:

@@ -16,9 +16,9 @@ from pathlib import Path
 from PySide6.QtGui import QImage
 from PySide6.QtWidgets import QApplication
 
-from app import bench
-from app.bench_chart import HEIGHT, WIDTH
-from app.main import main
+from kvchat.app import bench
+from kvchat.app.bench_chart import HEIGHT, WIDTH
+from kvchat.app.main import main
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from app.main import main
+from kvchat.app.main import main
 
 
 def _kvchat(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "app", *args, "--data-dir", str(data_dir)],
+        [sys.executable, "-m", "kvchat.app", *args, "--data-dir", str(data_dir)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -85,7 +85,10 @@ def test_bad_arguments_get_a_clear_message(
 
 
 def test_gui_process_never_imports_llama_cpp() -> None:
-    code = "import sys, app.gui, app.cli_chat, engine.client; sys.exit('llama_cpp' in sys.modules)"
+    code = (
+        "import sys, kvchat.app.gui, kvchat.app.cli_chat, kvchat.engine.client; "
+        "sys.exit('llama_cpp' in sys.modules)"
+    )
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from app.main import main
+from kvchat.app.main import main
 from tests.model_factory import LLAMA_GQA, ModelFactory, model_factory
 
 __all__ = ["model_factory"]  # a fixture, imported so that pytest finds it
@@ -32,7 +32,16 @@ DEVICE_FIELDS = {"name", "weights_bytes", "kv_bytes", "compute_bytes", "total_by
 
 def test_json_for_scripts(model_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "app", "estimate", str(model_path), "--json", "--ctx", "2048"],
+        [
+            sys.executable,
+            "-m",
+            "kvchat.app",
+            "estimate",
+            str(model_path),
+            "--json",
+            "--ctx",
+            "2048",
+        ],
         capture_output=True,
         text=True,
         timeout=120,
@@ -141,7 +150,7 @@ def test_unknown_kv_type_is_refused_by_name(
 
 def test_the_window_side_never_imports_llama_cpp() -> None:
     code = (
-        "import sys, app.cli_estimate, engine.estimate, engine.load_params; "
+        "import sys, kvchat.app.cli_estimate, kvchat.engine.estimate, kvchat.engine.load_params; "
         "sys.exit('llama_cpp' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0

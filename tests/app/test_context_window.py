@@ -1,4 +1,4 @@
-from app.context_window import (
+from kvchat.app.context_window import (
     FIRST_TOKENS_PER_BYTE,
     MESSAGE_OVERHEAD,
     estimate_tokens,

@@ -11,16 +11,17 @@ import pytest
 from PySide6.QtCore import Qt
 from pytestqt.qtbot import QtBot
 
-import app.controller
-from app.controller import Controller
-from app.instance_lock import AlreadyRunningError
-from app.settings import EngineSettings
-from app.store import DB_NAME
-from engine.protocol import ChatMessage
+import kvchat.app.controller
+import kvchat.app.saving
+from kvchat.app.controller import Controller
+from kvchat.app.instance_lock import AlreadyRunningError
+from kvchat.app.settings import EngineSettings
+from kvchat.app.store import DB_NAME
+from kvchat.engine.protocol import ChatMessage
+from kvchat.ui.main_window import MainWindow
 from tests.read_only import read_only
 from tests.scripted_engine import ScriptedEngine, build_scripted_window
 from tests.stored import stored_rows
-from ui.main_window import MainWindow
 
 Words = Callable[[list[ChatMessage]], list[str]]
 
@@ -347,7 +348,7 @@ def test_export_as_markdown_and_json(qtbot: QtBot, scripted: App, tmp_path: Path
 def test_a_full_disk_keeps_the_text_says_so_and_saves_it_later(
     qtbot: QtBot, scripted: App, data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(app.saving, "RETRY_MS", 50)
+    monkeypatch.setattr(kvchat.app.saving, "RETRY_MS", 50)
     window, controller, _engine = scripted.open()
     _send(qtbot, controller, "before")
     store = controller.history.saver.store

@@ -21,12 +21,12 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QGuiApplication
 from pytestqt.qtbot import QtBot
 
-from app.controller import Controller
-from app.store import DB_NAME, storable
-from engine.protocol import ChatMessage
+from kvchat.app.controller import Controller
+from kvchat.app.store import DB_NAME, storable
+from kvchat.engine.protocol import ChatMessage
+from kvchat.ui.chat_view import DRAWN_CHARACTERS
+from kvchat.ui.main_window import MainWindow
 from tests.scripted_engine import ScriptedEngine, build_scripted_window
-from ui.chat_view import DRAWN_CHARACTERS
-from ui.main_window import MainWindow
 
 # name: (typed, what the composer holds)
 HOSTILE = {

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from pytestqt.qtbot import QtBot
 
-from app.engine_client import EngineClient
-from app.memory_monitor import MemoryMonitor
-from engine.protocol import (
+from kvchat.app.engine_client import EngineClient
+from kvchat.app.memory_monitor import MemoryMonitor
+from kvchat.engine.protocol import (
     DeviceBuffers,
     DeviceSample,
     KvCache,
@@ -17,7 +17,7 @@ from engine.protocol import (
     PromptEvaluated,
     TurnStats,
 )
-from ui.memory_panel import MemoryPanel
+from kvchat.ui.memory_panel import MemoryPanel
 
 MIB = 2**20
 MEMORY = LoadMemory(

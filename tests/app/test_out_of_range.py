@@ -13,11 +13,11 @@ import pytest
 from PySide6.QtWidgets import QDoubleSpinBox, QSpinBox
 from pytestqt.qtbot import QtBot
 
-from app.main import main
-from app.settings import EngineSettings
-from app.settings_file import read_settings
-from app.settings_flow import choice_of, engine_settings
-from ui.settings_dialog import MAX_SEED, SettingsDialog
+from kvchat.app.main import main
+from kvchat.app.settings import EngineSettings
+from kvchat.app.settings_file import read_settings
+from kvchat.app.settings_flow import choice_of, engine_settings
+from kvchat.ui.settings_dialog import MAX_SEED, SettingsDialog
 
 BAD_VALUES = {
     "n_ctx": [-5, 0, 511, 2**40, 10**30, 4096.5, "4096", True, math.inf, math.nan],

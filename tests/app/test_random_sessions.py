@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from pytestqt.qtbot import QtBot
 
-from engine.protocol import ChatMessage
+from kvchat.engine.protocol import ChatMessage
 from tests.random_sessions import Session
 from tests.scripted_engine import ScriptedEngine, build_scripted_window
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from pytestqt.qtbot import QtBot
 
-from app.saving import SaveQueue
-from app.store import (
+from kvchat.app.saving import SaveQueue
+from kvchat.app.store import (
     Conversation,
     Message,
     PutConversation,

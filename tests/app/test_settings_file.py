@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from app.settings import EngineSettings, Settings
-from app.settings_file import read_settings, write_settings
+from kvchat.app.settings import EngineSettings, Settings
+from kvchat.app.settings_file import read_settings, write_settings
 
 
 def _backups(path: Path) -> list[Path]:

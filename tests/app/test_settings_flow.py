@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from pytestqt.qtbot import QtBot
 
-from app.controller import Controller
-from app.gui import build_window
-from app.settings import EngineSettings
-from app.settings_flow import SettingsFlow
-from ui.main_window import MainWindow
-from ui.settings_dialog import SettingsDialog
+from kvchat.app.controller import Controller
+from kvchat.app.gui import build_window
+from kvchat.app.settings import EngineSettings
+from kvchat.app.settings_flow import SettingsFlow
+from kvchat.ui.main_window import MainWindow
+from kvchat.ui.settings_dialog import SettingsDialog
 
 WAIT_MS = 60_000
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from app.instance_lock import AlreadyRunningError, InstanceLock
-from app.store import (
+from kvchat.app.instance_lock import AlreadyRunningError, InstanceLock
+from kvchat.app.store import (
     DB_NAME,
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -262,7 +262,7 @@ def lock_holder(store_dir: Path) -> Iterator[subprocess.Popen[str]]:
         f"""
         import sys
         from pathlib import Path
-        from app.instance_lock import InstanceLock
+        from kvchat.app.instance_lock import InstanceLock
         lock = InstanceLock(Path({str(store_dir)!r}))
         lock.acquire()
         print("locked", flush=True)
@@ -293,7 +293,7 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(store_dir: Path) -> None:
         f"""
         import os, signal
         from pathlib import Path
-        from app.instance_lock import InstanceLock
+        from kvchat.app.instance_lock import InstanceLock
         lock = InstanceLock(Path({str(store_dir)!r}))
         lock.acquire()
         os.kill(os.getpid(), signal.SIGKILL)

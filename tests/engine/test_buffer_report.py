@@ -1,6 +1,6 @@
 """Reading llama.cpp's buffer lines, from this machine's log and from a recorded GPU load."""
 
-from engine.buffer_report import MIB, device_of_buffer, parse_buffer_report
+from kvchat.engine.buffer_report import MIB, device_of_buffer, parse_buffer_report
 
 # A CUDA load's buffer lines in the format llama.cpp logs them (the format its
 # source prints; the figures are those of a 7B Q4_K_M with 20 of 33 layers on

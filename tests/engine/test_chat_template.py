@@ -3,9 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.chat_template import ChatTemplate, TemplateError, TemplateRefusedError
-from engine.gguf_file import read_gguf
-from engine.protocol import ChatMessage
+from kvchat.engine.chat_template import ChatTemplate, TemplateError, TemplateRefusedError
+from kvchat.engine.gguf_file import read_gguf
+from kvchat.engine.protocol import ChatMessage
 
 CONVERSATION = [
     ChatMessage("user", "Hi"),

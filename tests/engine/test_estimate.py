@@ -23,11 +23,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from engine import devices as devices_module
-from engine.buffer_report import MIB, parse_buffer_report
-from engine.devices import NvmlDevice, RawDevice
-from engine.dry_run import LogCapture, cpu_features, run
-from engine.estimate import (
+from kvchat.engine import devices as devices_module
+from kvchat.engine.buffer_report import MIB, parse_buffer_report
+from kvchat.engine.devices import NvmlDevice, RawDevice
+from kvchat.engine.dry_run import LogCapture, cpu_features, run
+from kvchat.engine.estimate import (
     CannotEstimateError,
     DeviceUse,
     DryRunError,
@@ -40,10 +40,10 @@ from engine.estimate import (
     project,
     read_dry_run_log,
 )
-from engine.gguf_file import GgufInfo, ModelFileError, read_gguf
-from engine.load_params import KV_TYPES, LoadParams
-from engine.protocol import DeviceSample, KvType, LoadConfig
-from engine.runner import LlamaLog, ModelRunner
+from kvchat.engine.gguf_file import GgufInfo, ModelFileError, read_gguf
+from kvchat.engine.load_params import KV_TYPES, LoadParams
+from kvchat.engine.protocol import DeviceSample, KvType, LoadConfig
+from kvchat.engine.runner import LlamaLog, ModelRunner
 from tests.model_factory import (
     GEMMA2_SWA,
     LLAMA_GQA,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.faults import ENVIRONMENT_VARIABLE, Fault, from_environment
+from kvchat.engine.faults import ENVIRONMENT_VARIABLE, Fault, from_environment
 
 
 @pytest.mark.parametrize(

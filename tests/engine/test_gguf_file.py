@@ -13,9 +13,9 @@ import gguf
 import numpy as np
 import pytest
 
-from engine.client import HostProcess
-from engine.gguf_file import ArraySummary, GgufInfo, ModelFileError, read_gguf
-from engine.protocol import (
+from kvchat.engine.client import HostProcess
+from kvchat.engine.gguf_file import ArraySummary, GgufInfo, ModelFileError, read_gguf
+from kvchat.engine.protocol import (
     Chat,
     ChatFailed,
     ChatMessage,

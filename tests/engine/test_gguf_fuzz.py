@@ -29,9 +29,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.client import HostProcess
-from engine.gguf_file import GgufInfo, ModelFileError, read_gguf
-from engine.protocol import (
+from kvchat.engine.client import HostProcess
+from kvchat.engine.gguf_file import GgufInfo, ModelFileError, read_gguf
+from kvchat.engine.protocol import (
     Chat,
     ChatFailed,
     ChatMessage,

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.client import HostProcess, describe_exit
-from engine.protocol import (
+from kvchat.engine.client import HostProcess, describe_exit
+from kvchat.engine.protocol import (
     Cancel,
     Chat,
     ChatFailed,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.model_catalog import find_models
+from kvchat.engine.model_catalog import find_models
 
 
 @pytest.fixture

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from app.formatting import format_stats
-from engine.gguf_file import read_gguf
-from engine.protocol import ChatMessage, LoadConfig, Sampling
-from engine.runner import ChatError, LlamaLog, ModelRunner, physical_cores
-from engine.text_stream import Utf8Stream
+from kvchat.app.formatting import format_stats
+from kvchat.engine.gguf_file import read_gguf
+from kvchat.engine.protocol import ChatMessage, LoadConfig, Sampling
+from kvchat.engine.runner import ChatError, LlamaLog, ModelRunner, physical_cores
+from kvchat.engine.text_stream import Utf8Stream
 from tests.model_factory import TINY, ModelFactory, model_factory
 
 __all__ = ["model_factory"]  # a fixture, imported so that pytest finds it

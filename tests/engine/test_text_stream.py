@@ -1,4 +1,4 @@
-from engine.text_stream import Utf8Stream
+from kvchat.engine.text_stream import Utf8Stream
 
 
 def test_character_split_across_pieces_is_held_back() -> None:

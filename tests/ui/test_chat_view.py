@@ -5,10 +5,10 @@ from PySide6.QtCore import QPoint, Qt
 from PySide6.QtGui import QFont, QGuiApplication, QTextCursor
 from pytestqt.qtbot import QtBot
 
-import ui.chat_view
-import ui.markdown
-from ui.chat_view import RENDER_INTERVAL_MS, ChatView, MessageView
-from ui.markdown import Block
+import kvchat.ui.chat_view
+import kvchat.ui.markdown
+from kvchat.ui.chat_view import RENDER_INTERVAL_MS, ChatView, MessageView
+from kvchat.ui.markdown import Block
 
 REPLY = """Here is a **function** and `inline code`:
 
@@ -161,13 +161,13 @@ def test_only_the_block_being_written_is_rendered_again(
     qtbot: QtBot, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rendered: list[Block] = []
-    real = ui.chat_view.render_block
+    real = kvchat.ui.chat_view.render_block
 
     def counting(cursor: QTextCursor, block: Block, code_id: str, look: object) -> None:
         rendered.append(block)
         real(cursor, block, code_id, look)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(ui.chat_view, "render_block", counting)
+    monkeypatch.setattr(kvchat.ui.chat_view, "render_block", counting)
     view = _view(qtbot)
     view.add_message("You", "old " * 50, from_person=True)
     view.begin_reply("Model")
@@ -187,13 +187,13 @@ def test_a_long_code_block_being_written_is_drawn_line_by_line(
     qtbot: QtBot, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     highlighted: list[int] = []
-    real = ui.markdown.highlighted
+    real = kvchat.ui.markdown.highlighted
 
     def counting(code: str, language: str, dark: bool) -> object:
         highlighted.append(len(code))
         return real(code, language, dark)
 
-    monkeypatch.setattr(ui.markdown, "highlighted", counting)
+    monkeypatch.setattr(kvchat.ui.markdown, "highlighted", counting)
     view = _view(qtbot)
     view.begin_reply("Model", key="r")
     view.append_reply("Here:\n\n```python\n")

@@ -1,7 +1,7 @@
 from PySide6.QtCore import Qt
 from pytestqt.qtbot import QtBot
 
-from ui.composer import Composer
+from kvchat.ui.composer import Composer
 
 
 def test_enter_submits_and_keeps_the_text(qtbot: QtBot) -> None:

@@ -1,8 +1,8 @@
 from PySide6.QtCore import Qt
 from pytestqt.qtbot import QtBot
 
-from ui.conversation_list import SEARCH_DELAY_MS, ConversationItem, ConversationList
-from ui.main_window import MainWindow
+from kvchat.ui.conversation_list import SEARCH_DELAY_MS, ConversationItem, ConversationList
+from kvchat.ui.main_window import MainWindow
 
 ITEMS = [
     ConversationItem("b", "Newest", "Model · last active 2026-05-10 12:00"),

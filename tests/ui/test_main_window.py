@@ -1,7 +1,7 @@
 from PySide6.QtCore import Qt
 from pytestqt.qtbot import QtBot
 
-from ui.main_window import MainWindow
+from kvchat.ui.main_window import MainWindow
 
 
 def test_message_waits_while_the_model_loads(qtbot: QtBot) -> None:

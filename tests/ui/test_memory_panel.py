@@ -1,6 +1,6 @@
 from pytestqt.qtbot import QtBot
 
-from ui.memory_panel import (
+from kvchat.ui.memory_panel import (
     DeviceView,
     KvView,
     MemoryPanel,
