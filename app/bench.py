@@ -33,7 +33,6 @@ import dataclasses
 import itertools
 import json
 import math
-import os
 import platform
 import statistics
 import subprocess
@@ -54,6 +53,7 @@ from kvchat.app.engine_client import EngineClient
 from kvchat.app.gui import EXIT_WHEN_READY_ENV
 from kvchat.app.paths import engine_log_path
 from kvchat.app.settings import EngineSettings
+from kvchat.engine.children import child_environment, python_command, safe_working_folder
 from kvchat.engine.models import bundled_model_path, missing_model_message
 from kvchat.engine.protocol import (
     ChatMessage,
@@ -334,9 +334,7 @@ class DirectProcess:
     (the GUI process never imports llama_cpp), loaded as kvchat's engine was."""
 
     def __init__(self, info: ModelInfo, n_batch: int, log_path: Path) -> None:
-        command = [
-            sys.executable,
-            "-m",
+        command = python_command(
             "kvchat.engine.bench_direct",
             "--model",
             info.path,
@@ -348,7 +346,7 @@ class DirectProcess:
             str(info.n_threads),
             "--gpu-layers",
             str(info.n_gpu_layers),
-        ]
+        )
         self.log_path = log_path
         self._log = log_path.open("w", encoding="utf-8")
         self._process = subprocess.Popen(
@@ -358,6 +356,8 @@ class DirectProcess:
             stderr=self._log,
             text=True,
             encoding="utf-8",
+            env=child_environment(),
+            cwd=safe_working_folder(),
         )
         self.rss_before_model = int(self._receive()["rss_before_model_bytes"])
 
@@ -846,19 +846,12 @@ def measure_startup(model_path: str, runs: int, say: Callable[[str], None]) -> S
     for run in range(runs):
         say(f"launch: run {run + 1} of {runs}")
         with tempfile.TemporaryDirectory(prefix="kvchat-bench-launch-") as data_dir:
-            command = [
-                sys.executable,
-                "-m",
-                "kvchat.app",
-                "--model",
-                model_path,
-                "--data-dir",
-                data_dir,
-            ]
+            command = python_command("kvchat.app", "--model", model_path, "--data-dir", data_dir)
             launched = time.time()
             done = subprocess.run(
                 command,
-                env={**os.environ, EXIT_WHEN_READY_ENV: "1"},
+                env=child_environment({EXIT_WHEN_READY_ENV: "1"}),
+                cwd=safe_working_folder(),
                 capture_output=True,
                 text=True,
                 timeout=LAUNCH_TIMEOUT_S,

@@ -8,12 +8,15 @@ the window's engine thread and directly by `kvchat chat`.
 from __future__ import annotations
 
 import multiprocessing
+import os
+import queue
 import signal
+import tempfile
 import threading
 from collections import deque
 from pathlib import Path
 
-from kvchat.engine import host
+from kvchat.engine import faults, host
 from kvchat.engine.protocol import Command, Event, HostExited, Shutdown
 
 SHUTDOWN_GRACE_S = 1.0
@@ -49,29 +52,74 @@ def read_log_tail(path: Path, lines: int = 8) -> str:
         return ""
 
 
+def usable_log_path(wanted: Path) -> tuple[Path, str]:
+    """Where the engine's log can go: `wanted`, or a private folder elsewhere.
+
+    A read-only or full data folder must not stop the engine from starting:
+    the log is worth less than the chat. Returns the path and, when it is
+    not `wanted`, a sentence saying why, for a person.
+    """
+    try:
+        wanted.parent.mkdir(parents=True, exist_ok=True)
+        with wanted.open("a", encoding="utf-8"):
+            pass
+        return wanted, ""
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+    try:
+        # mkdtemp: a new folder only the owner can enter, under a name no one can guess.
+        elsewhere = Path(tempfile.mkdtemp(prefix="kvchat-engine-log-")) / wanted.name
+        with elsewhere.open("a", encoding="utf-8"):
+            pass
+    except OSError:
+        return Path(os.devnull), f"The engine's log cannot be written ({reason}): it is not kept."
+    return (
+        elsewhere,
+        f"The engine's log cannot be written to {wanted} ({reason}); it goes to {elsewhere}.",
+    )
+
+
 class HostProcess:
     """One engine host process and the pipe to it.
 
-    `send` may be called from any thread; `receive` from one thread only.
+    `send` may be called from any thread and never blocks: commands go to a
+    writer thread that puts them down the pipe in order, so a host that is
+    stopped or swapped out (its pipe full) cannot freeze the caller.
+    `receive` is for one thread only.
     """
 
     def __init__(self, log_path: Path) -> None:
-        self.log_path = log_path
+        self.log_path, self.log_note = usable_log_path(log_path)
         context = multiprocessing.get_context("spawn")
         self._connection, child_end = context.Pipe(duplex=True)
         self._process = context.Process(
             target=host.main,
-            args=(child_end, str(log_path)),
+            args=(child_end, str(self.log_path), faults.armed()),
             name="kvchat-engine",
             daemon=True,
         )
-        self._send_lock = threading.Lock()
+        self._outbox: queue.SimpleQueue[Command | None] = queue.SimpleQueue()
+        self._pipe_broken = threading.Event()
         self._exit_reported = False
         self._kill_reason = ""
-        log_path.parent.mkdir(parents=True, exist_ok=True)
         self._process.start()
         # Without closing our copy of the child's end, the pipe never reports EOF.
         child_end.close()
+        self._writer = threading.Thread(
+            target=self._write_commands, name="kvchat-engine-writer", daemon=True
+        )
+        self._writer.start()
+
+    def _write_commands(self) -> None:
+        while True:
+            command = self._outbox.get()
+            if command is None:
+                return
+            try:
+                self._connection.send(command)
+            except (BrokenPipeError, ConnectionResetError, OSError, ValueError):
+                self._pipe_broken.set()
+                return
 
     @property
     def pid(self) -> int | None:
@@ -81,14 +129,10 @@ class HostProcess:
         return self._process.is_alive()
 
     def send(self, command: Command) -> bool:
-        """Sends a command; returns False when the host is gone."""
-        with self._send_lock:
-            if self._connection.closed:
-                return False
-            try:
-                self._connection.send(command)
-            except (BrokenPipeError, ConnectionResetError, OSError):
-                return False
+        """Queues a command for the host; returns False when the host is known gone."""
+        if self._connection.closed or self._pipe_broken.is_set() or self._exit_reported:
+            return False
+        self._outbox.put(command)
         return True
 
     def receive(self, timeout: float | None = None) -> Event | None:
@@ -129,6 +173,8 @@ class HostProcess:
         """Stops the host if needed and releases the pipe and the process object."""
         if self._process.is_alive():
             self.stop()
-        with self._send_lock:
-            self._connection.close()
+        # The host is gone, so a writer blocked on the pipe has failed by now.
+        self._outbox.put(None)
+        self._writer.join(SHUTDOWN_GRACE_S)
+        self._connection.close()
         self._process.close()

@@ -27,11 +27,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import signal
 import subprocess
-import sys
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -45,6 +43,7 @@ from kvchat.engine.buffer_report import (
     device_of_buffer,
     parse_buffer_report,
 )
+from kvchat.engine.children import child_environment, python_command, safe_working_folder
 from kvchat.engine.gguf_file import GgufInfo, TensorInfo, read_gguf
 from kvchat.engine.load_params import ALL_LAYERS, KV_TYPE_NAMES, LoadParams
 from kvchat.engine.protocol import DeviceSample, KvCache, LoadConfig
@@ -544,7 +543,7 @@ def estimate(
     with tempfile.TemporaryDirectory(prefix="kvchat-estimate-") as folder:
         result_path = Path(folder) / "result.json"
         # The answer goes to a file: llama.cpp's native code may print to stdout.
-        command = [sys.executable, "-m", "kvchat.engine.dry_run", str(result_path)]
+        command = python_command("kvchat.engine.dry_run", str(result_path))
         try:
             finished = subprocess.run(
                 command,
@@ -552,7 +551,8 @@ def estimate(
                 capture_output=True,
                 text=True,
                 timeout=timeout_s,
-                env=_child_environment(),
+                env=child_environment(),
+                cwd=safe_working_folder(),
             )
         except subprocess.TimeoutExpired:
             raise DryRunError(
@@ -568,15 +568,6 @@ def estimate(
     except (ValueError, KeyError, TypeError) as exc:
         raise DryRunError(f"the dry run answered in a form kvchat cannot read ({exc})") from None
     raise CannotEstimateError(str(answer["error"]))
-
-
-def _child_environment() -> dict[str, str]:
-    """The child must import `engine` from wherever this process did."""
-    environment = dict(os.environ)
-    root = str(Path(__file__).resolve().parent.parent)
-    existing = environment.get("PYTHONPATH")
-    environment["PYTHONPATH"] = root if not existing else f"{root}{os.pathsep}{existing}"
-    return environment
 
 
 def _describe_failure(returncode: int, stderr: str) -> str:

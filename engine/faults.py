@@ -1,11 +1,11 @@
 """Faults the engine host injects into itself on purpose, for tests only.
 
 A crash of the engine must never take the window down, and the tests prove
-that with real crashes of the real host at the moments that matter. The
-switch is an environment variable, read by each host as it starts (a spawned
-child inherits the parent's environment):
-
-    KVCHAT_INJECT_FAULT="<kind>@<point>[:<once-file>]"
+that with real crashes of the real host at the moments that matter. A test
+arms a fault in its own process with `arm`; every engine host started from
+that process afterwards receives it as an argument of its spawn. Nothing
+outside the test suite calls `arm`, and no environment variable or file can
+reach it, so an installed kvchat never injects a fault.
 
 kind:
     abort     os.abort(): SIGABRT, as a failed GGML_ASSERT ends a process
@@ -17,13 +17,10 @@ point:
     load      inside llama.cpp's model load, from its progress callback
     prefill   while the prompt is being evaluated, before its first batch
     decode    mid-reply, once a few pieces of text have been streamed
-once-file:
+once_file:
     the fault strikes only if this file does not exist, and creates it as it
     strikes (before the crash), so a restarted host does not crash again and
     a test can wait for the file to know the fault struck
-
-Nothing sets the variable outside tests; a malformed value is ignored, so a
-stray setting can never stop the engine from running.
 """
 
 from __future__ import annotations
@@ -35,7 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-ENVIRONMENT_VARIABLE = "KVCHAT_INJECT_FAULT"
 Kind = Literal["abort", "segfault", "stall"]
 Point = Literal["load", "prefill", "decode"]
 KINDS: tuple[Kind, ...] = ("abort", "segfault", "stall")
@@ -51,11 +47,6 @@ class Fault:
     kind: Kind
     point: Point
     once_file: Path | None = None
-
-    def to_environment(self) -> str:
-        """The variable's value that makes a host inject this fault."""
-        value = f"{self.kind}@{self.point}"
-        return f"{value}:{self.once_file}" if self.once_file is not None else value
 
     def strike(self, point: Point) -> None:
         """Injects the fault if `point` is its point (and it has not struck yet)."""
@@ -76,11 +67,15 @@ class Fault:
             threading.Event().wait()
 
 
-def from_environment() -> Fault | None:
-    """The fault named by KVCHAT_INJECT_FAULT, or None (unset or malformed)."""
-    value = os.environ.get(ENVIRONMENT_VARIABLE, "")
-    spec, _, once = value.partition(":")
-    kind, _, point = spec.partition("@")
-    if kind not in KINDS or point not in POINTS:
-        return None
-    return Fault(kind, point, Path(once) if once else None)
+_armed: Fault | None = None
+
+
+def arm(fault: Fault | None) -> None:
+    """Makes every engine host started from this process carry `fault` (None: none)."""
+    global _armed
+    _armed = fault
+
+
+def armed() -> Fault | None:
+    """The fault a host started now would carry."""
+    return _armed

@@ -95,7 +95,7 @@ def _read_commands(connection: Connection, inbox: _Inbox) -> None:
 
 
 class _Host:
-    def __init__(self, connection: Connection, log: LlamaLog) -> None:
+    def __init__(self, connection: Connection, log: LlamaLog, fault: faults.Fault | None) -> None:
         self._connection = connection
         self._send_lock = threading.Lock()
         self._log = log
@@ -103,8 +103,8 @@ class _Host:
         self._loaded_at = 0.0
         self.inbox = _Inbox()
         self._sampling_stopped = threading.Event()
-        # Set only by tests, to crash or hang this process on purpose.
-        self._fault = faults.from_environment()
+        # Armed only by tests, to crash or hang this process on purpose.
+        self._fault = fault
 
     def _strike(self, point: faults.Point) -> None:
         if self._fault is not None:
@@ -268,9 +268,19 @@ class _Host:
         self.send_memory_sample()
 
 
-def main(connection: Connection, log_path: str) -> None:
-    """The host process's entry point (a `multiprocessing` spawn target)."""
-    log_file = open(log_path, "a", buffering=1, encoding="utf-8", errors="replace")  # noqa: SIM115
+def main(connection: Connection, log_path: str, fault: faults.Fault | None = None) -> None:
+    """The host process's entry point (a `multiprocessing` spawn target).
+
+    Args:
+        connection: the pipe to the client.
+        log_path: where llama.cpp's log and the host's own lines go.
+        fault: a fault to inject, armed by a test in the parent; None in use.
+    """
+    try:
+        log_file = open(log_path, "a", buffering=1, encoding="utf-8", errors="replace")  # noqa: SIM115
+    except OSError:
+        # The disk filled since the client checked: the chat matters more than the log.
+        log_file = open(os.devnull, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
     # Native code writes to file descriptors 1 and 2 directly, not to sys.stderr.
     os.dup2(log_file.fileno(), 1)
     os.dup2(log_file.fileno(), 2)
@@ -283,7 +293,7 @@ def main(connection: Connection, log_path: str) -> None:
 
     from kvchat.engine.runner import LlamaLog, gpu_offload_supported, llama_cpp_version
 
-    host = _Host(connection, LlamaLog())
+    host = _Host(connection, LlamaLog(), fault)
     reader = threading.Thread(
         target=_read_commands, args=(connection, host.inbox), name="commands", daemon=True
     )

@@ -4,12 +4,14 @@ happened, and the engine comes back or the person is asked."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from PySide6.QtCore import Qt, QTimer
 from pytestqt.qtbot import QtBot
 
 from kvchat.app.controller import Controller
@@ -17,7 +19,8 @@ from kvchat.app.gui import build_window
 from kvchat.app.load_marker import LoadMarker
 from kvchat.app.settings import EngineSettings
 from kvchat.app.store import open_store
-from kvchat.engine.faults import ENVIRONMENT_VARIABLE, POINTS, Fault, Kind, Point
+from kvchat.engine import faults
+from kvchat.engine.faults import POINTS, Fault, Kind, Point
 from kvchat.ui.main_window import MainWindow
 
 WAIT_MS = 60_000
@@ -46,7 +49,7 @@ def _start(
 
 def _inject(monkeypatch: pytest.MonkeyPatch, fault: Fault) -> None:
     """Every engine host started from now on carries the fault."""
-    monkeypatch.setenv(ENVIRONMENT_VARIABLE, fault.to_environment())
+    monkeypatch.setattr(faults, "_armed", fault)
 
 
 def _strike_from_outside(qtbot: QtBot, controller: Controller, once_file: Path) -> None:
@@ -174,7 +177,7 @@ def test_restarts_back_off_then_the_person_is_asked(
     assert not controller.engine.running
 
     # The person fixes the cause (here: the fault goes away) and restarts.
-    monkeypatch.delenv(ENVIRONMENT_VARIABLE)
+    faults.arm(None)
     with qtbot.waitSignal(controller.engine.model_loaded, timeout=WAIT_MS):
         window.restart_button.click()
     assert not window.restart_button.isVisible()
@@ -261,3 +264,88 @@ def test_a_host_that_stops_answering_is_ended_and_restarted(
     assert reply.state == "interrupted" and reply.content
     _wait_loaded(qtbot, controller)
     assert window.send_button.isEnabled()
+
+
+def test_a_stopped_engine_never_freezes_the_window(
+    qtbot: QtBot, data_dir: Path, open_windows: list[MainWindow]
+) -> None:
+    """SIGSTOP (a swapped-out or frozen process): its pipe fills and stays full.
+
+    A message far larger than a pipe's buffer is sent to it. The GUI thread
+    must come back at once, keep running its timers, and the hung-engine
+    watchdog (a timer on that same thread) must still end the host.
+    """
+    window, controller = _start(data_dir, open_windows)
+    controller.engine.answer_timeout_s = 1.0
+    _wait_loaded(qtbot, controller)
+    pid = controller.engine.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        ticks: list[int] = []
+        ticker = QTimer()
+        ticker.timeout.connect(lambda: ticks.append(1))
+        ticker.start(10)
+        big = "A long question. " * 120_000  # 2 MB: many times a pipe's buffer
+        window.composer.setPlainText(big)
+        window.send_button.click()  # returns: the command waits on the writer thread
+        qtbot.waitUntil(lambda: len(ticks) >= 5, timeout=WAIT_MS)
+        with qtbot.waitSignal(controller.engine.host_exited, timeout=WAIT_MS) as exited:
+            window.stop_button.click()
+        ticker.stop()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    assert exited.args[0].exit_code == -signal.SIGKILL
+    assert "did not stop within 1 s of being asked to" in window.banner.text()
+    # What the person typed is not lost: it was sent, and it is kept.
+    assert controller.history.messages[0].content == big
+    _wait_loaded(qtbot, controller)
+    assert window.send_button.isEnabled()
+
+
+def test_a_load_that_makes_no_progress_is_ended_and_reported(
+    qtbot: QtBot,
+    data_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    open_windows: list[MainWindow],
+) -> None:
+    once_file = tmp_path / "struck"
+    _inject(monkeypatch, Fault("stall", "load", once_file))
+    window, controller = _start(data_dir, open_windows)
+    controller.engine.load_stall_s = 2.0
+    with qtbot.waitSignal(controller.engine.host_exited, timeout=WAIT_MS) as exited:
+        pass
+    assert once_file.exists()
+    assert exited.args[0].exit_code == -signal.SIGKILL
+    assert "The model load made no progress for 2 s, so kvchat ended it." in window.banner.text()
+    # Not loaded into the same hang again by itself: the person is asked.
+    assert "was not loaded again" in window.banner.text()
+    assert window.restart_button.isVisible()
+    assert not window.loading_panel.isVisible()
+    faults.arm(None)
+    with qtbot.waitSignal(controller.engine.model_loaded, timeout=WAIT_MS):
+        window.restart_button.click()
+
+
+def test_stop_works_during_a_load(
+    qtbot: QtBot,
+    data_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    open_windows: list[MainWindow],
+) -> None:
+    once_file = tmp_path / "struck"
+    _inject(monkeypatch, Fault("stall", "load", once_file))
+    window, controller = _start(data_dir, open_windows)
+    controller.engine.answer_timeout_s = 1.0
+    qtbot.waitUntil(once_file.exists, timeout=WAIT_MS)
+    assert window.loading_panel.isVisible()
+    assert window.stop_button.isEnabled()
+    with qtbot.waitSignal(controller.engine.host_exited, timeout=WAIT_MS) as exited:
+        qtbot.keyClick(window.composer, Qt.Key.Key_Escape)
+    assert exited.args[0].exit_code == -signal.SIGKILL
+    assert "The model load did not stop within 1 s of being asked to" in window.banner.text()
+    assert not window.stop_button.isEnabled()
+    assert window.restart_button.isVisible()

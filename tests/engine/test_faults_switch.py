@@ -1,34 +1,35 @@
-"""The test-only fault switch: what it reads, and that a stray value is harmless."""
+"""The test-only fault switch: armed in the test's process, out of reach of
+anything an installed kvchat reads."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from kvchat.engine.faults import ENVIRONMENT_VARIABLE, Fault, from_environment
+from kvchat.engine import faults
+from kvchat.engine.faults import Fault
 
 
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [
-        ("abort@load", Fault("abort", "load")),
-        ("segfault@decode:/tmp/once", Fault("segfault", "decode", Path("/tmp/once"))),
-        ("stall@prefill", Fault("stall", "prefill")),
-    ],
-)
-def test_the_switch_is_read_from_the_environment(
-    monkeypatch: pytest.MonkeyPatch, value: str, expected: Fault
+@pytest.fixture
+def disarmed() -> Iterator[None]:
+    yield
+    faults.arm(None)
+
+
+def test_nothing_is_armed_unless_a_test_arms_it(disarmed: None) -> None:
+    assert faults.armed() is None
+    fault = Fault("stall", "decode", Path("/tmp/once"))
+    faults.arm(fault)
+    assert faults.armed() == fault
+
+
+def test_the_old_environment_switch_arms_nothing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv(ENVIRONMENT_VARIABLE, value)
-    assert from_environment() == expected
-    assert expected.to_environment() == value
-
-
-@pytest.mark.parametrize("value", ["", "abort", "abort@", "explode@load", "abort@lunch", "@load"])
-def test_a_malformed_switch_injects_nothing(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
-    monkeypatch.setenv(ENVIRONMENT_VARIABLE, value)
-    assert from_environment() is None
+    monkeypatch.setenv("KVCHAT_INJECT_FAULT", f"abort@load:{tmp_path / 'once'}")
+    assert faults.armed() is None
 
 
 def test_a_fault_strikes_only_at_its_point_and_once(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,7 @@ from kvchat.engine.protocol import (
     TextDelta,
     TurnFinished,
 )
+from tests.read_only import read_only
 
 TIMEOUT_S = 60.0
 STORY = (ChatMessage("user", "Write a long story about a lighthouse keeper."),)
@@ -217,3 +219,22 @@ def test_describe_exit() -> None:
     assert "lack of memory" in describe_exit(-signal.SIGKILL)
     assert "truncated while it was loaded" in describe_exit(-signal.SIGBUS)
     assert describe_exit(3) == "the engine exited with code 3"
+
+
+def test_a_read_only_data_folder_does_not_stop_the_engine(data_dir: Path, model_path: Path) -> None:
+    """No logs/ folder yet, and none can be made: the log goes elsewhere, and says where."""
+    with read_only(data_dir):
+        host = HostProcess(data_dir / "logs" / "engine.log")
+        try:
+            assert host.log_path.parent != data_dir / "logs"
+            assert host.log_note.startswith(
+                f"The engine's log cannot be written to {data_dir / 'logs' / 'engine.log'}"
+            )
+            assert stat.S_IMODE(host.log_path.parent.stat().st_mode) == 0o700
+            assert isinstance(_next(host), HostStarted)
+            host.send(LoadModel(LoadConfig(str(model_path), n_ctx=512)))
+            assert isinstance(_until(host, ModelLoaded)[-1], ModelLoaded)
+        finally:
+            host.close()
+    assert "load_tensors" in host.log_path.read_text()
+    assert not (data_dir / "logs").exists()
