@@ -4,20 +4,23 @@ Templates come from the model file, which may come from anywhere, so they
 run in Jinja's immutable sandbox: no attribute of Python's internals, no
 mutation of the objects passed in. Reaching for an internal is an error
 here, not the sandbox's silent empty value, so a hostile template fails
-loudly. The sandbox does not bound work, so a render here also has a time
-limit, a cap on its output, and caps on the operators that build large
-values (`'x' * 10**9`). A model without a template gets ChatML, the format
-most instruction-tuned models on the hub were trained with.
+loudly. The sandbox does not bound work, so a render here also has a cap
+on its output, and the operators, methods and filters that build large
+values (`'x' * 10**9`, `2**4096**4096`, `'x'.ljust(2**31)`) refuse before
+they run. What no cap can see (a long loop, a large join in C) is bounded
+by `template_worker`, which renders a model's template in a process that
+has a memory limit and is killed at its deadline. A model without a
+template gets ChatML, the format most instruction-tuned models on the hub
+were trained with.
 """
 
 from __future__ import annotations
 
-import sys
-import time
+import re
+import string
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from types import FrameType
 from typing import Any, NoReturn
 
 import jinja2
@@ -37,11 +40,10 @@ CHATML_TEMPLATE = (
 
 # Far beyond any prompt a context holds, far below what would exhaust memory.
 MAX_RENDERED_CHARS = 1 << 24
-# The longest string or list an operator may build, and the largest power.
+# The longest string or list an operator or method may build, and the
+# largest integer (in bits) arithmetic may make.
 MAX_BUILT_ITEMS = 1 << 20
-MAX_EXPONENT = 4096
-# Real templates render in milliseconds; this only stops a runaway one.
-RENDER_TIME_LIMIT_S = 5.0
+MAX_INTEGER_BITS = 1 << 16
 # Filters whose integer arguments size what they build (a width, a padding).
 _SIZED_FILTERS = ("center", "indent", "format", "wordwrap", "truncate")
 
@@ -74,10 +76,59 @@ def _too_big(value: object, count: object) -> bool:
     )
 
 
+def _integer_bits(value: object) -> int:
+    return abs(value).bit_length() if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _power_too_big(base: object, exponent: object) -> bool:
+    if not isinstance(exponent, int) or exponent <= 1 or base in (0, 1, -1):
+        return False
+    return _integer_bits(base) * exponent > MAX_INTEGER_BITS
+
+
+_FORMAT_WIDTH = re.compile(r"\d+")
+
+
+def _format_too_wide(text: str) -> bool:
+    """A `str.format` string whose widths or precisions exceed what a prompt needs."""
+    try:
+        fields = [spec for _, name, spec, _ in string.Formatter().parse(text) if name is not None]
+    except ValueError:
+        return False  # str.format will refuse it itself
+    return any(
+        int(digits) > MAX_BUILT_ITEMS
+        for spec in fields
+        for digits in _FORMAT_WIDTH.findall(spec or "")
+    )
+
+
+def _method_too_big(method: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+    """Why a call of a str method would build a huge value, or None."""
+    owner = getattr(method, "__self__", None)
+    if not isinstance(owner, str):
+        return None
+    name = getattr(method, "__name__", "")
+    arguments = (*args, *kwargs.values())
+    if any(_integer_bits(a) > 20 for a in arguments):  # a width past ~1M characters
+        return f"the template passes a size of more than {MAX_BUILT_ITEMS} to str.{name}"
+    if (
+        name == "replace"
+        and len(args) >= 2
+        and isinstance(args[0], str)
+        and isinstance(args[1], str)
+    ):
+        count = owner.count(args[0]) if args[0] else len(owner) + 1
+        if len(owner) + count * len(args[1]) > MAX_BUILT_ITEMS:
+            return f"the template's str.replace would build more than {MAX_BUILT_ITEMS} characters"
+    if name in ("format", "format_map") and _format_too_wide(owner):
+        return "the template formats a value wider than kvchat allows"
+    return None
+
+
 class _Sandbox(ImmutableSandboxedEnvironment):
     """The immutable sandbox, strict about internals and bounded in what it builds."""
 
-    intercepted_binops = frozenset({"*", "**", "%"})
+    intercepted_binops = frozenset({"*", "**", "%", "+"})
 
     def unsafe_undefined(self, obj: Any, attribute: str) -> jinja2.Undefined:
         raise SecurityError(
@@ -87,18 +138,54 @@ class _Sandbox(ImmutableSandboxedEnvironment):
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
         if operator == "*" and (_too_big(left, right) or _too_big(right, left)):
             raise SecurityError(f"the template builds a value of more than {MAX_BUILT_ITEMS} items")
+        if operator in ("*", "+") and _integer_bits(left) + _integer_bits(right) > MAX_INTEGER_BITS:
+            raise SecurityError(f"the template makes a number of more than {MAX_INTEGER_BITS} bits")
         if (
-            operator == "**"
-            and isinstance(right, int)
-            and right > MAX_EXPONENT
-            and left not in (0, 1, -1)
+            operator == "+"
+            and isinstance(left, str | list | tuple)
+            and isinstance(right, str | list | tuple)
+            and len(left) + len(right) > MAX_RENDERED_CHARS
         ):
+            raise SecurityError(
+                f"the template builds a value of more than {MAX_RENDERED_CHARS} items"
+            )
+        if operator == "**" and _power_too_big(left, right):
             raise SecurityError(f"the template raises a number to the power {right}")
         if operator == "%" and isinstance(left, str):
             arguments = right if isinstance(right, tuple) else (right,)
-            if any(isinstance(a, int) and abs(a) > MAX_BUILT_ITEMS for a in arguments):
+            if any(isinstance(a, int) and abs(a) > MAX_BUILT_ITEMS for a in arguments) or any(
+                int(digits) > MAX_BUILT_ITEMS for digits in _FORMAT_WIDTH.findall(left)
+            ):
                 raise SecurityError("the template formats a value wider than kvchat allows")
         return super().call_binop(context, operator, left, right)
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        wrapped = super().wrap_str_format(value)
+        if wrapped is None:
+            return None
+        owner: str = value.__self__
+
+        def bounded(*args: Any, **kwargs: Any) -> str:
+            reason = _method_too_big(value, args, kwargs)
+            if reason is None and _format_too_wide(owner):
+                reason = "the template formats a value wider than kvchat allows"
+            if reason is not None:
+                raise SecurityError(reason)
+            return wrapped(*args, **kwargs)
+
+        return bounded
+
+    def call(
+        __self,  # noqa: N805 - Jinja's own signature: `self` may be a keyword argument
+        __context: Context,
+        __obj: Any,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Any:
+        reason = _method_too_big(__obj, args, kwargs)
+        if reason is not None:
+            raise SecurityError(reason)
+        return super().call(__context, __obj, *args, **kwargs)
 
 
 def _bounded_filter(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
@@ -127,46 +214,6 @@ def _environment() -> _Sandbox:
     for name in _SIZED_FILTERS:
         environment.filters[name] = _bounded_filter(name, environment.filters[name])
     return environment
-
-
-class _Deadline:
-    """Stops a render that runs past its time, from a trace of the template's own lines.
-
-    The sandbox cannot bound loops (three nested loops over a long string
-    run for ages without calling anything), and a thread cannot be stopped
-    from outside; a trace function in the rendering thread can raise.
-    Only frames of compiled template code are traced, every line of them.
-    """
-
-    _CHECK_EVERY = 256
-
-    def __init__(self, seconds: float) -> None:
-        self._ends_at = time.monotonic() + seconds
-        self._seconds = seconds
-        self._lines = 0
-
-    def _on_line(self, frame: FrameType, event: str, arg: object) -> Any:
-        if event == "line":
-            self._lines += 1
-            if self._lines % self._CHECK_EVERY == 0 and time.monotonic() > self._ends_at:
-                raise TemplateError(
-                    f"the model's chat template ran for more than {self._seconds:g} s "
-                    "and was stopped"
-                )
-        return self._on_line
-
-    def _on_call(self, frame: FrameType, event: str, arg: object) -> Any:
-        if frame.f_code.co_filename == "<template>":
-            return self._on_line
-        return None
-
-    def __enter__(self) -> _Deadline:
-        self._previous = sys.gettrace()
-        sys.settrace(self._on_call)
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        sys.settrace(self._previous)
 
 
 @dataclass(frozen=True)
@@ -205,7 +252,6 @@ class ChatTemplate:
         bos_token: str,
         eos_token: str,
         add_generation_prompt: bool = True,
-        time_limit_s: float = RENDER_TIME_LIMIT_S,
     ) -> str:
         """Renders the conversation into the prompt text the model expects.
 
@@ -217,20 +263,19 @@ class ChatTemplate:
         parts: list[str] = []
         size = 0
         try:
-            with _Deadline(time_limit_s):
-                for part in self._template.generate(
-                    messages=[{"role": m.role, "content": m.content} for m in messages],
-                    add_generation_prompt=add_generation_prompt,
-                    bos_token=bos_token,
-                    eos_token=eos_token,
-                ):
-                    size += len(part)
-                    if size > MAX_RENDERED_CHARS:
-                        raise TemplateError(
-                            f"the model's chat template made a prompt of more than "
-                            f"{MAX_RENDERED_CHARS} characters and was stopped"
-                        )
-                    parts.append(part)
+            for part in self._template.generate(
+                messages=[{"role": m.role, "content": m.content} for m in messages],
+                add_generation_prompt=add_generation_prompt,
+                bos_token=bos_token,
+                eos_token=eos_token,
+            ):
+                size += len(part)
+                if size > MAX_RENDERED_CHARS:
+                    raise TemplateError(
+                        f"the model's chat template made a prompt of more than "
+                        f"{MAX_RENDERED_CHARS} characters and was stopped"
+                    )
+                parts.append(part)
         except TemplateError:
             raise
         except jinja2.TemplateError as exc:

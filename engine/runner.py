@@ -40,6 +40,7 @@ from kvchat.engine.protocol import (
     StopReason,
     TurnStats,
 )
+from kvchat.engine.template_worker import IsolatedTemplate, TemplateWorker
 from kvchat.engine.text_stream import Utf8Stream
 
 PENALTY_LAST_N = 64
@@ -247,10 +248,14 @@ class ModelRunner:
         self._abort_check: Callable[[], bool] = lambda: False
         self._abort_callback = llama_cpp.ggml_abort_callback(lambda _data: self._abort_check())
 
-        try:
-            self._template = ChatTemplate.compile(gguf.chat_template)
-        except TemplateError as exc:
-            self._template = ChatTemplate.chatml(f"ChatML ({exc})")
+        # The model's own template runs in a worker process that can be stopped.
+        self._template_worker = TemplateWorker()
+        self._template: ChatTemplate | IsolatedTemplate = ChatTemplate.compile(None)
+        if gguf.chat_template:
+            try:
+                self._template = IsolatedTemplate.compile(gguf.chat_template, self._template_worker)
+            except TemplateError as exc:
+                self._template = ChatTemplate.chatml(f"ChatML ({exc})")
         self._fallback_template = ChatTemplate.chatml("ChatML")
         self._bos_text = vocab.special_text(self._vocab, llama_cpp.llama_vocab_bos(self._vocab))
         self._eos_text = vocab.special_text(self._vocab, llama_cpp.llama_vocab_eos(self._vocab))
@@ -290,6 +295,7 @@ class ModelRunner:
 
     def close(self) -> None:
         """Frees the context and the model; the runner is unusable afterwards."""
+        self._template_worker.close()
         if self._ctx:
             llama_cpp.llama_free(self._ctx)
             self._ctx = None
@@ -324,7 +330,7 @@ class ModelRunner:
         follow less well is the better outcome, as long as they are told.
         """
 
-        def render(template: ChatTemplate) -> str:
+        def render(template: ChatTemplate | IsolatedTemplate) -> str:
             return template.render(
                 messages,
                 bos_token=self._bos_text,

@@ -1,4 +1,4 @@
-import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -6,6 +6,7 @@ import pytest
 from kvchat.engine.chat_template import ChatTemplate, TemplateError, TemplateRefusedError
 from kvchat.engine.gguf_file import read_gguf
 from kvchat.engine.protocol import ChatMessage
+from kvchat.engine.template_worker import IsolatedTemplate, TemplateWorker, unsafe_reason
 
 CONVERSATION = [
     ChatMessage("user", "Hi"),
@@ -103,6 +104,16 @@ def test_template_reaching_for_python_fails_and_runs_nothing(attack: str, tmp_pa
         "{{ 'x' * 10**9 }}",
         "{{ [0] * 10**9 }}",
         "{{ 10 ** 100000000 }}",
+        "{{ (((2**4096)**4096)**1024) }}",
+        "{{ 'x'.ljust(2**31) }}",
+        "{{ 'x'.zfill(2**31) }}",
+        "{{ 'x'.center(2**31) }}",
+        "{{ ('x' * 1000).replace('x', 'y' * 100000) }}",
+        "{{ '{:>100000000}'.format('x') }}",
+        "{{ '{:>{}}'.format('x', 10**8) }}",
+        "{{ '%100000000s' % 'x' }}",
+        "{% set ns = namespace(n=3) %}"
+        "{% for i in range(40) %}{% set ns.n = ns.n * ns.n %}{% endfor %}",
         "{{ '%*s' % (10**9, 'x') }}",
         "{{ 'x'|center(10**9) }}",
         "{{ '%*s'|format(10**9, 'x') }}",
@@ -119,20 +130,75 @@ def test_template_abusing_resources_fails_with_words(template: str) -> None:
         ChatTemplate.compile(template).render(CONVERSATION, bos_token="", eos_token="")
 
 
-def test_template_that_loops_without_output_is_stopped() -> None:
+@pytest.fixture
+def worker() -> Iterator[TemplateWorker]:
+    worker = TemplateWorker(time_limit_s=1.0, memory_limit_bytes=512 << 20)
+    yield worker
+    worker.close()
+
+
+def test_template_that_loops_without_output_is_stopped(worker: TemplateWorker) -> None:
     # Three nested loops over a long string: no call, no output, ages of work.
-    template = ChatTemplate.compile(
+    text = (
         "{% set s = 'x' * 100000 %}"
         "{% for a in s %}{% for b in s %}{% for c in s %}{% endfor %}{% endfor %}{% endfor %}"
     )
-    with pytest.raises(TemplateError, match=r"ran for more than 0\.2 s and was stopped"):
-        template.render(CONVERSATION, bos_token="", eos_token="", time_limit_s=0.2)
+    template = IsolatedTemplate.compile(text, worker)
+    with pytest.raises(TemplateError, match=r"ran for more than 1 s and was stopped"):
+        template.render(CONVERSATION, bos_token="", eos_token="")
 
 
-def test_deadline_leaves_no_trace_function_behind() -> None:
-    before = sys.gettrace()
-    ChatTemplate.compile(None).render(CONVERSATION, bos_token="", eos_token="")
-    assert sys.gettrace() is before
+def test_work_inside_c_code_is_stopped_at_the_deadline(worker: TemplateWorker) -> None:
+    # One call of str.join that builds 400 MB: no Python line runs during it,
+    # so no hook could stop it; the worker's deadline does.
+    text = "{{ (['x' * 1000] * 400000)|join }}"
+    worker.time_limit_s = 0.05
+    template = IsolatedTemplate.compile(text, worker)
+    with pytest.raises(TemplateError, match=r"ran for more than 0\.05 s and was stopped"):
+        template.render(CONVERSATION, bos_token="", eos_token="")
+
+
+def test_a_render_that_needs_gigabytes_hits_the_memory_limit(worker: TemplateWorker) -> None:
+    text = "{{ ((['x' * 1000000] * 1000)|join)|length }}"
+    template = IsolatedTemplate.compile(text, worker)
+    with pytest.raises(TemplateError, match=r"MemoryError|more memory than kvchat allows"):
+        template.render(CONVERSATION, bos_token="", eos_token="")
+
+
+def test_a_template_that_hung_is_not_run_again(worker: TemplateWorker) -> None:
+    text = "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}x"
+    worker.time_limit_s = 0.2
+    template = IsolatedTemplate.compile(text, worker)
+    with pytest.raises(TemplateError, match="was stopped"):
+        template.render(CONVERSATION, bos_token="", eos_token="")
+    assert unsafe_reason(text) is not None
+    # The next turn, and the next load of a model with this template, go
+    # straight to the fallback: no second hang.
+    for attempt in (
+        lambda: template.render(CONVERSATION, bos_token="", eos_token=""),
+        lambda: IsolatedTemplate.compile(text, worker),
+    ):
+        with pytest.raises(TemplateError, match="no longer used"):
+            attempt()
+    # The worker itself carries on for other templates.
+    other = IsolatedTemplate.compile("{{ messages[0]['content'] }}", worker)
+    assert other.render(CONVERSATION, bos_token="", eos_token="") == "Hi"
+
+
+def test_the_worker_renders_as_the_template_does(worker: TemplateWorker, model_path: Path) -> None:
+    text = read_gguf(model_path).chat_template
+    assert text is not None
+    isolated = IsolatedTemplate.compile(text, worker)
+    local = ChatTemplate.compile(text)
+    for messages in (CONVERSATION, CONVERSATION[:1], [ChatMessage("user", "é\n\u2028 {{x}}")]):
+        assert isolated.render(messages, bos_token="<s>", eos_token="</s>") == local.render(
+            messages, bos_token="<s>", eos_token="</s>"
+        )
+    refusing = IsolatedTemplate.compile("{{ raise_exception('no') }}", worker)
+    with pytest.raises(TemplateRefusedError, match="no"):
+        refusing.render(CONVERSATION, bos_token="", eos_token="")
+    with pytest.raises(TemplateError, match="not valid Jinja"):
+        IsolatedTemplate.compile("{% for %}", worker)
 
 
 def test_refusal_is_told_apart_from_failure() -> None:
