@@ -272,10 +272,14 @@ def migrate(
 class ConversationStore:
     """The open database. Use `open_store`; all calls from one thread."""
 
-    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
+    def __init__(
+        self, connection: sqlite3.Connection, path: Path, read_only_reason: str = ""
+    ) -> None:
         self._connection = connection
         self.path = path
         self._durable = True
+        # Set for a view of a database that cannot be written: why, for a person.
+        self.read_only_reason = read_only_reason
 
     def close(self) -> None:
         self._connection.close()
@@ -351,6 +355,8 @@ class ConversationStore:
         Raises:
             SaveError: the disk or the folder refused; nothing was written.
         """
+        if self.read_only_reason:
+            raise SaveError("the data folder cannot be written")
         if durable != self._durable:
             self._connection.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
             self._durable = durable
@@ -458,12 +464,54 @@ def open_store(data_dir: Path) -> Opened:
     """Opens (or creates) the database in `data_dir`, migrated to this version.
 
     A corrupt database, or one from a newer kvchat, is moved aside and a fresh
-    one started; the notice says so.
+    one started; the notice says so. When the folder or the disk refuses
+    writes, an existing database is opened read-only, so the history can
+    still be shown: its store's `read_only_reason` says why it cannot save.
 
     Raises:
-        StoreUnavailableError: the folder or the disk refuses writes, or the
-            bad database could not be moved aside.
+        StoreUnavailableError: the database cannot be opened even to read,
+            or the bad database could not be moved aside.
     """
+    try:
+        return _open_writable(data_dir)
+    except StoreUnavailableError as exc:
+        view = _read_only_view(data_dir / DB_NAME, str(exc))
+        if view is None:
+            raise
+        return Opened(view, "", 0)
+
+
+def _read_only_view(path: Path, reason: str) -> ConversationStore | None:
+    """The database as it is on disk, for reading only; None if it cannot be read."""
+    if not path.is_file():
+        return None
+    # Plain read-only first (it sees what the WAL holds); immutable where even
+    # that needs a file the folder will not take.
+    for options in ("mode=ro", "mode=ro&immutable=1"):
+        try:
+            connection = sqlite3.connect(
+                f"{path.as_uri()}?{options}", uri=True, isolation_level=None
+            )
+        except sqlite3.Error:
+            continue
+        try:
+            (version,) = connection.execute("PRAGMA user_version").fetchone()
+            if version == SCHEMA_VERSION:
+                connection.execute("SELECT key FROM conversations LIMIT 1").fetchall()
+                connection.execute("SELECT key FROM messages LIMIT 1").fetchall()
+                return ConversationStore(
+                    connection,
+                    path,
+                    f"{reason} Your conversations are shown as they were; new messages "
+                    "stay on screen, and kvchat saves them once it can.",
+                )
+        except sqlite3.Error:
+            pass
+        connection.close()
+    return None
+
+
+def _open_writable(data_dir: Path) -> Opened:
     path = data_dir / DB_NAME
     notice = ""
     try:

@@ -29,12 +29,14 @@ from PySide6.QtCore import QObject, QThread, QTimer, Signal
 from kvchat.app.controller import Controller
 from kvchat.app.history import History
 from kvchat.app.instance_lock import InstanceLock
+from kvchat.app.paths import rescue_folders
 from kvchat.app.saving import SaveQueue
 from kvchat.app.settings import EngineSettings
 from kvchat.app.store import open_store
 from kvchat.engine.protocol import (
     ChatMessage,
     LoadConfig,
+    LoadFailed,
     ModelInfo,
     PromptEvaluated,
     Sampling,
@@ -131,6 +133,7 @@ class ScriptedEngine(QObject):
     """
 
     host_started = Signal(object)
+    log_note = ""
     load_progress = Signal(float)
     memory_reported = Signal(object)
     model_loaded = Signal(object)
@@ -163,6 +166,7 @@ class ScriptedEngine(QObject):
         # Every stream ever started, so a test can check that none is left running.
         self.threads: list[_Stream] = []
         self._running = False
+        self._loading: str | None = None
         # Counts the hosts: events of an ended one are never delivered.
         self._host = 0
 
@@ -183,10 +187,27 @@ class ScriptedEngine(QObject):
 
         QTimer.singleShot(0, deliver)
 
+    @property
+    def loading(self) -> bool:
+        return self._loading is not None
+
     def load(self, config: LoadConfig) -> None:
         self._running = True
         info = model_info(self.n_ctx, config.model_path)
-        self._later(lambda: self.model_loaded.emit(info))
+        self._loading = config.model_path
+
+        def loaded() -> None:
+            if self._loading == config.model_path:
+                self._loading = None
+                self.model_loaded.emit(info)
+
+        self._later(loaded)
+
+    def stop_load(self) -> None:
+        """Stop during a load: the engine ends it and says so."""
+        path, self._loading = self._loading, None
+        if path is not None:
+            self._later(lambda: self.load_failed.emit(LoadFailed(path, "loading was cancelled")))
 
     def switch(self, config: LoadConfig) -> None:
         """A fresh host: the old one's replies end, and none of their events arrive."""
@@ -289,7 +310,7 @@ def build_scripted_window(
     lock = InstanceLock(data_dir)
     lock.acquire()
     window = MainWindow()
-    saver = SaveQueue(lambda: open_store(data_dir))
+    saver = SaveQueue(lambda: open_store(data_dir), rescue_folders(data_dir))
     opened = saver.open()
     controller = Controller(
         window,

@@ -11,7 +11,6 @@ import pytest
 from PySide6.QtCore import Qt
 from pytestqt.qtbot import QtBot
 
-import kvchat.app.controller
 import kvchat.app.saving
 from kvchat.app.controller import Controller
 from kvchat.app.instance_lock import AlreadyRunningError
@@ -268,7 +267,7 @@ def test_old_turns_leave_the_models_view_and_the_view_says_where(
 def test_a_message_longer_than_the_context_is_refused_and_given_back(
     qtbot: QtBot, scripted: App, data_dir: Path
 ) -> None:
-    window, controller, _engine = scripted.open(n_ctx=300)
+    window, controller, engine = scripted.open(n_ctx=300)
     _send(qtbot, controller, "short")
     long = "word " * 400
     with qtbot.waitSignal(controller.engine.chat_failed):
@@ -283,6 +282,16 @@ def test_a_message_longer_than_the_context_is_refused_and_given_back(
     ]
     assert long not in window.chat_view.toPlainText()
     assert not controller.busy
+    # A refusal changes nothing: the view, stored and shown, is where it was,
+    # and the next turn sees the earlier messages.
+    assert controller.history.view_start == 0
+    assert window.view_label.text() == ""
+    assert "view starts here" not in window.chat_view.toPlainText()
+    _send(qtbot, controller, "again")
+    assert [m.content for m in engine.requests[-1].messages][:1] == ["short"]
+    window.close()
+    _window, reopened, _engine = scripted.open(n_ctx=300)
+    assert reopened.history.view_start == 0
 
 
 def test_the_list_news_renames_deletes_undoes_and_searches(
@@ -357,10 +366,13 @@ def test_a_full_disk_keeps_the_text_says_so_and_saves_it_later(
     store._connection.execute(f"PRAGMA max_page_count = {pages}")
     big = "x" * 20_000
     _send(qtbot, controller, big)
+    (rescue,) = (data_dir / "unsaved").iterdir()
     assert window.banner.text() == (
         "Could not save the conversation: the disk is full. Everything stays on screen, "
-        "and kvchat keeps trying to save it every few seconds."
+        "and kvchat keeps trying to save it every few seconds. Until then, a copy of what "
+        f"is unsaved is kept in {rescue}."
     )
+    assert big in rescue.read_text(encoding="utf-8")
     assert big in window.chat_view.toPlainText()
     assert controller.history.saver.pending > 0
     _send(qtbot, controller, "while full")  # still accepted, still said
@@ -369,6 +381,7 @@ def test_a_full_disk_keeps_the_text_says_so_and_saves_it_later(
     qtbot.waitUntil(lambda: controller.history.saver.pending == 0, timeout=5000)
     assert not window.banner.isVisibleTo(window)
     assert "Saving works again" in window.chat_view.toPlainText()
+    assert not rescue.exists()
     contents = [row[1] for row in stored_rows(data_dir)]
     assert contents[::2] == ["before", big, "while full"]
 
@@ -386,6 +399,26 @@ def test_a_read_only_data_folder_keeps_messages_until_it_can_save(
     assert controller.history.saver.pending == 0
     assert stored_rows(data_dir)[0][1] == "kept in memory"
     assert window.conversation_list.titles() == ["kept in memory"]
+
+
+def test_a_read_only_folder_still_shows_the_history(
+    qtbot: QtBot, scripted: App, data_dir: Path
+) -> None:
+    window, controller, _engine = scripted.open()
+    _send(qtbot, controller, "written before")
+    window.close()
+    with read_only(data_dir):
+        window, controller, _engine = scripted.open()
+        assert window.banner.text().startswith("Conversations cannot be saved: ")
+        assert "Your conversations are shown as they were" in window.banner.text()
+        assert window.conversation_list.titles() == ["written before"]
+        window.new_action.trigger()
+        _send(qtbot, controller, "typed while read-only")
+        assert "typed while read-only" in window.chat_view.toPlainText()
+        assert controller.history.saver.pending > 0
+    controller.history.saver.retry()
+    assert controller.history.saver.pending == 0
+    assert {row[1] for row in stored_rows(data_dir)} >= {"written before", "typed while read-only"}
 
 
 def test_a_second_window_on_the_same_folder_is_refused(scripted: App, data_dir: Path) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -50,7 +52,7 @@ def test_writes_land_in_order_and_a_failure_is_retried(qtbot: QtBot, data_dir: P
     assert failed.args == [
         "Could not save the conversation: the disk is full. Everything stays on screen, "
         "and kvchat keeps trying to save it every few seconds."
-    ]
+    ]  # no rescue folders given: no copy promised
     # While it fails, later writes wait behind it; checkpoints of one reply fold into one.
     assert not queue.submit(_put(2, "rep", "streaming"), durable=False)
     assert not queue.submit(_put(2, "reply so far", "streaming"), durable=False)
@@ -83,16 +85,60 @@ def test_a_store_that_cannot_open_is_opened_later(qtbot: QtBot, data_dir: Path) 
     queue.close()
 
 
-def test_quitting_while_the_disk_refuses_keeps_the_writes_in_a_file(
-    qtbot: QtBot, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_quitting_while_the_disk_refuses_keeps_the_writes_in_an_owner_only_file(
+    qtbot: QtBot, data_dir: Path, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
-    queue = SaveQueue(lambda: open_store(data_dir))
+    folder = tmp_path / "rescue"
+    queue = SaveQueue(lambda: open_store(data_dir), [folder])
     queue.open()
     queue.submit(CONVERSATION)
     _fill_the_disk(queue)
-    queue.submit(_put(0, "y" * 50_000))
+    with qtbot.waitSignal(queue.save_failed) as failed:
+        queue.submit(_put(0, "y" * 50_000))
+    (early,) = folder.iterdir()
+    # The window's banner names the file while it fails, not only stderr at quit.
+    assert str(early) in failed.args[0]
     rescue = queue.close()
-    assert rescue is not None and rescue.parent == tmp_path
+    assert rescue == early
+    assert stat.S_IMODE(rescue.stat().st_mode) == 0o600
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
     (group,) = json.loads(rescue.read_text(encoding="utf-8"))
     assert group[0]["PutMessage"]["message"]["content"] == "y" * 50_000
+
+
+def test_the_rescue_file_never_follows_a_planted_link(
+    qtbot: QtBot, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder, victim = tmp_path / "rescue", tmp_path / "victim.txt"
+    folder.mkdir()
+    victim.write_text("precious")
+    # Every name the file could take in the next seconds is a link to the victim.
+    monkeypatch.setattr("time.strftime", lambda _format: "fixed")
+    (folder / f"kvchat-unsaved-fixed-{os.getpid()}.json").symlink_to(victim)
+    second = tmp_path / "second"
+    queue = SaveQueue(lambda: open_store(data_dir), [folder, second])
+    queue.open()
+    queue.submit(CONVERSATION)
+    _fill_the_disk(queue)
+    queue.submit(_put(0, "secret " * 10_000))
+    rescue = queue.close()
+    assert victim.read_text() == "precious"
+    assert rescue is not None and rescue.parent == second
+    assert "secret" in rescue.read_text(encoding="utf-8")
+
+
+def test_the_rescue_file_goes_once_everything_is_saved(
+    qtbot: QtBot, data_dir: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "rescue"
+    queue = SaveQueue(lambda: open_store(data_dir), [folder], retry_ms=30)
+    queue.open()
+    queue.submit(CONVERSATION)
+    _fill_the_disk(queue)
+    queue.submit(_put(0, "later " * 10_000))
+    assert len(list(folder.iterdir())) == 1
+    _free_the_disk(queue)
+    with qtbot.waitSignal(queue.saved_again, timeout=2000):
+        pass
+    assert list(folder.iterdir()) == []
+    assert queue.close() is None
