@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -25,6 +26,47 @@ from kvchat.engine.protocol import (
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
+# What a shell reports for a program ended by SIGPIPE: `kvchat chat ... | head`.
+EXIT_PIPE_CLOSED = 128 + 13
+
+
+class OutputClosedError(Exception):
+    """Whoever read the reply stopped reading (`| head`): end quietly."""
+
+
+class OutputFailedError(Exception):
+    """The reply could not be written (a full disk, an error of the device)."""
+
+
+def _write(text: str) -> None:
+    """Writes reply text to stdout as UTF-8, whatever the locale says."""
+    try:
+        sys.stdout.buffer.write(text.encode("utf-8", "replace"))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise OutputClosedError from None
+    except OSError as exc:
+        raise OutputFailedError(exc.strerror or str(exc)) from None
+
+
+def _quiet_stdout() -> None:
+    """Points stdout at /dev/null, so the interpreter's last flush cannot fail too."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def question_text(argument: str) -> str | None:
+    """The question as the person typed it: argv's bytes read as UTF-8, or None.
+
+    Under a C or POSIX locale without UTF-8 mode, Python decodes argv as
+    ASCII and keeps other bytes as lone surrogates; the bytes themselves are
+    still the person's UTF-8 text.
+    """
+    try:
+        return os.fsencode(argument).decode("utf-8")
+    except UnicodeError:
+        return None
 
 
 def _fail(message: str, code: int = EXIT_FAILED) -> int:
@@ -39,17 +81,18 @@ def run_chat(
     data_dir: Path,
     show_stats: bool = False,
 ) -> int:
+    if sys.stdout is None:
+        return _fail("standard output is closed: there is nowhere to write the reply")
     if not question.strip():
         return _fail("the question is empty", EXIT_BAD_INPUT)
-    try:
-        question.encode("utf-8")
-    except UnicodeEncodeError:
-        # Bytes that are not UTF-8 reach argv as lone surrogates (surrogateescape):
-        # the engine could not tokenize them, and guessing would change the question.
+    decoded = question_text(question)
+    if decoded is None:
+        # The engine could not tokenize such bytes, and guessing would change the question.
         return _fail(
             "the question holds bytes that are not UTF-8 text: check the terminal's encoding",
             EXIT_BAD_INPUT,
         )
+    question = decoded
     if model_path is None:
         bundled = bundled_model_path()
         if bundled is None:
@@ -60,6 +103,8 @@ def run_chat(
     if settings.system_prompt:
         messages.insert(0, ChatMessage("system", settings.system_prompt))
     host = HostProcess(engine_log_path(data_dir))
+    if host.log_note:
+        print(f"kvchat: {host.log_note}", file=sys.stderr)
     try:
         host.send(LoadModel(settings.load_config(model_path)))
         while True:
@@ -67,10 +112,9 @@ def run_chat(
             if isinstance(event, ModelLoaded):
                 host.send(Chat(1, tuple(messages), settings.sampling()))
             elif isinstance(event, TextDelta):
-                sys.stdout.write(event.text)
-                sys.stdout.flush()
+                _write(event.text)
             elif isinstance(event, TurnFinished):
-                sys.stdout.write("\n")
+                _write("\n")
                 if show_stats:
                     print(format_stats(event.stats), file=sys.stderr)
                 return 0
@@ -86,5 +130,12 @@ def run_chat(
     except KeyboardInterrupt:
         host.send(Cancel())
         return 130
+    except OutputClosedError:
+        host.send(Cancel())
+        _quiet_stdout()
+        return EXIT_PIPE_CLOSED
+    except OutputFailedError as exc:
+        host.send(Cancel())
+        return _fail(f"could not write the reply to standard output: {exc}")
     finally:
         host.close()

@@ -11,9 +11,10 @@ from typing import Any, NoReturn
 import annotated_types
 from pydantic import ValidationError
 
-from kvchat.app.paths import resolve_data_dir
+from kvchat.app.paths import DataDirError, resolve_data_dir
 from kvchat.app.settings import EngineSettings, Settings
 from kvchat.app.settings_file import read_settings, settings_path
+from kvchat.engine.children import protect_this_process
 
 
 class CommandLine(argparse.ArgumentParser):
@@ -109,7 +110,15 @@ def _explain(error: ValidationError) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    protect_this_process()
+    try:
+        return _run(list(sys.argv[1:] if argv is None else argv))
+    except DataDirError as exc:
+        print(f"kvchat: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(argv: list[str]) -> int:
     if argv[:1] == ["estimate"]:
         from kvchat.app.cli_estimate import main as run_estimate
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -103,3 +105,75 @@ def test_chat_reads_the_same_settings_and_survives_a_bad_file(data_dir: Path) ->
     assert list(data_dir.glob("settings.json.bad-*"))
     again = _kvchat("chat", "Hello", "--max-tokens", "2", data_dir=data_dir)
     assert "settings file" not in again.stderr  # said once
+
+
+def _script(*args: str, **options: Any) -> subprocess.CompletedProcess[Any]:
+    """`kvchat ...` through its console script, with the given subprocess options."""
+    script = Path(sys.executable).with_name("kvchat")
+    return subprocess.run([str(script), *args], timeout=120, check=False, **options)
+
+
+def test_a_reader_that_stops_early_ends_the_reply_quietly(data_dir: Path) -> None:
+    """`kvchat chat ... | head -c 20`: no traceback, the status a closed pipe gives."""
+    done = subprocess.run(
+        f"'{Path(sys.executable).with_name('kvchat')}' chat --data-dir '{data_dir}' "
+        "--max-tokens 60 'Write a poem about the sea.' | head -c 20; "
+        'echo "status ${PIPESTATUS[0]}" >&2',
+        shell=True,
+        executable="/bin/bash",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert len(done.stdout) == 20
+    assert done.stderr.strip() == "status 141"
+
+
+def test_a_closed_or_full_stdout_is_one_line(data_dir: Path) -> None:
+    args = ("chat", "--data-dir", str(data_dir), "--max-tokens", "20", "Hi")
+    # The shell's `>&-`: the program starts with no file descriptor 1.
+    closed = _script(*args, stderr=subprocess.PIPE, preexec_fn=lambda: os.close(1))
+    assert closed.returncode == 1
+    assert closed.stderr.decode().strip() == (
+        "kvchat: standard output is closed: there is nowhere to write the reply"
+    )
+    with open("/dev/full", "wb") as full:
+        filled = _script(*args, stdout=full, stderr=subprocess.PIPE)
+    assert filled.returncode == 1
+    assert filled.stderr.decode().strip() == (
+        "kvchat: could not write the reply to standard output: No space left on device"
+    )
+
+
+@pytest.mark.parametrize("kind", ["file", "long name"])
+def test_an_unusable_data_folder_is_one_line(tmp_path: Path, kind: str) -> None:
+    target = tmp_path / "a-file" if kind == "file" else tmp_path / ("x" * 256)
+    if kind == "file":
+        target.write_text("")
+    done = _script("chat", "--data-dir", str(target), "Hi", capture_output=True, text=True)
+    assert done.returncode == 2
+    (line,) = done.stderr.splitlines()
+    expected = "is a file, not a folder" if kind == "file" else "File name too long"
+    assert line.startswith("kvchat: ") and expected in line
+
+
+def test_a_utf8_question_passes_under_the_c_locale(data_dir: Path) -> None:
+    environment = {
+        **os.environ,
+        "LANG": "C",
+        "LC_ALL": "C",
+        "PYTHONCOERCECLOCALE": "0",
+        "PYTHONUTF8": "0",
+    }
+    done = _script(
+        "chat",
+        "--data-dir",
+        str(data_dir),
+        "--max-tokens",
+        "8",
+        "Réponds en français : ça va ?",
+        capture_output=True,
+        env=environment,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.decode("utf-8").strip()
