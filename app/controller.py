@@ -57,6 +57,7 @@ class _Turn:
     kind: str  # "send", "edit", "regenerate" or "continue"
     sent: list[Message]  # the messages in the model's view
     previous: Message | None = None  # a continued reply, as it was
+    view_before: int = 0  # where the model's view started before this request
     text: str = ""
     measured: int = 0  # tokens of the prompt's last message, once the engine says
 
@@ -105,6 +106,8 @@ class Controller(QObject):
         self._restart_timer.timeout.connect(self._restart)
         # What to load again if a switch to another model fails.
         self._fallback: tuple[str, EngineSettings] | None = None
+        self._load_stopped = False  # the person pressed Stop during the load
+        self._log_note_shown = ""
         self.memory_monitor = MemoryMonitor(window.memory_panel, engine)
         # Set by whoever builds the window (app.gui), which owns the data dir.
         self.settings_flow: QObject | None = None
@@ -130,6 +133,7 @@ class Controller(QObject):
         window.restart_requested.connect(self.restart_engine)
         window.model_file_chosen.connect(self.switch_model)
         window.closing.connect(self.shutdown)
+        engine.host_started.connect(self._on_host_started)
         engine.load_progress.connect(window.set_loading_progress)
         engine.model_loaded.connect(self._on_model_loaded)
         engine.load_failed.connect(self._on_load_failed)
@@ -287,6 +291,7 @@ class Controller(QObject):
             context_window.reply_budget(self.settings.max_tokens, model.n_ctx),
             self.history.view_start,
         )
+        view_before = self.history.view_start
         self._show_view_start(first)
         sent = [m for m in messages[first:] if m.content]
         prompt = [ChatMessage("system", system)] if system else []
@@ -299,7 +304,7 @@ class Controller(QObject):
         self._request_id = self.engine.chat(
             prompt, self.settings.sampling(), continue_last=kind == "continue"
         )
-        self._turn = _Turn(self._request_id, kind, sent, previous)
+        self._turn = _Turn(self._request_id, kind, sent, previous, view_before)
 
     def _show_view_start(self, first: int) -> None:
         self.history.set_view_start(first)
@@ -319,8 +324,12 @@ class Controller(QObject):
         )
 
     def stop(self) -> None:
+        """Stop, from the button or Esc: ends the reply, or the load under way."""
         if self._request_id is not None:
             self.engine.cancel(self._request_id)
+        elif self.engine.loading:
+            self._load_stopped = True
+            self.engine.stop_load()
 
     def shutdown(self) -> None:
         self._restart_timer.stop()
@@ -335,7 +344,14 @@ class Controller(QObject):
         if self._lock is not None:
             self._lock.release()
 
+    def _on_host_started(self, _event: object) -> None:
+        note = self.engine.log_note
+        if note and note != self._log_note_shown:
+            self._log_note_shown = note
+            self.window.chat_view.add_notice(note)
+
     def _on_model_loaded(self, info: ModelInfo) -> None:
+        self._load_stopped = False
         self.model = info
         self._loading_path = None
         self._fallback = None
@@ -351,6 +367,9 @@ class Controller(QObject):
             self._marker.finish()  # refused with a reason: no crash to guard against
         self.model = failure.loaded
         message = f"Could not load {Path(failure.model_path).name}: {failure.message}"
+        if self._load_stopped:
+            message = f"Stopped loading {Path(failure.model_path).name}"
+            self._load_stopped = False
         if self.model is None and self._fallback is not None:
             path, self.settings = self._fallback
             self._fallback = None
@@ -449,11 +468,13 @@ class Controller(QObject):
     def _take_back(self, reason: str) -> None:
         """Nothing came back for the person's message: it was not taken, so it
         leaves the conversation and returns to the composer, with the reason."""
-        assert self.history.conversation is not None
+        assert self.history.conversation is not None and self._turn is not None
         user = self.history.messages[-2]
         self.window.chat_view.end_reply("")
         self.window.chat_view.truncate_from(user.key)
         self.history.drop_from(user.position)
+        # A refusal changes nothing: the view starts where it did before.
+        self._show_view_start(self._turn.view_before)
         if self.model is not None:
             # The engine may have refused a prompt that an estimate said fits:
             # estimate from the upper bound again until it measures anew.
@@ -624,6 +645,7 @@ class Controller(QObject):
         said = event.description[:1].upper() + event.description[1:] + "."
         crashed_load = (self._loading_path, self.settings) if self._loading_path else None
         self._loading_path = None
+        self._load_stopped = False
         if crashed_load is not None and self._marker is not None:
             self._marker.crashed(event.description)
         if crashed_load is not None and crashed_load != self._last_good:

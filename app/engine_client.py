@@ -41,6 +41,10 @@ READER_JOIN_MS = 1000
 # hung. The host checks for a cancel between tokens and between prefill
 # batches, so this only has to cover one batch of a large model on a CPU.
 ANSWER_TIMEOUT_S = 15.0
+# How long a load may go without reporting progress before it counts as hung.
+# llama.cpp reports progress tensor by tensor; the longest silence is while a
+# large context is allocated and the first graph reserved.
+LOAD_STALL_S = 120.0
 
 # Every reader thread ever started, so tests can fail one that is left running.
 live_readers: weakref.WeakSet[EventReader] = weakref.WeakSet()
@@ -115,6 +119,12 @@ class EngineClient(QObject):
         self._watchdog = QTimer(self)
         self._watchdog.setSingleShot(True)
         self._watchdog.timeout.connect(self._end_hung_host)
+        self.load_stall_s = LOAD_STALL_S
+        self._loading = False
+        self._load_stopped = False
+        self._load_watchdog = QTimer(self)
+        self._load_watchdog.setSingleShot(True)
+        self._load_watchdog.timeout.connect(self._end_stalled_load)
 
     @property
     def running(self) -> bool:
@@ -124,6 +134,11 @@ class EngineClient(QObject):
     def pid(self) -> int | None:
         """The engine host's process id, while one runs."""
         return self._host.pid if self._host is not None else None
+
+    @property
+    def log_note(self) -> str:
+        """Why the engine's log is not where it belongs ("" when it is)."""
+        return self._host.log_note if self._host is not None else ""
 
     def start(self) -> None:
         """Starts a host process and its reader; a no-op while one runs."""
@@ -141,11 +156,43 @@ class EngineClient(QObject):
         self._reader.event_received.connect(self._dispatch)
         self._reader.start()
 
+    @property
+    def loading(self) -> bool:
+        """A load was asked for and has not ended yet."""
+        return self._loading
+
     def load(self, config: LoadConfig) -> None:
         self.start()
         assert self._host is not None
         self._host.send(Cancel())
         self._host.send(LoadModel(config))
+        self._loading = True
+        self._load_stopped = False
+        self._load_watchdog.start(round(self.load_stall_s * 1000))
+
+    def stop_load(self) -> None:
+        """Stops the load under way; a host that does not end it within
+        `answer_timeout_s` is killed, and `host_exited` says so."""
+        if self._host is None or not self._loading:
+            return
+        self._host.send(Cancel())
+        self._load_stopped = True
+        self._load_watchdog.start(round(self.answer_timeout_s * 1000))
+
+    def _end_stalled_load(self) -> None:
+        if self._host is None or not self._loading:
+            return
+        if self._load_stopped:
+            reason = (
+                f"the model load did not stop within {self.answer_timeout_s:g} s of being asked to"
+            )
+        else:
+            reason = f"the model load made no progress for {self.load_stall_s:g} s"
+        self._host.kill(f"{reason}, so kvchat ended it")
+
+    def _load_ended(self) -> None:
+        self._loading = False
+        self._load_watchdog.stop()
 
     def switch(self, config: LoadConfig) -> None:
         """Loads a model in a fresh host process.
@@ -199,6 +246,7 @@ class EngineClient(QObject):
         """Stops the host (killing it after a grace period) and joins the reader."""
         self._stopping = True
         self._watchdog.stop()
+        self._load_ended()
         if self._host is not None:
             self._host.stop()
         self._discard()
@@ -231,11 +279,15 @@ class EngineClient(QObject):
         elif isinstance(event, TurnFinished):
             self.turn_finished.emit(event.request_id, event.text, event.stats)
         elif isinstance(event, LoadProgress):
+            if self._loading and not self._load_stopped:
+                self._load_watchdog.start(round(self.load_stall_s * 1000))
             self.load_progress.emit(event.fraction)
         elif isinstance(event, ModelLoaded):
+            self._load_ended()
             self.memory_reported.emit(event.memory)
             self.model_loaded.emit(event.info)
         elif isinstance(event, LoadFailed):
+            self._load_ended()
             self.load_failed.emit(event)
         elif isinstance(event, ChatFailed):
             self.chat_failed.emit(event.request_id, event.message)
@@ -243,6 +295,7 @@ class EngineClient(QObject):
             self.host_started.emit(event)
         elif isinstance(event, HostExited):
             self._watchdog.stop()
+            self._load_ended()
             self._open_requests.clear()
             self._cancelled.clear()
             if not self._stopping:

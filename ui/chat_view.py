@@ -550,6 +550,10 @@ class ChatView(QTextBrowser):
         if key not in self._keys or self._reply_key is not None:
             return
         index = self._keys.index(key)
+        if self._marker is not None and self._marker[1] >= self._starts[index] - 1:
+            # The "view starts here" line above this message goes with it.
+            marker, self._marker = self._marker, None
+            self._remove(*marker)
         start = self._starts[index]
         cut = max(start - 1, 0)
         cursor = QTextCursor(self._doc)

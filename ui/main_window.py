@@ -258,6 +258,9 @@ class MainWindow(QMainWindow):
         self._show_loading()
         self.model_label.setText(f"Loading {model_name}")
         self._set_can_send(False)
+        # Stop works during a load too: it ends the load.
+        self.stop_button.setToolTip("Stop loading (Esc)")
+        self._sync_buttons(busy=True)
 
     def set_loading_progress(self, fraction: float) -> None:
         self._loading_fraction = fraction
@@ -272,6 +275,9 @@ class MainWindow(QMainWindow):
 
     def hide_loading(self) -> None:
         self._loading_timer.stop()
+        if self.loading_panel.isVisibleTo(self):
+            self.stop_button.setToolTip("Stop (Esc)")
+            self._sync_buttons(busy=False)
         self.loading_panel.hide()
 
     def show_model(self, name: str, detail: str, context: str) -> None:
