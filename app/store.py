@@ -225,8 +225,37 @@ def _set_aside(path: Path, reason: str) -> Path:
     return target
 
 
+def _expected_tables() -> dict[str, list[tuple[str, str]]]:
+    """kvchat's tables at this version: each one's columns, names and types."""
+    scratch = sqlite3.connect(":memory:")
+    try:
+        for steps in MIGRATIONS:
+            for statement in steps:
+                scratch.execute(statement)
+        return _tables(scratch)
+    finally:
+        scratch.close()
+
+
+def _tables(connection: sqlite3.Connection) -> dict[str, list[tuple[str, str]]]:
+    names = [
+        row[0]
+        for row in connection.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        )
+    ]
+    return {
+        name: [(row[1], row[2]) for row in connection.execute(f"PRAGMA table_info('{name}')")]
+        for name in names
+    }
+
+
 def _check(path: Path) -> str:
-    """Why an existing database must not be used: "corrupt", "newer", or "" if it is fine.
+    """Why an existing database must not be used as it is.
+
+    "corrupt", "newer" (from a newer kvchat), "foreign" (its tables are not
+    kvchat's), "adopt" (kvchat's tables without kvchat's version mark, as a
+    `.dump` restored into a new file has), or "" if it is fine.
 
     Read-only, so that a bad file and its WAL stay exactly as they were (a
     writable connection to a file that is not a database deletes its WAL).
@@ -237,7 +266,15 @@ def _check(path: Path) -> str:
         if rows != [("ok",)]:
             return "corrupt"
         (version,) = connection.execute("PRAGMA user_version").fetchone()
-        return "newer" if version > SCHEMA_VERSION else ""
+        if version > SCHEMA_VERSION:
+            return "newer"
+        tables = _tables(connection)
+        expected = _expected_tables()
+        if version == SCHEMA_VERSION:
+            return "" if all(tables.get(n) == c for n, c in expected.items()) else "foreign"
+        if version == 0 and tables:
+            return "adopt" if tables == expected else "foreign"
+        return ""
     except sqlite3.DatabaseError as exc:
         if getattr(exc, "sqlite_errorname", "") in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
             return "corrupt"
@@ -511,23 +548,34 @@ def _read_only_view(path: Path, reason: str) -> ConversationStore | None:
     return None
 
 
+# Why a database is moved aside: the name it is kept under, and the words for a person.
+_SET_ASIDE = {
+    "corrupt": ("corrupt", "was damaged"),
+    "newer": ("from-newer-kvchat", "was written by a newer version of kvchat"),
+    "foreign": ("not-kvchat", "did not hold kvchat's tables"),
+}
+
+
 def _open_writable(data_dir: Path) -> Opened:
     path = data_dir / DB_NAME
     notice = ""
     try:
         problem = _check(path) if path.exists() else ""
-        if problem:
-            kept = _set_aside(path, "corrupt" if problem == "corrupt" else "from-newer-kvchat")
-            what = (
-                "was damaged"
-                if problem == "corrupt"
-                else "was written by a newer version of kvchat"
-            )
+        if problem in _SET_ASIDE:
+            suffix, what = _SET_ASIDE[problem]
+            kept = _set_aside(path, suffix)
             notice = (
                 f"The conversation history {what}, so it was kept as {kept.name} "
                 "and kvchat started a new one."
             )
         connection = _connect(path)
+        if problem == "adopt":
+            # kvchat's own tables, without the version mark: use them as they are.
+            connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            notice = (
+                "The conversation history had lost kvchat's version mark (as a copy made "
+                "with .dump does); its tables are kvchat's, so kvchat uses them."
+            )
     except OSError as exc:
         raise StoreUnavailableError(
             f"Conversations cannot be saved: {exc.strerror or exc} ({data_dir})."

@@ -230,6 +230,48 @@ def test_a_database_from_a_newer_kvchat_is_kept_aside(store_dir: Path) -> None:
     opened.store.close()
 
 
+def test_a_copy_made_with_dump_is_adopted(store_dir: Path, tmp_path: Path) -> None:
+    """`sqlite3 old.db .dump | sqlite3 new.db` keeps the tables, not user_version."""
+    original = tmp_path / "original"
+    original.mkdir()
+    store = open_store(original).store
+    store.apply([PutConversation(_conversation()), PutMessage(_message(0, "kept"))])
+    store.close()
+    source = sqlite3.connect(original / DB_NAME)
+    script = "\n".join(source.iterdump())
+    source.close()
+    restored = sqlite3.connect(store_dir / DB_NAME)
+    restored.executescript(script)
+    restored.close()
+    opened = open_store(store_dir)
+    assert "its tables are kvchat's, so kvchat uses them" in opened.notice
+    assert [m.content for m in opened.store.messages("c1")] == ["kept"]
+    opened.store.apply([PutMessage(_message(1, "and saved"))])
+    opened.store.close()
+    assert _backups(store_dir, "not-kvchat") == []
+
+
+@pytest.mark.parametrize("version", [0, SCHEMA_VERSION])
+def test_a_database_without_kvchats_tables_is_kept_aside(store_dir: Path, version: int) -> None:
+    path = store_dir / DB_NAME
+    connection = sqlite3.connect(path)
+    connection.execute("CREATE TABLE notes (x)")
+    connection.execute(f"PRAGMA user_version = {version}")
+    connection.commit()
+    connection.close()
+    before = path.read_bytes()
+    opened = open_store(store_dir)
+    (backup,) = _backups(store_dir, "not-kvchat")
+    assert backup.read_bytes() == before
+    assert opened.notice == (
+        f"The conversation history did not hold kvchat's tables, so it was kept as "
+        f"{backup.name} and kvchat started a new one."
+    )
+    opened.store.apply([PutConversation(_conversation())])
+    assert [c.key for c in opened.store.conversations()] == ["c1"]
+    opened.store.close()
+
+
 def test_a_read_only_folder_is_refused_with_a_reason(store_dir: Path) -> None:
     with read_only(store_dir), pytest.raises(StoreUnavailableError) as refused:
         open_store(store_dir)
