@@ -124,11 +124,11 @@ class Controller(QObject):
         listing.delete_requested.connect(self.delete_conversation)
         listing.undo_requested.connect(self.restore_conversation)
         listing.search_changed.connect(self.search_conversations)
-        history.saver.save_failed.connect(window.show_error)
+        history.saver.save_failed.connect(window.show_storage_problem)
         history.saver.saved_again.connect(self._on_saved_again)
         history.saver.store_opened.connect(self._on_store_opened)
         if history.saver.problem:
-            window.show_error(history.saver.problem)
+            window.show_storage_problem(history.saver.problem)
         window.stop_requested.connect(self.stop)
         window.restart_requested.connect(self.restart_engine)
         window.model_file_chosen.connect(self.switch_model)
@@ -261,10 +261,8 @@ class Controller(QObject):
         return next((i for i, m in enumerate(self.history.messages) if m.key == key), None)
 
     def _clear_error(self) -> None:
-        """Clears the banner, unless saving is still failing: that stays said."""
+        """Clears the engine's banner; a saving problem has its own, which stays."""
         self.window.clear_error()
-        if self.history.saver.problem:
-            self.window.show_error(self.history.saver.problem)
 
     def _cost(self, message: Message, ratio: float) -> int:
         assert self.model is not None
@@ -626,7 +624,7 @@ class Controller(QObject):
         self.window.chat_view.add_notice(f"Exported “{conversation.title}” to {path}")
 
     def _on_saved_again(self) -> None:
-        self.window.clear_error()
+        self.window.clear_storage_problem()
         self.window.chat_view.add_notice("Saving works again: every message is on disk.")
 
     def _on_store_opened(self, opened: Opened) -> None:

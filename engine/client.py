@@ -13,7 +13,6 @@ import queue
 import signal
 import tempfile
 import threading
-from collections import deque
 from pathlib import Path
 
 from kvchat.engine import faults, host
@@ -45,11 +44,19 @@ def describe_exit(exit_code: int | None) -> str:
 
 
 def read_log_tail(path: Path, lines: int = 8) -> str:
+    """The last lines of a log: read from its end, and only from a regular file
+    (a log that is a device, /dev/full say, would read forever)."""
+    tail_bytes = 64 * 1024
     try:
-        with path.open("r", encoding="utf-8", errors="replace") as handle:
-            return "".join(deque(handle, maxlen=lines))
+        if not path.is_file():
+            return ""
+        with path.open("rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, size - tail_bytes))
+            text = handle.read().decode("utf-8", errors="replace")
     except OSError:
         return ""
+    return "".join(text.splitlines(keepends=True)[-lines:])
 
 
 def usable_log_path(wanted: Path) -> tuple[Path, str]:

@@ -12,6 +12,8 @@ prefill batches, and that the load's progress callback polls too.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import queue
 import sys
@@ -20,7 +22,7 @@ import time
 import traceback
 from dataclasses import replace
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 from kvchat.engine import faults
 from kvchat.engine.protocol import (
@@ -268,6 +270,30 @@ class _Host:
         self.send_memory_sample()
 
 
+class _ForgivingLog(io.TextIOBase):
+    """The host's log, which never fails the host: on a full disk the lines
+    are lost and the engine goes on (it used to exit with code 120, and the
+    model was blamed)."""
+
+    def __init__(self, file: TextIO) -> None:
+        self._file = file
+
+    def write(self, text: str) -> int:
+        with contextlib.suppress(OSError):
+            self._file.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError):
+            self._file.flush()
+
+    def fileno(self) -> int:
+        return self._file.fileno()
+
+    def writable(self) -> bool:
+        return True
+
+
 def main(connection: Connection, log_path: str, fault: faults.Fault | None = None) -> None:
     """The host process's entry point (a `multiprocessing` spawn target).
 
@@ -284,7 +310,7 @@ def main(connection: Connection, log_path: str, fault: faults.Fault | None = Non
     # Native code writes to file descriptors 1 and 2 directly, not to sys.stderr.
     os.dup2(log_file.fileno(), 1)
     os.dup2(log_file.fileno(), 2)
-    sys.stdout = sys.stderr = log_file
+    sys.stdout = sys.stderr = _ForgivingLog(log_file)
     print(f"--- engine host {os.getpid()} started {time.strftime('%Y-%m-%d %H:%M:%S')}")
     # Read by ggml as its library loads. Without it, an abort runs gdb to print
     # a backtrace: seconds of a dying process, and the assertion that says

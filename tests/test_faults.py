@@ -349,3 +349,51 @@ def test_stop_works_during_a_load(
     assert "The model load did not stop within 1 s of being asked to" in window.banner.text()
     assert not window.stop_button.isEnabled()
     assert window.restart_button.isVisible()
+
+
+def test_a_log_on_a_full_disk_does_not_stop_the_engine(
+    qtbot: QtBot, data_dir: Path, open_windows: list[MainWindow]
+) -> None:
+    """The engine's log is on a device that refuses every write (/dev/full,
+    as a full disk does): the engine starts, loads and replies anyway."""
+    (data_dir / "logs").mkdir()
+    (data_dir / "logs" / "engine.log").symlink_to("/dev/full")
+    window, controller = _start(data_dir, open_windows)
+    _wait_loaded(qtbot, controller)
+    with qtbot.waitSignal(controller.reply_finished, timeout=WAIT_MS):
+        window.composer.setPlainText("Hello")
+        window.send_button.click()
+    assert controller.history.messages[-1].content
+    assert controller.engine.running
+    assert not window.banner.isVisibleTo(window)
+
+
+def test_each_banner_keeps_its_action(
+    qtbot: QtBot, data_dir: Path, open_windows: list[MainWindow]
+) -> None:
+    """A full disk and a crashed engine at once: both are said, and saving
+    working again does not take away the button that restarts the engine."""
+    window, controller = _start(data_dir, open_windows)
+    controller.restart_delays_s = ()  # a crash asks the person at once
+    _wait_loaded(qtbot, controller)
+    store = controller.history.saver.store
+    assert store is not None
+    pages = store._connection.execute("PRAGMA page_count").fetchone()[0]
+    store._connection.execute(f"PRAGMA max_page_count = {pages}")
+    with qtbot.waitSignal(controller.history.saver.save_failed, timeout=WAIT_MS):
+        window.composer.setPlainText("x" * 50_000)
+        window.send_button.click()
+    pid = controller.engine.pid
+    assert pid is not None
+    with qtbot.waitSignal(controller.engine.host_exited, timeout=WAIT_MS):
+        os.kill(pid, signal.SIGKILL)
+    assert window.storage_banner.text().startswith("Could not save the conversation: the disk")
+    assert "SIGKILL" in window.banner.text()
+    assert window.restart_button.isVisible()
+    store._connection.execute("PRAGMA max_page_count = 1073741823")
+    controller.history.saver.retry()
+    assert not window.storage_banner.isVisibleTo(window)
+    assert window.restart_button.isVisible()
+    assert "SIGKILL" in window.banner.text()
+    with qtbot.waitSignal(controller.engine.model_loaded, timeout=WAIT_MS):
+        window.restart_button.click()

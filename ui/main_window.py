@@ -83,6 +83,13 @@ class MainWindow(QMainWindow):
         banner_row = QHBoxLayout()
         banner_row.addWidget(self.banner, 1)
         banner_row.addWidget(self.restart_button, 0, Qt.AlignmentFlag.AlignTop)
+        # Saving has a banner of its own: a full disk and a crashed engine are
+        # both worth saying at once, and each keeps its own action.
+        self.storage_banner = QLabel()
+        self.storage_banner.setObjectName("storageBanner")
+        self.storage_banner.setWordWrap(True)
+        self.storage_banner.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.storage_banner.hide()
 
         self.loading_label = QLabel()
         self.loading_label.setObjectName("loadingLabel")
@@ -121,6 +128,7 @@ class MainWindow(QMainWindow):
         central = QWidget()
         layout = QVBoxLayout(central)
         layout.setContentsMargins(10, 10, 10, 6)
+        layout.addWidget(self.storage_banner)
         layout.addLayout(banner_row)
         layout.addWidget(self.loading_panel)
         layout.addWidget(self.chat_view, 1)
@@ -311,6 +319,15 @@ class MainWindow(QMainWindow):
         self.banner.hide()
         self.banner.clear()
         self.restart_button.hide()
+
+    def show_storage_problem(self, text: str) -> None:
+        """Saving fails: why, and what kvchat does about it, until `clear_storage_problem`."""
+        self.storage_banner.setText(text)
+        self.storage_banner.show()
+
+    def clear_storage_problem(self) -> None:
+        self.storage_banner.hide()
+        self.storage_banner.clear()
 
     def show_speed(self, text: str) -> None:
         self.speed_label.setText(text)

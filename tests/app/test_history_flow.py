@@ -367,7 +367,7 @@ def test_a_full_disk_keeps_the_text_says_so_and_saves_it_later(
     big = "x" * 20_000
     _send(qtbot, controller, big)
     (rescue,) = (data_dir / "unsaved").iterdir()
-    assert window.banner.text() == (
+    assert window.storage_banner.text() == (
         "Could not save the conversation: the disk is full. Everything stays on screen, "
         "and kvchat keeps trying to save it every few seconds. Until then, a copy of what "
         f"is unsaved is kept in {rescue}."
@@ -376,10 +376,10 @@ def test_a_full_disk_keeps_the_text_says_so_and_saves_it_later(
     assert big in window.chat_view.toPlainText()
     assert controller.history.saver.pending > 0
     _send(qtbot, controller, "while full")  # still accepted, still said
-    assert window.banner.text().startswith("Could not save the conversation")
+    assert window.storage_banner.text().startswith("Could not save the conversation")
     store._connection.execute("PRAGMA max_page_count = 1073741823")
     qtbot.waitUntil(lambda: controller.history.saver.pending == 0, timeout=5000)
-    assert not window.banner.isVisibleTo(window)
+    assert not window.storage_banner.isVisibleTo(window)
     assert "Saving works again" in window.chat_view.toPlainText()
     assert not rescue.exists()
     contents = [row[1] for row in stored_rows(data_dir)]
@@ -391,7 +391,7 @@ def test_a_read_only_data_folder_keeps_messages_until_it_can_save(
 ) -> None:
     with read_only(data_dir):
         window, controller, _engine = scripted.open()
-        assert window.banner.text().startswith("Conversations cannot be saved: ")
+        assert window.storage_banner.text().startswith("Conversations cannot be saved: ")
         _send(qtbot, controller, "kept in memory")
         assert "kept in memory" in window.chat_view.toPlainText()
         assert controller.history.saver.pending > 0
@@ -409,8 +409,8 @@ def test_a_read_only_folder_still_shows_the_history(
     window.close()
     with read_only(data_dir):
         window, controller, _engine = scripted.open()
-        assert window.banner.text().startswith("Conversations cannot be saved: ")
-        assert "Your conversations are shown as they were" in window.banner.text()
+        assert window.storage_banner.text().startswith("Conversations cannot be saved: ")
+        assert "Your conversations are shown as they were" in window.storage_banner.text()
         assert window.conversation_list.titles() == ["written before"]
         window.new_action.trigger()
         _send(qtbot, controller, "typed while read-only")

@@ -82,6 +82,7 @@ def test_unusual_text_is_stored_shown_sent_and_exported_as_given(
     assert composed == (typed if held is None else held)
     _paste_and_send(qtbot, window, controller, typed)
     assert not window.banner.isVisibleTo(window)
+    assert not window.storage_banner.isVisibleTo(window)
     reply = "echo: " + composed
     assert _rows(data_dir) == [("user", composed), ("assistant", reply)]
     assert engine.requests[-1].messages == [ChatMessage("user", composed)]
@@ -132,7 +133,7 @@ def test_a_lone_surrogate_from_outside_qt_is_stored_replaced_not_crashing(
     assert _rows(data_dir)[0] == ("user", kept)
     assert controller.history.messages[0].content == kept
     assert engine.requests[-1].messages[-1].content == kept
-    assert not window.banner.isVisibleTo(window)  # saving did not fail
+    assert not window.storage_banner.isVisibleTo(window)  # saving did not fail
     assert controller.history.saver.pending == 0
     # A pair of surrogates written as two code points is the character it stands for.
     assert storable("\ud83d\ude00") == "😀"
