@@ -33,6 +33,7 @@ import dataclasses
 import itertools
 import json
 import math
+import os
 import platform
 import statistics
 import subprocess
@@ -50,7 +51,7 @@ from PySide6.QtWidgets import QApplication
 
 from kvchat.app.bench_chart import draw_chart
 from kvchat.app.engine_client import EngineClient
-from kvchat.app.gui import EXIT_WHEN_READY_ENV
+from kvchat.app.gui import EXIT_WHEN_READY_ENV, missing_display
 from kvchat.app.paths import engine_log_path
 from kvchat.app.settings import EngineSettings
 from kvchat.engine.children import child_environment, python_command, safe_working_folder
@@ -1210,6 +1211,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     chart = args.chart or args.json.with_suffix(".png")
 
+    if missing_display():
+        # The benchmark draws into windows no one needs to see: run headless.
+        os.environ["QT_QPA_PLATFORM"] = "offscreen"
     app = QApplication.instance() or QApplication(sys.argv[:1])
     assert isinstance(app, QApplication)
 

@@ -68,6 +68,22 @@ def build_window(
     return window, controller
 
 
+def missing_display() -> str:
+    """Why no window can be shown here ("" when one can).
+
+    Without a display Qt's xcb plugin aborts the process with a message about
+    xcb-cursor0, which sends a person over SSH looking for the wrong thing.
+    """
+    if not sys.platform.startswith("linux") or os.environ.get("QT_QPA_PLATFORM"):
+        return ""
+    if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
+        return ""
+    return (
+        "there is no display to open the window on (neither DISPLAY nor WAYLAND_DISPLAY "
+        'is set): over SSH, use `kvchat chat "question"`, or forward X with ssh -X'
+    )
+
+
 def run_gui(model_path: str | None, settings: Settings, data_dir: Path, notice: str = "") -> int:
     """Runs the window until it closes.
 
@@ -76,6 +92,10 @@ def run_gui(model_path: str | None, settings: Settings, data_dir: Path, notice: 
         settings: from settings.json, with this run's command-line values.
         notice: what was wrong with settings.json, shown once in the chat.
     """
+    problem = missing_display()
+    if problem and QApplication.instance() is None:
+        print(f"kvchat: {problem}", file=sys.stderr)
+        return 2
     app = QApplication.instance() or QApplication(sys.argv[:1])
     assert isinstance(app, QApplication)
     app.setApplicationName("kvchat")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -177,3 +178,37 @@ def test_a_utf8_question_passes_under_the_c_locale(data_dir: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.decode("utf-8").strip()
+
+
+def _without_display() -> dict[str, str]:
+    environment = dict(os.environ)
+    for name in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"):
+        environment.pop(name, None)
+    return environment
+
+
+def test_the_window_without_a_display_is_one_line_and_exit_2(data_dir: Path) -> None:
+    done = _script(
+        "--data-dir", str(data_dir), capture_output=True, text=True, env=_without_display()
+    )
+    assert done.returncode == 2
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("kvchat: there is no display to open the window on")
+
+
+def test_bench_without_a_display_runs_headless(tmp_path: Path, model_path: Path) -> None:
+    results = tmp_path / "bench.json"
+    done = _script(
+        "bench",
+        "--quick",
+        "--model",
+        str(model_path),
+        "--json",
+        str(results),
+        capture_output=True,
+        text=True,
+        env=_without_display(),
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(results.read_text())["machine"]["qt_platform"] == "offscreen"
