@@ -103,6 +103,7 @@ class SettingsDialog(QDialog):
         self.setWindowTitle("Settings")
         self.resize(900, 720)
         self._trained_context = 4096
+        self._saved_context: int | None = None
         self._layers = 0
         self._updating = False
 
@@ -348,8 +349,15 @@ class SettingsDialog(QDialog):
         self._updating = True
         self._select(choice.model_path)
         self.context_default.setChecked(choice.n_ctx is None)
+        # The ranges widen to hold what was saved: a slider clamps silently, and
+        # the model's limits may not be known yet (set_model_limits comes later).
+        self._saved_context = choice.n_ctx
+        if choice.n_ctx is not None:
+            self.context.setMaximum(max(self.context.maximum(), choice.n_ctx))
         self.context.setValue(choice.n_ctx or min(4096, self._trained_context))
         self.gpu_auto.setChecked(choice.n_gpu_layers is None)
+        if choice.n_gpu_layers is not None:
+            self.gpu_layers.setMaximum(max(self.gpu_layers.maximum(), choice.n_gpu_layers))
         self.gpu_layers.setValue(choice.n_gpu_layers or 0)
         self.threads.setValue(choice.n_threads or 0)
         self.batch.setValue(choice.n_batch)
@@ -404,7 +412,10 @@ class SettingsDialog(QDialog):
             self.models.selectRow(self._paths.index(path))
 
     def _snapped_context(self) -> int:
-        return max(512, round(self.context.value() / 256) * 256)
+        value = self.context.value()
+        if value == self._saved_context:
+            return value  # as saved, even off the slider's steps (--ctx 6000)
+        return max(512, round(value / 256) * 256)
 
     def _sync_labels(self) -> None:
         self.context.setEnabled(not self.context_default.isChecked())
