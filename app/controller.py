@@ -522,6 +522,7 @@ class Controller(QObject):
         self.window.show_model_view("")
         self.memory_monitor.set_model_view("")
         self.window.conversation_list.select(None)
+        self.window.focus_composer()
 
     def open_conversation(self, key: str) -> None:
         if self.history.conversation is not None and self.history.conversation.key == key:
@@ -533,6 +534,7 @@ class Controller(QObject):
             return
         self.window.cancel_edit()
         self._show_history()
+        self.window.focus_composer()
 
     def _show_history(self) -> None:
         conversation = self.history.conversation

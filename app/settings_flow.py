@@ -178,6 +178,7 @@ class SettingsFlow(QObject):
     def _on_closed(self) -> None:
         self.dialog = None
         self._generation += 1
+        self.controller.window.focus_composer()
 
     def _on_models_found(self, entries: list[ModelEntry]) -> None:
         self._entries = {entry.path: entry for entry in entries}

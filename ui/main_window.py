@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from PySide6.QtCore import Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QCloseEvent, QKeySequence, QTextCursor
+from PySide6.QtGui import QAction, QCloseEvent, QKeySequence, QShowEvent, QTextCursor
 from PySide6.QtWidgets import (
     QComboBox,
     QDockWidget,
@@ -58,6 +58,7 @@ class MainWindow(QMainWindow):
         super().__init__()
         self.setWindowTitle("kvchat")
         self._can_send = False
+        self._focused_once = False
         self._loading_name = ""
         self._loading_fraction = 0.0
         self._loading_started = 0.0
@@ -367,13 +368,28 @@ class MainWindow(QMainWindow):
 
     # Internals.
 
+    def focus_composer(self) -> None:
+        """Typing goes to the composer: after a reply, a switch, a new conversation."""
+        if self.isActiveWindow() or not self._focused_once:
+            self.composer.setFocus(Qt.FocusReason.OtherFocusReason)
+
+    def showEvent(self, event: QShowEvent) -> None:
+        super().showEvent(event)
+        if not self._focused_once:
+            # A person who types as soon as the window appears types into the composer.
+            self._focused_once = True
+            self.composer.setFocus(Qt.FocusReason.ActiveWindowFocusReason)
+
     def _set_can_send(self, can_send: bool) -> None:
         self._can_send = can_send
         self._sync_buttons(busy=self.stop_button.isEnabled())
 
     def _sync_buttons(self, busy: bool) -> None:
+        was_busy = self.stop_button.isEnabled()
         self.stop_button.setEnabled(busy)
         self.send_button.setEnabled(self._can_send and not busy)
+        if was_busy and not busy:
+            self.focus_composer()
 
     def _on_submitted(self, text: str) -> None:
         if not self.send_button.isEnabled():

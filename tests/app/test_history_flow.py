@@ -425,3 +425,34 @@ def test_a_second_window_on_the_same_folder_is_refused(scripted: App, data_dir: 
     scripted.open()
     with pytest.raises(AlreadyRunningError, match="kvchat is already running"):
         scripted.open()
+
+
+def test_typing_always_lands_in_the_composer(qtbot: QtBot, scripted: App) -> None:
+    """At start, after a reply, a new conversation and a switch between
+    conversations, the keyboard is the composer's."""
+    window, controller, _engine = scripted.open()
+    window.show()
+    qtbot.waitExposed(window)
+    window.activateWindow()
+    qtbot.waitUntil(window.isActiveWindow)
+    assert window.focusWidget() is window.composer
+    qtbot.keyClicks(window.composer, "typed at once")
+    assert window.composer.toPlainText() == "typed at once"
+    window.composer.clear()
+
+    def focus_elsewhere() -> None:
+        window.chat_view.setFocus()
+        assert window.focusWidget() is window.chat_view
+
+    focus_elsewhere()
+    _send(qtbot, controller, "first")
+    assert window.focusWidget() is window.composer
+    first = controller.history.conversation
+    assert first is not None
+    focus_elsewhere()
+    window.new_action.trigger()
+    assert window.focusWidget() is window.composer
+    _send(qtbot, controller, "second")
+    focus_elsewhere()
+    controller.open_conversation(first.key)
+    assert window.focusWidget() is window.composer
