@@ -36,6 +36,18 @@ def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def safe_path_restored() -> Iterator[None]:
+    """kvchat's main() sets PYTHONSAFEPATH for its own children; called in-process
+    by a test, it must not change how later tests start theirs."""
+    before = os.environ.get("PYTHONSAFEPATH")
+    yield
+    if before is None:
+        os.environ.pop("PYTHONSAFEPATH", None)
+    else:
+        os.environ["PYTHONSAFEPATH"] = before
+
+
 def _engine_processes() -> list[psutil.Process]:
     found = []
     for child in psutil.Process().children(recursive=True):

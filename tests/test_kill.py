@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import sqlite3
@@ -21,6 +22,9 @@ def _start(data_dir: Path, run: int) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "tests.kill_child", str(data_dir), str(run)],
         cwd=REPO,
+        # The test's own modules come from the checkout, named explicitly:
+        # kvchat's children never import from their working folder.
+        env={**os.environ, "PYTHONPATH": str(REPO)},
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
