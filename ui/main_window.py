@@ -5,7 +5,14 @@ from __future__ import annotations
 import time
 
 from PySide6.QtCore import Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QCloseEvent, QKeySequence, QShowEvent, QTextCursor
+from PySide6.QtGui import (
+    QAction,
+    QCloseEvent,
+    QKeySequence,
+    QResizeEvent,
+    QShowEvent,
+    QTextCursor,
+)
 from PySide6.QtWidgets import (
     QComboBox,
     QDockWidget,
@@ -15,6 +22,7 @@ from PySide6.QtWidgets import (
     QMainWindow,
     QProgressBar,
     QPushButton,
+    QStyle,
     QToolButton,
     QVBoxLayout,
     QWidget,
@@ -28,6 +36,9 @@ from kvchat.ui.theme import icon
 
 GGUF_FILTER = "GGUF models (*.gguf);;All files (*)"
 EXPORT_FILTERS = {"markdown": "Markdown (*.md)", "json": "JSON (*.json)"}
+# The conversation list's width, and the least it may shrink to before it folds away.
+LIST_WIDTH = 240
+LIST_MIN_WIDTH = 160
 
 
 class MainWindow(QMainWindow):
@@ -165,7 +176,9 @@ class MainWindow(QMainWindow):
             | QDockWidget.DockWidgetFeature.DockWidgetMovable
         )
         self.addDockWidget(Qt.DockWidgetArea.LeftDockWidgetArea, self.conversations_dock)
-        self.resizeDocks([self.conversations_dock], [240], Qt.Orientation.Horizontal)
+        self.resizeDocks([self.conversations_dock], [LIST_WIDTH], Qt.Orientation.Horizontal)
+        # Set when a narrow window folded the list away, so a wider one brings it back.
+        self._list_folded = False
         self.resize(1280, 760)
 
         self._build_menu()
@@ -372,6 +385,44 @@ class MainWindow(QMainWindow):
         """Typing goes to the composer: after a reply, a switch, a new conversation."""
         if self.isActiveWindow() or not self._focused_once:
             self.composer.setFocus(Qt.FocusReason.OtherFocusReason)
+
+    def resizeEvent(self, event: QResizeEvent) -> None:
+        super().resizeEvent(event)
+        self._fit_panels()
+
+    def _fit_panels(self) -> None:
+        """The chat keeps at least half the width: the side panels shrink to
+        their minimum first, then the conversation list folds away (Ctrl+L
+        brings it back), and comes back by itself when there is room again."""
+        width = self.width()
+        wanted_chat = width // 2
+        memory = self.memory_dock if self.memory_dock.isVisibleTo(self) else None
+        listing = self.conversations_dock
+        memory_min = memory.minimumSizeHint().width() if memory is not None else 0
+        list_min = LIST_MIN_WIDTH
+        if self._list_folded and width - memory_min - LIST_WIDTH >= wanted_chat:
+            self._list_folded = False
+            listing.show()
+        docks: list[QDockWidget] = []
+        sizes: list[int] = []
+        separator = self.style().pixelMetric(QStyle.PixelMetric.PM_DockWidgetSeparatorExtent)
+        shown = sum(d.isVisibleTo(self) for d in (listing, self.memory_dock))
+        room = width - wanted_chat - separator * shown
+        if listing.isVisibleTo(self):
+            if room - memory_min - separator < list_min:
+                self._list_folded = True
+                listing.hide()
+                room += separator
+            else:
+                list_width = min(LIST_WIDTH, max(list_min, listing.width()), room - memory_min)
+                docks.append(listing)
+                sizes.append(list_width)
+                room -= list_width
+        if memory is not None:
+            docks.append(memory)
+            sizes.append(max(memory_min, min(memory.width(), room)))
+        if docks and sum(d.width() for d in docks) > sum(sizes):
+            self.resizeDocks(docks, sizes, Qt.Orientation.Horizontal)
 
     def showEvent(self, event: QShowEvent) -> None:
         super().showEvent(event)

@@ -1,3 +1,4 @@
+import pytest
 from PySide6.QtCore import Qt
 from pytestqt.qtbot import QtBot
 
@@ -85,3 +86,28 @@ def test_the_models_view_shows_in_the_status_bar_when_it_is_not_all(qtbot: QtBot
     assert window.view_label.text() == "the model sees messages 5–12 of 12"
     window.show_model_view("")
     assert not window.view_label.isVisible()
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "list_shown"), [(900, 650, False), (1000, 700, False), (1280, 760, True)]
+)
+def test_the_chat_keeps_at_least_half_the_width(
+    qtbot: QtBot, width: int, height: int, list_shown: bool
+) -> None:
+    window = MainWindow()
+    qtbot.addWidget(window)
+    window.show()
+    qtbot.waitExposed(window)
+    window.resize(width, height)
+    qtbot.waitUntil(lambda: window.width() == width)
+    qtbot.wait(20)
+    chat = window.centralWidget()
+    assert chat.width() >= width // 2
+    for dock in (window.memory_dock, window.conversations_dock):
+        if dock.isVisible():
+            assert dock.width() >= dock.minimumSizeHint().width()
+    # The list folds away only where it must, and comes back with the room.
+    assert window.conversations_dock.isVisible() == list_shown
+    window.resize(1280, 760)
+    qtbot.waitUntil(lambda: window.width() == 1280)
+    assert window.conversations_dock.isVisible()
