@@ -51,8 +51,9 @@ def format_bytes(value: float) -> str:
 def script_json(result: Estimate, with_fit: bool = False) -> dict[str, object]:
     """The object `--json` prints: the load's parameters, per-device figures, and the verdict.
 
-    `load_params` are the keyword arguments `llama_cpp.Llama` would take for
-    the same load (flash attention as llama.cpp resolved it).
+    `load_params` are the parameters of the same load, as llama.cpp's
+    command line names them (cache types "f16", "q8_0", ...; flash attention
+    as llama.cpp resolved it).
     """
     projection = result.projection
     params = projection.load_params
@@ -62,8 +63,8 @@ def script_json(result: Estimate, with_fit: bool = False) -> dict[str, object]:
             "n_batch": params.n_batch,
             "n_ubatch": params.n_ubatch,
             "n_gpu_layers": params.n_gpu_layers,
-            "type_k": params.type_k,
-            "type_v": params.type_v,
+            "type_k": kv_type_name(params.type_k),
+            "type_v": kv_type_name(params.type_v),
             "flash_attn": projection.flash_attn,
             "swa_full": params.swa_full,
             "offload_kqv": params.offload_kqv,
@@ -81,6 +82,7 @@ def script_json(result: Estimate, with_fit: bool = False) -> dict[str, object]:
             for device in projection.devices
         ],
         "fits": projection.fits,
+        "warnings": context_warnings(result),
     }
     if with_fit and result.fit is not None:
         data["fit"] = {
@@ -88,6 +90,18 @@ def script_json(result: Estimate, with_fit: bool = False) -> dict[str, object]:
             "max_context": result.fit.max_context,
         }
     return data
+
+
+def context_warnings(result: Estimate) -> list[str]:
+    """What fits in memory but will not work well: a context past the trained one."""
+    n_ctx = result.projection.n_ctx
+    if result.n_ctx_train and n_ctx > result.n_ctx_train:
+        return [
+            f"the context ({n_ctx:,} tokens) is larger than the model was trained for "
+            f"({result.n_ctx_train:,}): past that, replies lose the thread; the window caps "
+            f"the context at {result.n_ctx_train:,}"
+        ]
+    return []
 
 
 def format_table(result: Estimate) -> str:
@@ -138,6 +152,7 @@ def format_table(result: Estimate) -> str:
         lines.append(f"Largest context with every layer offloaded: {context_answer}")
     verdict = "fits" if projection.fits else "does NOT fit"
     lines.append(f"This load {verdict} (each device keeps 512 MiB or 5% of its free memory spare).")
+    lines.extend(f"warning: {warning}" for warning in context_warnings(result))
     lines.extend(f"note: {note}" for note in result.notes)
     return "\n".join(lines)
 
@@ -197,6 +212,8 @@ def main(argv: Sequence[str]) -> int:
         return _fail(str(exc), EXIT_FAILED)
     if args.json:
         print(json.dumps(script_json(result, with_fit=args.fit)))
+        for warning in context_warnings(result):
+            print(f"kvchat: warning: {warning}", file=sys.stderr)
         for note in result.notes:
             print(f"kvchat: note: {note}", file=sys.stderr)
     else:

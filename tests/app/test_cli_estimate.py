@@ -48,10 +48,11 @@ def test_json_for_scripts(model_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)  # stdout holds the object and nothing else
-    assert set(data) == {"load_params", "kv_bytes_per_token", "devices", "fits"}
+    assert set(data) == {"load_params", "kv_bytes_per_token", "devices", "fits", "warnings"}
     assert set(data["load_params"]) == LOAD_PARAMS
     assert data["load_params"]["n_ctx"] == 2048
-    assert data["load_params"]["type_k"] == data["load_params"]["type_v"] == 1  # ggml's F16
+    assert data["load_params"]["type_k"] == data["load_params"]["type_v"] == "f16"
+    assert data["warnings"] == []
     assert data["kv_bytes_per_token"] == 23040
     assert data["fits"] is True
     (cpu,) = data["devices"]
@@ -65,7 +66,7 @@ def test_json_for_scripts(model_path: Path) -> None:
 
 
 def test_load_params_are_llama_cpp_python_keywords() -> None:
-    """`load_params` can be passed to llama_cpp.Llama as they are."""
+    """`load_params` are named as llama_cpp.Llama names its keywords (cache types by name)."""
     import llama_cpp
 
     keywords = set(inspect.signature(llama_cpp.Llama.__init__).parameters)
@@ -154,3 +155,19 @@ def test_the_window_side_never_imports_llama_cpp() -> None:
         "sys.exit('llama_cpp' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+def test_a_context_past_the_trained_one_is_warned_about(
+    model_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["estimate", str(model_path), "--ctx", "32768"]) == 0
+    table = capsys.readouterr().out
+    assert (
+        "warning: the context (32,768 tokens) is larger than the model was trained for (8,192)"
+        in table
+    )
+    assert main(["estimate", str(model_path), "--ctx", "32768", "--json"]) == 0
+    captured = capsys.readouterr()
+    (warning,) = json.loads(captured.out)["warnings"]
+    assert warning.startswith("the context (32,768 tokens) is larger")
+    assert "kvchat: warning: the context" in captured.err
