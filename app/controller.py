@@ -108,6 +108,7 @@ class Controller(QObject):
         self._fallback: tuple[str, EngineSettings] | None = None
         self._load_stopped = False  # the person pressed Stop during the load
         self._log_note_shown = ""
+        self._load_notice_shown = ""  # the model the conversation on screen was told of
         self.memory_monitor = MemoryMonitor(window.memory_panel, engine)
         # Set by whoever builds the window (app.gui), which owns the data dir.
         self.settings_flow: QObject | None = None
@@ -357,7 +358,11 @@ class Controller(QObject):
         if self._marker is not None:
             self._marker.finish()
         self._show_model(info)
-        self.window.chat_view.add_notice(f"Loaded {describe_model(info)}")
+        # Once per conversation shown: a reload of the same model adds nothing to read.
+        described = describe_model(info)
+        if described != self._load_notice_shown:
+            self._load_notice_shown = described
+            self.window.chat_view.add_notice(f"Loaded {described}")
 
     def _on_load_failed(self, failure: LoadFailed) -> None:
         self._loading_path = None
@@ -522,6 +527,7 @@ class Controller(QObject):
         self.window.show_model_view("")
         self.memory_monitor.set_model_view("")
         self.window.conversation_list.select(None)
+        self._load_notice_shown = ""
         self.window.focus_composer()
 
     def open_conversation(self, key: str) -> None:
@@ -534,6 +540,7 @@ class Controller(QObject):
             return
         self.window.cancel_edit()
         self._show_history()
+        self._load_notice_shown = ""
         self.window.focus_composer()
 
     def _show_history(self) -> None:

@@ -39,5 +39,6 @@ def describe_model(info: ModelInfo) -> str:
     return (
         f"{info.name} · {info.architecture} · {info.n_params / 1e6:.0f}M parameters · "
         f"{info.size_bytes / 2**20:.0f} MiB · trained context {info.n_ctx_train} · "
-        f"{info.n_threads} threads · {device} · chat template: {info.chat_template_source}"
+        f"{info.n_threads} thread{'' if info.n_threads == 1 else 's'} · {device} · "
+        f"chat template: {info.chat_template_source}"
     )

@@ -456,3 +456,16 @@ def test_typing_always_lands_in_the_composer(qtbot: QtBot, scripted: App) -> Non
     focus_elsewhere()
     controller.open_conversation(first.key)
     assert window.focusWidget() is window.composer
+
+
+def test_reloads_add_the_loaded_line_once_per_conversation(qtbot: QtBot, scripted: App) -> None:
+    window, controller, _engine = scripted.open()
+    _send(qtbot, controller, "hello")
+    assert controller.model is not None
+    path = controller.model.path
+    for _ in range(4):
+        with qtbot.waitSignal(controller.engine.model_loaded):
+            controller.switch_model(path)
+    text = window.chat_view.toPlainText()
+    assert text.count("Loaded ") == 1
+    assert " threads · " in text or " thread · " in text
