@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from kvchat.app.settings import EngineSettings, Settings
+from kvchat.app.settings import SCHEMA_VERSION, EngineSettings, Settings
 
 SETTINGS_FILE = "settings.json"
 
@@ -29,6 +29,19 @@ class LoadedSettings:
     settings: Settings
     # What was wrong with the file, in words; empty when it was fine or absent.
     notice: str
+
+
+class NewerSettingsError(OSError):
+    """settings.json belongs to a newer kvchat: it is not overwritten."""
+
+
+def _schema_version(text: str) -> int:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return 0
+    version = data.get("schema_version") if isinstance(data, dict) else None
+    return version if isinstance(version, int) and not isinstance(version, bool) else 0
 
 
 def settings_path(data_dir: Path) -> Path:
@@ -77,6 +90,11 @@ def read_settings(path: Path) -> LoadedSettings:
     if not isinstance(data, dict):
         return _replace_bad(path, "it does not hold settings", Settings())
 
+    version = data.get("schema_version")
+    newer = isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION
+    if newer:
+        # A newer kvchat wrote it: take what this one understands, change nothing.
+        data.pop("schema_version")
     engine_data = data.pop("engine", {})
     problems: list[str] = []
     if not isinstance(engine_data, dict):
@@ -86,6 +104,13 @@ def read_settings(path: Path) -> LoadedSettings:
     problems += engine_problems
     top, top_problems = _salvage(Settings, {**data, "engine": engine}, "")
     problems += top_problems
+    if newer:
+        return LoadedSettings(
+            top,
+            f"Your settings file {path} was written by a newer version of kvchat. This "
+            "one uses the settings it understands and leaves the file as it is, so "
+            "changes made now last until kvchat closes.",
+        )
     if not problems:
         return LoadedSettings(top, "")
     return _replace_bad(path, "some values were wrong: " + "; ".join(problems), top)
@@ -111,10 +136,16 @@ def write_settings(path: Path, settings: Settings) -> bool:
     """
     text = settings.model_dump_json(indent=2) + "\n"
     try:
-        if path.read_text(encoding="utf-8") == text:
-            return False
+        existing = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
-        pass
+        existing = ""
+    if existing == text:
+        return False
+    if _schema_version(existing) > SCHEMA_VERSION:
+        raise NewerSettingsError(
+            "the settings file was written by a newer version of kvchat, "
+            "which this one leaves as it is"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
     try:
