@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import time
 from collections.abc import Sequence
@@ -42,14 +43,29 @@ def to_markdown(
         f"- Started {_when(conversation.created_at)}, last active {_when(conversation.updated_at)}"
     )
     if conversation.system_prompt:
-        lines.append(f"- System prompt: {conversation.system_prompt}")
+        lines += ["- System prompt:", "", *_fenced(conversation.system_prompt)]
     lines.append("")
     for message, footer in zip(messages, footers, strict=True):
         heading = "You" if message.role == "user" else conversation.model_name or "Model"
-        lines += [f"## {heading}", "", message.content, ""]
+        # The person typed text, not Markdown: it is fenced, so a line "# Fruits"
+        # stays a line. A reply is the model's Markdown, quoted, so its headings
+        # and rules stay inside its section.
+        body = _fenced(message.content) if message.role == "user" else _quoted(message.content)
+        lines += [f"## {heading}", "", *body, ""]
         if footer:
             lines += [f"*{footer}*", ""]
     return "\n".join(lines)
+
+
+def _fenced(text: str) -> list[str]:
+    """Text as a fenced block whose fence no run of backticks inside it can close."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return [f"{fence}text", *text.split("\n"), fence]
+
+
+def _quoted(text: str) -> list[str]:
+    return [f"> {line}" if line else ">" for line in text.split("\n")]
 
 
 def to_json(conversation: Conversation, messages: Sequence[Message]) -> str:

@@ -333,6 +333,40 @@ def test_the_list_news_renames_deletes_undoes_and_searches(
     assert window.conversation_list.titles() == ["about pears"]
 
 
+def test_markdown_export_keeps_each_message_inside_its_section(
+    qtbot: QtBot, scripted: App, tmp_path: Path
+) -> None:
+    window, controller, _engine = scripted.open(lambda _m: ["# A heading\n", "---\ntext"])
+    _send(qtbot, controller, "# Fruits\n- apple\n````\nnot a fence")
+    key = controller.history.conversation.key  # type: ignore[union-attr]
+    window.export_requested.emit(key, str(tmp_path / "chat.md"), "markdown")
+    lines = (tmp_path / "chat.md").read_text(encoding="utf-8").split("\n")
+    # Outside fenced blocks, only kvchat's own headings start a line with '#'.
+    outside, fence = [], ""
+    for line in lines:
+        if fence:
+            fence = "" if line == fence else fence
+        elif line.startswith("```"):
+            fence = line[: len(line) - len(line.lstrip("`"))]
+        elif line.startswith("#"):
+            outside.append(line)
+    assert outside == [
+        "# # Fruits",
+        "## You",
+        "## Scripted",
+    ]
+    start = lines.index("## You") + 2
+    assert lines[start : start + 6] == [
+        "`````text",
+        "# Fruits",
+        "- apple",
+        "````",
+        "not a fence",
+        "`````",
+    ]
+    assert "> # A heading" in lines and "> ---" in lines
+
+
 def test_export_as_markdown_and_json(qtbot: QtBot, scripted: App, tmp_path: Path) -> None:
     window, controller, _engine = scripted.open(lambda _m: ["Here:\n", "```py\nx = 1\n```"])
     _send(qtbot, controller, "Show code")
@@ -342,7 +376,8 @@ def test_export_as_markdown_and_json(qtbot: QtBot, scripted: App, tmp_path: Path
     markdown = (tmp_path / "chat.md").read_text(encoding="utf-8")
     assert markdown.startswith("# Show code\n\n- Model: Scripted (`/models/scripted.gguf`)\n")
     assert (
-        "## You\n\nShow code\n\n## Scripted\n\nHere:\n```py\nx = 1\n```\n\n*2 tokens · " in markdown
+        "## You\n\n```text\nShow code\n```\n\n## Scripted\n\n"
+        "> Here:\n> ```py\n> x = 1\n> ```\n\n*2 tokens · " in markdown
     )
     document = json.loads((tmp_path / "chat.json").read_text(encoding="utf-8"))
     assert document["format"] == "kvchat-conversation"

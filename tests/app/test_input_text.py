@@ -12,6 +12,7 @@ surrogate that reaches the store another way becomes U+FFFD, never a crash.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -103,7 +104,11 @@ def test_unusual_text_is_stored_shown_sent_and_exported_as_given(
     assert [m["content"] for m in exported["messages"]] == [composed, reply]
     with open(tmp_path / "chat.md", encoding="utf-8", newline="") as file:
         markdown = file.read()
-    assert f"## You\n\n{composed}\n\n## Scripted\n\n{reply}\n" in markdown
+    # The person's text, fenced, comes back exactly; the reply is quoted.
+    fence = "`" * max(3, max((len(r) for r in re.findall("`+", composed)), default=0) + 1)
+    assert f"## You\n\n{fence}text\n{composed}\n{fence}\n\n## Scripted\n\n" in markdown
+    quoted = "\n".join(f"> {line}" if line else ">" for line in reply.split("\n"))
+    assert f"\n{quoted}\n" in markdown
 
 
 def test_a_reply_with_unusual_text_is_stored_as_streamed(
