@@ -352,6 +352,10 @@ class Controller(QObject):
     def _on_model_loaded(self, info: ModelInfo) -> None:
         self._load_stopped = False
         self.model = info
+        bundled = bundled_model_path()
+        if bundled is None or Path(info.path) != bundled:
+            # Open model and Browse… start beside the model in use.
+            self.window.model_folder = str(Path(info.path).parent)
         self._loading_path = None
         self._fallback = None
         self._last_good = (info.path, self.settings)

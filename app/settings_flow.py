@@ -164,6 +164,7 @@ class SettingsFlow(QObject):
             os.cpu_count() or 1,
             self.controller.window,
         )
+        dialog.model_folder = self.controller.window.model_folder
         dialog.choice_changed.connect(self._on_choice_changed)
         dialog.applied.connect(self.apply)
         dialog.finished.connect(self._on_closed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import (
@@ -70,6 +71,10 @@ class MainWindow(QMainWindow):
         self.setWindowTitle("kvchat")
         self._can_send = False
         self._focused_once = False
+        # Where the file dialogs start: never the folder the process happened
+        # to start in. The owner points model_folder at the models it knows.
+        self.model_folder = str(Path.home())
+        self.export_folder = str(Path.home())
         self._loading_name = ""
         self._loading_fraction = 0.0
         self._loading_started = 0.0
@@ -480,9 +485,13 @@ class MainWindow(QMainWindow):
         suffix = ".md" if kind == "markdown" else ".json"
         name = "".join(c if c.isalnum() or c in " -_" else "_" for c in row).strip() or "chat"
         path, _ = QFileDialog.getSaveFileName(
-            self, "Export conversation", name + suffix, EXPORT_FILTERS[kind]
+            self,
+            "Export conversation",
+            str(Path(self.export_folder) / (name + suffix)),
+            EXPORT_FILTERS[kind],
         )
         if path:
+            self.export_folder = str(Path(path).parent)
             self.export_requested.emit(key, path, kind)
 
     def _send_clicked(self) -> None:
@@ -497,8 +506,11 @@ class MainWindow(QMainWindow):
             self.cancel_edit()
 
     def _choose_model_file(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Open a GGUF model", "", GGUF_FILTER)
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Open a GGUF model", self.model_folder, GGUF_FILTER
+        )
         if path:
+            self.model_folder = str(Path(path).parent)
             self.model_file_chosen.emit(path)
 
     def closeEvent(self, event: QCloseEvent) -> None:

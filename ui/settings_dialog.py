@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
@@ -104,6 +105,7 @@ class SettingsDialog(QDialog):
         self.resize(900, 720)
         self._trained_context = 4096
         self._saved_context: int | None = None
+        self.model_folder = str(Path.home())  # where Browse… starts
         self._layers = 0
         self._updating = False
 
@@ -433,9 +435,10 @@ class SettingsDialog(QDialog):
 
     def _browse(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
-            self, "Open a GGUF model", "", "GGUF models (*.gguf);;All files (*)"
+            self, "Open a GGUF model", self.model_folder, "GGUF models (*.gguf);;All files (*)"
         )
         if path:
+            self.model_folder = str(Path(path).parent)
             self._selected_fallback = path
             self.models.clearSelection()
             self._changed()

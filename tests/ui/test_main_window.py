@@ -1,5 +1,8 @@
+from pathlib import Path
+
 import pytest
 from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QFileDialog
 from pytestqt.qtbot import QtBot
 
 from kvchat.ui.main_window import MainWindow
@@ -111,3 +114,23 @@ def test_the_chat_keeps_at_least_half_the_width(
     window.resize(1280, 760)
     qtbot.waitUntil(lambda: window.width() == 1280)
     assert window.conversations_dock.isVisible()
+
+
+def test_file_dialogs_start_in_the_models_folder_or_home(
+    qtbot: QtBot, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Never in whatever folder the process was started from."""
+    started: list[str] = []
+
+    def fake_open(_parent: object, _title: str, folder: str, _filter: str) -> tuple[str, str]:
+        started.append(folder)
+        return "", ""
+
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", staticmethod(fake_open))
+    monkeypatch.chdir(tmp_path)
+    window = MainWindow()
+    qtbot.addWidget(window)
+    window.open_action.trigger()
+    window.model_folder = "/models/here"
+    window.open_action.trigger()
+    assert started == [str(Path.home()), "/models/here"]
