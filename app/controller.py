@@ -67,9 +67,12 @@ class Controller(QObject):
 
     Signals:
         reply_finished(object): TurnStats of a reply that ended (done or stopped).
+        conversation_shown(str): another conversation is on screen (its key; "" for
+            a new one not started yet).
     """
 
     reply_finished = Signal(object)
+    conversation_shown = Signal(str)
 
     def __init__(
         self,
@@ -532,6 +535,7 @@ class Controller(QObject):
         self.memory_monitor.set_model_view("")
         self.window.conversation_list.select(None)
         self._load_notice_shown = ""
+        self.conversation_shown.emit("")
         self.window.focus_composer()
 
     def open_conversation(self, key: str) -> None:
@@ -545,6 +549,7 @@ class Controller(QObject):
         self.window.cancel_edit()
         self._show_history()
         self._load_notice_shown = ""
+        self.conversation_shown.emit(key)
         self.window.focus_composer()
 
     def _show_history(self) -> None:

@@ -24,6 +24,7 @@ from kvchat.app.settings import EngineSettings, Settings
 from kvchat.app.settings_file import read_settings, settings_path, write_settings
 from kvchat.app.settings_flow import SettingsFlow
 from kvchat.app.store import open_store
+from kvchat.app.window_state import WindowKeeper
 from kvchat.engine.models import bundled_model_path
 from kvchat.ui.main_window import MainWindow
 from kvchat.ui.theme import apply_theme
@@ -59,8 +60,11 @@ def build_window(
     flow = SettingsFlow(controller, data_dir)
     controller.settings_flow = flow
     window.settings_requested.connect(flow.open)
+    keeper = WindowKeeper(window, controller, data_dir)
     window.show()
     controller.open_latest()
+    current = controller.history.conversation
+    keeper.restore_first_draft(current.key if current is not None else "")
     if opened is not None and opened.notice:
         window.chat_view.add_notice(opened.notice)
     controller.start(model_path)

@@ -318,3 +318,41 @@ def test_a_conversation_is_stored_and_reopens_after_a_restart(qtbot: QtBot, data
         assert [m.role for m in controller.conversation] == ["user", "assistant"] * 2
     finally:
         _dispose(qtbot, window)
+
+
+def test_size_place_and_drafts_come_back_after_a_restart(
+    qtbot: QtBot, data_dir: Path, model_path: Path
+) -> None:
+    window, controller = build_window(None, EngineSettings(max_tokens=8), data_dir)
+    try:
+        if controller.model is None:
+            with qtbot.waitSignal(controller.engine.model_loaded, timeout=WAIT_MS):
+                pass
+        with qtbot.waitSignal(controller.reply_finished, timeout=WAIT_MS):
+            controller.send("first conversation")
+        first = controller.history.conversation
+        assert first is not None
+        window.composer.setPlainText("a draft for the first")
+        window.new_action.trigger()
+        assert window.composer.toPlainText() == ""
+        window.composer.setPlainText("a draft for a new one")
+        controller.open_conversation(first.key)
+        assert window.composer.toPlainText() == "a draft for the first"
+        # Within the offscreen screen (800x600): restoring clamps to the screen.
+        window.resize(760, 560)
+        qtbot.waitUntil(lambda: window.width() == 760)
+    finally:
+        window.close()
+        window.deleteLater()
+    window, controller = build_window(None, EngineSettings(max_tokens=8), data_dir)
+    try:
+        assert (window.width(), window.height()) == (760, 560)
+        assert controller.history.conversation is not None
+        assert controller.history.conversation.key == first.key
+        assert window.composer.toPlainText() == "a draft for the first"
+        window.new_action.trigger()
+        assert window.composer.toPlainText() == "a draft for a new one"
+    finally:
+        window.close()
+        window.deleteLater()
+    qtbot.wait(1)
