@@ -112,6 +112,7 @@ class Controller(QObject):
         self._load_stopped = False  # the person pressed Stop during the load
         self._log_note_shown = ""
         self._load_notice_shown = ""  # the model the conversation on screen was told of
+        self._shown_before_delete: str | None = None  # deleted while on screen: Undo shows it
         self.memory_monitor = MemoryMonitor(window.memory_panel, engine)
         # Set by whoever builds the window (app.gui), which owns the data dir.
         self.settings_flow: QObject | None = None
@@ -588,18 +589,37 @@ class Controller(QObject):
         self._refresh_list()
 
     def delete_conversation(self, key: str) -> None:
-        """Deletes a conversation; the list offers to undo it."""
+        """Deletes a conversation; the list offers to undo it.
+
+        The one on screen gives way to its neighbour in the list (a new
+        conversation if it was the only one), and Undo brings it back on screen.
+        """
         current = self.history.conversation
-        title = next((c.title for c in self.history.conversations() if c.key == key), "")
-        if current is not None and current.key == key:
-            self.new_conversation()
-        self.history.trash(key)
+        listed = self.history.conversations()
+        keys = [c.key for c in listed]
+        title = next((c.title for c in listed if c.key == key), "")
+        was_shown = current is not None and current.key == key
+        self._shown_before_delete = key if was_shown else None
+        if was_shown:
+            index = keys.index(key) if key in keys else 0
+            others = keys[index + 1 :] + keys[:index][::-1]
+            self._stop_for_switch()
+            self.history.trash(key)
+            if others:
+                self.open_conversation(others[0])
+            else:
+                self.new_conversation()
+        else:
+            self.history.trash(key)
         self._refresh_list()
         self.window.conversation_list.offer_undo(key, title)
 
     def restore_conversation(self, key: str) -> None:
         self.history.restore(key)
         self._refresh_list()
+        if key == self._shown_before_delete:
+            self._shown_before_delete = None
+            self.open_conversation(key)
 
     def search_conversations(self, text: str) -> None:
         self._search = text

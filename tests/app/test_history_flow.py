@@ -321,11 +321,13 @@ def test_the_list_news_renames_deletes_undoes_and_searches(
     qtbot.waitUntil(lambda: len(listing.titles()) == 2)
     listing.delete_requested.emit(apples)
     assert listing.titles() == ["about pears"]
-    assert window.chat_view.toPlainText() == ""  # it was open: the chat clears
+    # It was open: the one left takes its place.
+    assert "about pears" in window.chat_view.toPlainText()
     assert listing.undo_bar.isVisibleTo(listing)
     assert listing.undo_label.text() == "Deleted “Fruit talk”."
     qtbot.mouseClick(listing.undo_button, Qt.MouseButton.LeftButton)
     assert listing.titles() == ["about pears", "Fruit talk"]
+    assert "about apples" in window.chat_view.toPlainText()  # and comes back with Undo
     listing.delete_requested.emit(apples)
     window.close()
     # Not undone before the restart: gone for good.
@@ -504,3 +506,32 @@ def test_reloads_add_the_loaded_line_once_per_conversation(qtbot: QtBot, scripte
     text = window.chat_view.toPlainText()
     assert text.count("Loaded ") == 1
     assert " threads · " in text or " thread · " in text
+
+
+def test_deleting_the_shown_conversation_opens_another_and_undo_brings_it_back(
+    qtbot: QtBot, scripted: App
+) -> None:
+    window, controller, _engine = scripted.open()
+    for topic in ("apples", "pears", "plums"):
+        window.new_action.trigger()
+        _send(qtbot, controller, f"about {topic}")
+    listing = window.conversation_list
+    assert listing.titles() == ["about plums", "about pears", "about apples"]
+    pears = listing.keys()[1]
+    controller.open_conversation(pears)
+    controller.delete_conversation(pears)
+    # Its neighbour below opens: the pane is never left blank.
+    assert listing.titles() == ["about plums", "about apples"]
+    assert controller.history.conversation is not None
+    assert controller.history.conversation.title == "about apples"
+    assert "about apples" in window.chat_view.toPlainText()
+    controller.restore_conversation(pears)
+    assert controller.history.conversation is not None
+    assert controller.history.conversation.key == pears
+    assert "about pears" in window.chat_view.toPlainText()
+    # The last one left: a new conversation takes its place.
+    for key in list(listing.keys()):
+        controller.open_conversation(key)
+        controller.delete_conversation(key)
+    assert controller.history.conversation is None
+    assert window.chat_view.toPlainText() == ""
