@@ -173,6 +173,11 @@ class Controller(QObject):
             return
         self.load_model(model_path)
 
+    @property
+    def loading_path(self) -> str | None:
+        """The model being loaded now, with `settings`; None when no load runs."""
+        return self._loading_path
+
     def load_model(self, path: str) -> None:
         if self.busy:
             self.stop()

@@ -333,9 +333,12 @@ class SettingsFlow(QObject):
         except OSError as exc:
             self.controller.window.show_error(f"Settings apply now but could not be saved: {exc}")
         current = self.controller.model
+        # A load under way counts as loaded: OK right after Apply changes nothing
+        # more, so one change makes one load.
+        target = current.path if current is not None else self.controller.loading_path
         reload = (
-            current is None
-            or current.path != choice.model_path
+            target is None
+            or target != choice.model_path
             or any(
                 getattr(settings, name) != getattr(self.controller.settings, name)
                 for name in LOAD_FIELDS

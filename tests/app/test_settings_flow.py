@@ -115,3 +115,24 @@ def test_panel_shows_estimate_beside_actual_after_load(qtbot: QtBot, data_dir: P
         window.close()
         window.deleteLater()
         qtbot.wait(1)
+
+
+def test_apply_then_ok_makes_one_load(
+    qtbot: QtBot, opened: tuple[MainWindow, Controller, SettingsFlow, SettingsDialog]
+) -> None:
+    """Apply, then OK within a second: the load Apply started is the only one."""
+    _window, controller, _flow, dialog = opened
+    started: list[object] = []
+    original = controller.engine.switch
+
+    def counting_switch(config: object) -> None:
+        started.append(config)
+        original(config)  # type: ignore[arg-type]
+
+    controller.engine.switch = counting_switch  # type: ignore[method-assign]
+    dialog.type_k.setCurrentText("q8_0")
+    with qtbot.waitSignal(controller.engine.model_loaded, timeout=WAIT_MS):
+        dialog.applied.emit(dialog.choice())  # Apply
+        dialog.applied.emit(dialog.choice())  # OK, before the load has finished
+    assert len(started) == 1
+    assert controller.settings.type_k == "q8_0"
