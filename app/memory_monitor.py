@@ -73,6 +73,7 @@ class MemoryMonitor(QObject):
         engine.memory_sampled.connect(self._on_sample)
         engine.turn_finished.connect(self._on_turn_finished)
         engine.host_exited.connect(self._on_host_exited)
+        engine.load_progress.connect(self._on_load_progress)
 
     def _seconds(self) -> float:
         return time.monotonic() - self._loaded_at
@@ -123,6 +124,14 @@ class MemoryMonitor(QObject):
         self._loaded_at = time.monotonic()
         self.panel.reset()
         self._show_kv()
+
+    def _on_load_progress(self, _fraction: float) -> None:
+        """Another load has begun: the last model's figures describe nothing now."""
+        if self.memory is None:
+            return
+        self._set_model(None)
+        self.panel.set_estimate("")
+        self.panel.show_engine_stopped("Loading a model: its figures come once it is in memory.")
 
     def _on_host_exited(self, _event: object) -> None:
         self._set_model(None)

@@ -91,3 +91,25 @@ def test_turn_speed_uses_weights_and_kv_read_per_token(qtbot: QtBot, tmp_path: P
     text = panel.speed_panel.labels["bandwidth"].text()
     assert text.startswith(f"{read * 100 / 1e9:.2f} GB/s")
     assert "of the 3.35 TB/s peak" in text
+
+
+def test_figures_of_the_last_model_go_when_another_load_begins(
+    qtbot: QtBot, tmp_path: Path
+) -> None:
+    monitor, engine, panel = _monitor(qtbot, tmp_path)
+    engine.prompt_evaluated.emit(PromptEvaluated(1, 476, 20, 100, 476, 1))
+    engine.memory_sampled.emit(MemorySample(1.0, (HOST, GPU), 477, True, ""))
+    panel.set_estimate("Estimate / actual: …")
+    panel.refresh()
+    engine.load_progress.emit(0.0)
+    panel.refresh()
+    assert monitor.kv_view() is None
+    waiting = "Loading a model: its figures come once it is in memory."
+    assert panel.kv_panel.fill_label.text() == waiting
+    assert panel.device_panel.rows() == []
+    assert not panel.estimate_label.isVisibleTo(panel)
+    # The new model's figures arrive with it, starting from an empty cache.
+    engine.memory_reported.emit(MEMORY)
+    engine.model_loaded.emit(_Info())
+    view = monitor.kv_view()
+    assert view is not None and view.tokens == 0 and view.reused_tokens is None
