@@ -27,6 +27,7 @@ import psutil
 from kvchat.engine import vocab
 from kvchat.engine.accounting import load_memory
 from kvchat.engine.buffer_report import parse_buffer_report
+from kvchat.engine.builtin_template import BuiltinTemplate
 from kvchat.engine.chat_template import ChatTemplate, TemplateError
 from kvchat.engine.devices import probe_devices
 from kvchat.engine.gguf_file import GgufInfo
@@ -250,7 +251,10 @@ class ModelRunner:
 
         # The model's own template runs in a worker process that can be stopped.
         self._template_worker = TemplateWorker()
-        self._template: ChatTemplate | IsolatedTemplate = ChatTemplate.compile(None)
+        control_texts = self._control_token_texts()
+        self._template: ChatTemplate | IsolatedTemplate | BuiltinTemplate = (
+            BuiltinTemplate.for_model(gguf.architecture, control_texts)
+        )
         if gguf.chat_template:
             try:
                 self._template = IsolatedTemplate.compile(gguf.chat_template, self._template_worker)
@@ -260,19 +264,21 @@ class ModelRunner:
         self._bos_text = vocab.special_text(self._vocab, llama_cpp.llama_vocab_bos(self._vocab))
         self._eos_text = vocab.special_text(self._vocab, llama_cpp.llama_vocab_eos(self._vocab))
         self._add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
-        self._control_texts = self._control_token_pattern()
+        self._control_texts = (
+            re.compile("|".join(re.escape(t) for t in sorted(control_texts, key=len, reverse=True)))
+            if control_texts
+            else None
+        )
 
-    def _control_token_pattern(self) -> re.Pattern[str] | None:
-        """The texts of the vocabulary's control tokens (`<|im_start|>` …), longest first."""
+    def _control_token_texts(self) -> set[str]:
+        """The texts of the vocabulary's control tokens (`<|im_start|>` …)."""
         texts = set()
         for token in range(int(llama_cpp.llama_vocab_n_tokens(self._vocab))):
             if llama_cpp.llama_vocab_get_attr(self._vocab, token) & PARSED_AS_SPECIAL:
                 text = self.piece(token, special=True).decode("utf-8", errors="ignore")
                 if len(text) > 1:
                     texts.add(text)
-        if not texts:
-            return None
-        return re.compile("|".join(re.escape(t) for t in sorted(texts, key=len, reverse=True)))
+        return texts
 
     def _defuse(self, messages: Sequence[ChatMessage]) -> list[ChatMessage]:
         """Messages whose text cannot pass for the template's control tokens.
@@ -330,7 +336,7 @@ class ModelRunner:
         follow less well is the better outcome, as long as they are told.
         """
 
-        def render(template: ChatTemplate | IsolatedTemplate) -> str:
+        def render(template: ChatTemplate | IsolatedTemplate | BuiltinTemplate) -> str:
             return template.render(
                 messages,
                 bos_token=self._bos_text,

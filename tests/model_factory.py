@@ -66,6 +66,8 @@ class ModelSpec:
     omit_keys: frozenset[str] = field(default_factory=frozenset)
     # `tokenizer.chat_template`, if any.
     chat_template: str | None = None
+    # Control tokens after BOS and EOS: a family's turn markers (`<start_of_turn>`).
+    control_tokens: tuple[str, ...] = ()
 
     @property
     def head_dim(self) -> int:
@@ -192,22 +194,32 @@ def _zeros(shape: tuple[int, ...], ggml_type: GGMLQuantizationType) -> np.ndarra
     return np.zeros((*numpy_shape[:-1], row_bytes), dtype=np.uint8)
 
 
-def _vocabulary(n_vocab: int) -> tuple[list[str], list[float], list[int]]:
-    tokens = _SPECIAL_TOKENS + _BYTE_TOKENS
-    types = [TokenType.UNKNOWN, TokenType.CONTROL, TokenType.CONTROL] + [TokenType.BYTE] * 256
+def _vocabulary(
+    n_vocab: int, control: tuple[str, ...] = ()
+) -> tuple[list[str], list[float], list[int]]:
+    tokens = _SPECIAL_TOKENS + list(control) + _BYTE_TOKENS
+    types = (
+        [TokenType.UNKNOWN, TokenType.CONTROL, TokenType.CONTROL]
+        + [TokenType.CONTROL] * len(control)
+        + [TokenType.BYTE] * 256
+    )
     fillers = n_vocab - len(tokens)
     if fillers < 0:
         raise ValueError(f"a vocabulary needs at least {len(tokens)} tokens")
     tokens += [f"\u2581t{index}" for index in range(fillers)]
     types += [TokenType.NORMAL] * fillers
-    scores = [0.0] * len(_SPECIAL_TOKENS) + [0.0] * 256 + [-float(i) for i in range(fillers)]
+    scores = (
+        [0.0] * (len(_SPECIAL_TOKENS) + len(control))
+        + [0.0] * 256
+        + [-float(i) for i in range(fillers)]
+    )
     return tokens, scores, [int(t) for t in types]
 
 
 def write_model(spec: ModelSpec, path: Path) -> Path:
     """Writes the model's GGUF file to `path` and returns the path."""
     arch = spec.architecture
-    tokens, scores, types = _vocabulary(spec.n_vocab)
+    tokens, scores, types = _vocabulary(spec.n_vocab, spec.control_tokens)
     writer = GGUFWriter(str(path), arch)
     metadata: dict[str, object] = {
         f"{arch}.context_length": spec.context_length,

@@ -13,7 +13,7 @@ from kvchat.engine.gguf_file import read_gguf
 from kvchat.engine.protocol import ChatMessage, LoadConfig, Sampling
 from kvchat.engine.runner import ChatError, LlamaLog, ModelRunner, physical_cores
 from kvchat.engine.text_stream import Utf8Stream
-from tests.model_factory import TINY, ModelFactory, model_factory
+from tests.model_factory import GEMMA3_SWA, TINY, ModelFactory, model_factory
 
 __all__ = ["model_factory"]  # a fixture, imported so that pytest finds it
 
@@ -346,3 +346,85 @@ def test_hostile_template_in_a_model_file_runs_nothing(
         assert not marker.exists()
     finally:
         runner.close()
+
+
+@pytest.mark.parametrize(
+    ("architecture", "markers", "expected"),
+    [
+        ("gemma3", ("<start_of_turn>", "<end_of_turn>"), "gemma"),
+        ("gemma3", (), "gemma"),
+        ("llama", ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"), "llama3"),
+        ("llama", ("<|im_start|>", "<|im_end|>"), "chatml"),
+        ("llama", (), "chatml"),
+    ],
+)
+def test_a_model_without_a_template_gets_its_familys_from_llama_cpp(
+    model_factory: ModelFactory,
+    log: LlamaLog,
+    architecture: str,
+    markers: tuple[str, ...],
+    expected: str,
+) -> None:
+    base = GEMMA3_SWA if architecture == "gemma3" else TINY
+    spec = replace(base, name=f"no-template-{architecture}-{len(markers)}", control_tokens=markers)
+    path = model_factory.path(spec)
+    runner = ModelRunner(LoadConfig(str(path), n_ctx=512), read_gguf(path), log)
+    try:
+        assert (
+            runner.info.chat_template_source
+            == f"llama.cpp's {expected} (the model has no template)"
+        )
+        text, notice = runner._render_text([ChatMessage("user", "Hi")], continue_last=False)
+        assert notice == ""
+        wanted = {
+            "gemma": "<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n",
+            "llama3": "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>",
+            "chatml": "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n",
+        }[expected]
+        assert wanted in text
+    finally:
+        runner.close()
+
+
+def test_the_bundled_model_without_its_template_replies_without_markers(
+    model_path: Path, log: LlamaLog, tmp_path: Path
+) -> None:
+    """Its vocabulary's own markers choose the format; none leaks into the reply."""
+    stripped = tmp_path / "no-template.gguf"
+    _copy_without_template(model_path, stripped)
+    runner = ModelRunner(LoadConfig(str(stripped), n_ctx=1024), read_gguf(stripped), log)
+    try:
+        assert runner.info.chat_template_source.startswith("llama.cpp's chatml")
+        text, _pieces, stats = _chat(
+            runner, [ChatMessage("user", "Name three fruits.")], Sampling(max_tokens=60, seed=3)
+        )
+        assert text.strip()
+        assert "<|im_" not in text and "<|" not in text
+        assert stats.stop_reason == "eos"
+    finally:
+        runner.close()
+
+
+def _copy_without_template(source: Path, target: Path) -> None:
+    from gguf import GGUFReader, GGUFWriter
+
+    reader = GGUFReader(str(source))
+    arch = str(reader.fields["general.architecture"].contents())
+    writer = GGUFWriter(str(target), arch)
+    for name, field in reader.fields.items():
+        if name.startswith("GGUF.") or name in ("general.architecture", "tokenizer.chat_template"):
+            continue
+        writer.add_key_value(
+            name,
+            field.contents(),
+            field.types[0],
+            field.types[-1] if len(field.types) > 1 else None,
+        )
+    for tensor in reader.tensors:
+        writer.add_tensor(
+            tensor.name, tensor.data, raw_shape=tensor.data.shape, raw_dtype=tensor.tensor_type
+        )
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
