@@ -23,12 +23,13 @@ from PySide6.QtGui import (
     QFont,
     QGuiApplication,
     QPalette,
+    QResizeEvent,
     QTextBlockFormat,
     QTextCharFormat,
     QTextCursor,
     QTextDocument,
 )
-from PySide6.QtWidgets import QTextBrowser, QWidget
+from PySide6.QtWidgets import QTextBrowser, QToolButton, QWidget
 
 from kvchat.ui.markdown import (
     COPY_CODE_SCHEME,
@@ -90,6 +91,17 @@ class ChatView(QTextBrowser):
         self._render_timer.setSingleShot(True)
         self._render_timer.setInterval(RENDER_INTERVAL_MS)
         self._render_timer.timeout.connect(self._render_reply)
+        self._following = True
+        self._scrolling = False
+        self.jump_button = QToolButton(self)
+        self.jump_button.setObjectName("jumpButton")
+        self.jump_button.setText("↓ Jump to latest")
+        self.jump_button.setCursor(Qt.CursorShape.PointingHandCursor)
+        self.jump_button.clicked.connect(self.follow)
+        self.jump_button.hide()
+        bar = self.verticalScrollBar()
+        bar.valueChanged.connect(self._on_scrolled)
+        bar.rangeChanged.connect(self._on_range_changed)
         self._reset()
 
     def _reset(self) -> None:
@@ -181,13 +193,59 @@ class ChatView(QTextBrowser):
 
     # Scrolling.
 
+    # The view follows the newest text until the person scrolls up, and again
+    # once they scroll back down, send a message or press "Jump to latest".
+    # Following is a state, not a position: whatever changes the room (the
+    # composer growing, a panel shown, a resize) keeps the bottom in view.
+
     def _at_bottom(self) -> bool:
+        return self._following
+
+    def _really_at_bottom(self) -> bool:
         bar = self.verticalScrollBar()
         return bar.value() >= bar.maximum() - 4
 
     def _scroll_to_bottom(self) -> None:
         bar = self.verticalScrollBar()
-        bar.setValue(bar.maximum())
+        self._scrolling = True
+        try:
+            bar.setValue(bar.maximum())
+        finally:
+            self._scrolling = False
+
+    def follow(self) -> None:
+        """Brings the newest text into view and keeps it there."""
+        self._following = True
+        self._scroll_to_bottom()
+        self._sync_jump()
+
+    def _on_scrolled(self, _value: int) -> None:
+        if not self._scrolling:
+            self._following = self._really_at_bottom()
+            self._sync_jump()
+
+    def _on_range_changed(self, _low: int, _high: int) -> None:
+        if self._following:
+            self._scroll_to_bottom()
+        self._sync_jump()
+
+    def resizeEvent(self, event: QResizeEvent) -> None:
+        super().resizeEvent(event)
+        if self._following:
+            self._scroll_to_bottom()
+        self._place_jump()
+
+    def _sync_jump(self) -> None:
+        shown = not self._following and self.verticalScrollBar().maximum() > 0
+        if shown != self.jump_button.isVisible():
+            self.jump_button.setVisible(shown)
+            self._place_jump()
+
+    def _place_jump(self) -> None:
+        hint = self.jump_button.sizeHint()
+        area = self.viewport().geometry()
+        self.jump_button.resize(hint)
+        self.jump_button.move(area.right() - hint.width() - 12, area.bottom() - hint.height() - 12)
 
     # Positions. Everything tracked lies at or after a message start, so an
     # insertion or removal moves the positions at or after it by the same amount.
@@ -280,7 +338,10 @@ class ChatView(QTextBrowser):
         """Appends a finished message under a heading ("You", the model's name).
 
         The person's text is shown as typed; a reply is rendered as markdown.
+        The person's own message always brings the view to the bottom.
         """
+        if from_person:
+            self._following = True
         follow = self._at_bottom()
         key = self._new_key(key)
         cursor = self._start_message(heading, from_person, key)
@@ -427,6 +488,7 @@ class ChatView(QTextBrowser):
         """Empties the view (a new conversation)."""
         self._doc.clear()
         self._reset()
+        self.follow()
 
     def show_conversation(
         self, messages: Sequence[MessageView], view_start: int = 0, shown: int = SHOWN_AT_OPEN
@@ -458,7 +520,7 @@ class ChatView(QTextBrowser):
         # Lays the document out down to its end, so the bottom is known.
         self.moveCursor(QTextCursor.MoveOperation.End)
         self.ensureCursorVisible()
-        self._scroll_to_bottom()
+        self.follow()
 
     def show_earlier(self) -> None:
         """Draws the messages kept behind the "earlier messages" link."""

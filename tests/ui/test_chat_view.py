@@ -317,3 +317,42 @@ def test_continuing_a_reply_reopens_it(qtbot: QtBot) -> None:
     view.end_reply("done")
     assert view.toPlainText().endswith("Model   Copy\none two three\ndone")
     assert view.message_text("r") == "one two three"
+
+
+def _bottom(view: ChatView) -> bool:
+    bar = view.verticalScrollBar()
+    return bar.maximum() > 0 and bar.value() >= bar.maximum() - 4
+
+
+def test_the_view_follows_until_the_person_scrolls_up(qtbot: QtBot) -> None:
+    view = _view(qtbot)
+    view.resize(500, 300)
+    for index in range(20):
+        view.add_message("You", f"question {index}", from_person=True)
+        view.add_message("Model", "answer " * 40)
+    assert _bottom(view) and not view.jump_button.isVisible()
+    # Less room (the composer grows, a panel opens): the bottom stays in view.
+    view.resize(500, 180)
+    qtbot.wait(1)
+    assert _bottom(view)
+    # Scrolled up: a streaming reply does not pull the view down, and the
+    # button that does appears.
+    bar = view.verticalScrollBar()
+    bar.setValue(bar.maximum() // 2)
+    assert view.jump_button.isVisible()
+    view.begin_reply("Model")
+    view.append_reply("more " * 200)
+    qtbot.wait(80)
+    assert not _bottom(view)
+    view.end_reply("")
+    view.jump_button.click()
+    assert _bottom(view) and not view.jump_button.isVisible()
+    # Scrolled up again, the person's own message always brings the view down.
+    bar.setValue(0)
+    view.add_message("You", "a new question", from_person=True)
+    assert _bottom(view)
+    view.begin_reply("Model")
+    view.append_reply("streamed " * 200)
+    qtbot.wait(80)
+    assert _bottom(view)
+    view.end_reply("")
