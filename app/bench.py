@@ -29,6 +29,7 @@ PNG chart; the tables go to stdout, progress to stderr.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import itertools
 import json
@@ -1165,41 +1166,19 @@ def format_tables(result: BenchResult) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from kvchat.app.main import CommandLine
-
-    parser = CommandLine(
-        prog="kvchat bench",
-        description="Measure kvchat's speed against llama.cpp itself, and what the window costs.",
-    )
-    parser.add_argument("--model", metavar="PATH", help="a GGUF model file (default: bundled)")
-    parser.add_argument("--runs", type=int, metavar="N", help="runs per figure (default 5)")
-    parser.add_argument(
-        "--tokens", type=int, metavar="N", help="tokens generated per decode run (default 200)"
-    )
-    parser.add_argument(
-        "--json",
-        type=Path,
-        default=Path("kvchat-bench.json"),
-        metavar="FILE",
-        help="write the results here (default: kvchat-bench.json)",
-    )
-    parser.add_argument(
-        "--chart",
-        type=Path,
-        metavar="FILE",
-        help="draw the chart here (default: the JSON file's name with .png)",
-    )
-    parser.add_argument(
-        "--quick", action="store_true", help="tiny sizes that check the benchmark runs"
-    )
-    args = parser.parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """`kvchat bench`, with the arguments main.build_parser parsed."""
     sizes = QUICK if args.quick else FULL
     # Bounds that keep a run finite: a decode stops at the context anyway.
     for name, low, high in (("runs", 1, MAX_RUNS), ("tokens", 2, MAX_DECODE_TOKENS)):
         value = getattr(args, name)
         if value is not None and not low <= value <= high:
-            parser.error(f"--{name} {value} is out of range: it must be from {low} to {high:,}")
+            print(
+                f"kvchat bench: --{name} {value} is out of range: it must be from {low} to "
+                f"{high:,} (see kvchat bench --help)",
+                file=sys.stderr,
+            )
+            return 2
     sizes = dataclasses.replace(
         sizes,
         runs=args.runs or sizes.runs,

@@ -11,13 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
 from pathlib import Path
-from typing import get_args
 
 from pydantic import ValidationError
 
-from kvchat.app.main import CommandLine, _explain
+from kvchat.app.command_line import explain
 from kvchat.app.settings import EngineSettings
 from kvchat.engine.estimate import (
     CannotEstimateError,
@@ -28,7 +26,6 @@ from kvchat.engine.estimate import (
 )
 from kvchat.engine.gguf_file import ModelFileError
 from kvchat.engine.models import bundled_model_path, missing_model_message
-from kvchat.engine.protocol import FlashAttention, KvType
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -157,33 +154,8 @@ def format_table(result: Estimate) -> str:
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = CommandLine(
-        prog="kvchat estimate",
-        description="Project the memory a model takes per device before loading it: "
-        "weights, KV cache and compute buffers against the free memory.",
-    )
-    parser.add_argument("model", nargs="?", metavar="MODEL", help="a GGUF file (default: bundled)")
-    parser.add_argument("--ctx", type=int, metavar="N", help="context size in tokens")
-    parser.add_argument("--gpu-layers", type=int, metavar="N", help="layers to offload")
-    parser.add_argument(
-        "--kv-type", choices=get_args(KvType), default="f16", help="K and V cache type"
-    )
-    parser.add_argument(
-        "--flash-attention",
-        choices=get_args(FlashAttention),
-        default="auto",
-        help="quantized V types need it on (auto: llama.cpp decides)",
-    )
-    parser.add_argument("--json", action="store_true", help="one JSON object for scripts")
-    parser.add_argument(
-        "--fit", action="store_true", help="with --json: add the most layers and context that fit"
-    )
-    return parser
-
-
-def main(argv: Sequence[str]) -> int:
-    args = build_parser().parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """`kvchat estimate`, with the arguments main.build_parser parsed."""
     chosen = {
         "n_ctx": args.ctx,
         "n_gpu_layers": args.gpu_layers,
@@ -194,8 +166,8 @@ def main(argv: Sequence[str]) -> int:
     try:
         settings = EngineSettings(**{k: v for k, v in chosen.items() if v is not None})
     except ValidationError as exc:
-        return _fail(_explain(exc), EXIT_BAD_INPUT)
-    model = args.model
+        return _fail(explain(exc), EXIT_BAD_INPUT)
+    model = args.model_file or args.model
     if model is None:
         bundled = bundled_model_path()
         if bundled is None:

@@ -3,41 +3,136 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from importlib import metadata
+from pathlib import Path
+from typing import Any, get_args
 
-import annotated_types
 from pydantic import ValidationError
 
+from kvchat.app.command_line import CommandLine, explain
 from kvchat.app.paths import DataDirError, resolve_data_dir
 from kvchat.app.settings import EngineSettings, Settings
 from kvchat.app.settings_file import read_settings, settings_path
 from kvchat.engine.children import protect_this_process
+from kvchat.engine.protocol import FlashAttention, KvType
+
+# The options the window and its commands share, declared once. Given before
+# the command (`kvchat --data-dir D chat "hi"`) or after it, they mean the same.
+SHARED_OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
+    "model": (("--model",), {"metavar": "PATH", "help": "a GGUF model file (default: bundled)"}),
+    "data_dir": (
+        ("--data-dir",),
+        {
+            "metavar": "DIR",
+            "help": "keep all of kvchat's state here (default: $KVCHAT_DATA_DIR, else the "
+            "platform's user data folder)",
+        },
+    ),
+    "ctx": (("--ctx",), {"type": int, "metavar": "N", "help": "context size in tokens"}),
+    "threads": (("--threads",), {"type": int, "metavar": "N", "help": "CPU threads"}),
+    "gpu_layers": (
+        ("--gpu-layers",),
+        {"type": int, "metavar": "N", "help": "layers to offload"},
+    ),
+}
+# Which of them each command takes (the window takes all of them).
+COMMAND_OPTIONS = {
+    "chat": ("model", "data_dir", "ctx", "threads", "gpu_layers"),
+    "estimate": ("model", "ctx", "gpu_layers"),
+    "bench": ("model",),
+}
 
 
-class CommandLine(argparse.ArgumentParser):
-    """An argument parser whose errors are one line: what is wrong, and where help is.
-
-    (argparse prints the whole usage first, which buries the one line that matters.)
-    """
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+def _add_shared(parser: argparse.ArgumentParser, names: Sequence[str], after: bool) -> None:
+    for name in names:
+        flags, options = SHARED_OPTIONS[name]
+        # After the command, an option not given must not undo one given before it.
+        default: Any = argparse.SUPPRESS if after else None
+        parser.add_argument(*flags, dest=name, default=default, **options)
 
 
-def _add_common_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", metavar="PATH", help="a GGUF model file (default: bundled)")
-    parser.add_argument(
-        "--data-dir",
-        metavar="DIR",
-        help="keep all of kvchat's state here (default: $KVCHAT_DATA_DIR, else the "
-        "platform's user data folder)",
+def build_parser() -> CommandLine:
+    """kvchat's one command line: the window, and its subcommands."""
+    parser = CommandLine(
+        prog="kvchat",
+        description="Chat with a local language model and see where the memory goes. "
+        "With no command, the window opens.",
     )
-    parser.add_argument("--ctx", type=int, metavar="N", help="context size in tokens")
-    parser.add_argument("--threads", type=int, metavar="N", help="CPU threads")
-    parser.add_argument("--gpu-layers", type=int, metavar="N", help="layers to offload")
+    parser.add_argument("--version", action="version", version=f"kvchat {_version()}")
+    _add_shared(parser, list(SHARED_OPTIONS), after=False)
+    commands = parser.add_subparsers(
+        dest="command", metavar="COMMAND", parser_class=CommandLine, title="commands"
+    )
+    chat = commands.add_parser(
+        "chat",
+        help="stream one reply to stdout, with no window",
+        description="Stream one reply to stdout, with no window.",
+    )
+    _add_shared(chat, COMMAND_OPTIONS["chat"], after=True)
+    chat.add_argument("question", help="the message to send")
+    chat.add_argument("--max-tokens", type=int, metavar="N")
+    chat.add_argument("--temperature", type=float, metavar="T")
+    chat.add_argument("--seed", type=int, metavar="N")
+    chat.add_argument("--stats", action="store_true", help="print the turn's figures")
+    estimate = commands.add_parser(
+        "estimate",
+        help="what a load would take per device, and whether it fits",
+        description="Project the memory a model takes per device before loading it: "
+        "weights, KV cache and compute buffers against the free memory.",
+    )
+    _add_shared(estimate, COMMAND_OPTIONS["estimate"], after=True)
+    estimate.add_argument(
+        "model_file", nargs="?", metavar="MODEL", help="a GGUF file (default: bundled)"
+    )
+    estimate.add_argument(
+        "--kv-type", choices=get_args(KvType), default="f16", help="K and V cache type"
+    )
+    estimate.add_argument(
+        "--flash-attention",
+        choices=get_args(FlashAttention),
+        default="auto",
+        help="quantized V types need it on (auto: llama.cpp decides)",
+    )
+    estimate.add_argument("--json", action="store_true", help="one JSON object for scripts")
+    estimate.add_argument(
+        "--fit", action="store_true", help="with --json: add the most layers and context that fit"
+    )
+    measure = commands.add_parser(
+        "bench",
+        help="kvchat's speed against llama.cpp itself, and what the window costs",
+        description="Measure kvchat's speed against llama.cpp itself, and what the window costs.",
+    )
+    _add_shared(measure, COMMAND_OPTIONS["bench"], after=True)
+    measure.add_argument("--runs", type=int, metavar="N", help="runs per figure (default 5)")
+    measure.add_argument(
+        "--tokens", type=int, metavar="N", help="tokens generated per decode run (default 200)"
+    )
+    measure.add_argument(
+        "--json",
+        type=Path,
+        default=Path("kvchat-bench.json"),
+        metavar="FILE",
+        help="write the results here (default: kvchat-bench.json)",
+    )
+    measure.add_argument(
+        "--chart",
+        type=Path,
+        metavar="FILE",
+        help="draw the chart here (default: the JSON file's name with .png)",
+    )
+    measure.add_argument(
+        "--quick", action="store_true", help="tiny sizes that check the benchmark runs"
+    )
+    return parser
+
+
+def _version() -> str:
+    try:
+        return metadata.version("kvchat")
+    except metadata.PackageNotFoundError:  # pragma: no cover - always installed
+        return "unknown"
 
 
 def _settings(args: argparse.Namespace, **extra: object) -> tuple[Settings, str]:
@@ -56,59 +151,6 @@ def _settings(args: argparse.Namespace, **extra: object) -> tuple[Settings, str]
     return loaded.settings.model_copy(update={"engine": engine}), loaded.notice
 
 
-OPTIONS = {"n_ctx": "--ctx", "n_threads": "--threads", "n_gpu_layers": "--gpu-layers"}
-
-
-def _number(value: object) -> str:
-    if isinstance(value, int):
-        return f"{value:,}"
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def _range(field: str) -> str:
-    """The bounds of a setting in words: "from 512 to 1,048,576"."""
-    info = EngineSettings.model_fields.get(field)
-    low = high = ""
-    for bound in info.metadata if info is not None else ():
-        if isinstance(bound, annotated_types.Ge):
-            low = f"from {_number(bound.ge)}"
-        elif isinstance(bound, annotated_types.Gt):
-            low = f"above {_number(bound.gt)}"
-        elif isinstance(bound, annotated_types.Le):
-            high = f"to {_number(bound.le)}"
-        elif isinstance(bound, annotated_types.Lt):
-            below = bound.lt
-            high = f"to {below - 1:,}" if isinstance(below, int) else f"below {_number(below)}"
-    if low.startswith("above") and high:
-        high = "and up " + high
-    return " ".join(part for part in (low, high) if part)
-
-
-def _explain(error: ValidationError) -> str:
-    """One line for a person: each option, the value given, and what it may be."""
-    lines = []
-    for problem in error.errors():
-        field = str(problem["loc"][0]) if problem["loc"] else "value"
-        option = OPTIONS.get(field, "--" + field.replace("_", "-"))
-        value: Any = problem.get("input")
-        bounds = _range(field)
-        if isinstance(value, float) and math.isnan(value):
-            why = "is not a number"
-        elif bounds and problem["type"] in (
-            "greater_than",
-            "greater_than_equal",
-            "less_than",
-            "less_than_equal",
-            "finite_number",
-        ):
-            why = "is out of range"
-        else:
-            why = f"is not allowed ({problem['msg'][:1].lower()}{problem['msg'][1:]})"
-        shown = f" {value}" if isinstance(value, int | float | str) else ""
-        lines.append(f"{option}{shown} {why}" + (f": it must be {bounds}" if bounds else ""))
-    return "; ".join(lines)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     protect_this_process()
     try:
@@ -119,33 +161,32 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(argv: list[str]) -> int:
-    if argv[:1] == ["estimate"]:
-        from kvchat.app.cli_estimate import main as run_estimate
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    command = args.command
+    if command is not None:
+        taken = COMMAND_OPTIONS[command]
+        for name in SHARED_OPTIONS:
+            if name not in taken and getattr(args, name) is not None:
+                flag = SHARED_OPTIONS[name][0][0]
+                parser.error(f"{flag} does not apply to `kvchat {command}`")
+    if command == "estimate":
+        from kvchat.app import cli_estimate
 
-        return run_estimate(argv[1:])
-    if argv[:1] == ["bench"]:
-        from kvchat.app.bench import main as run_bench
+        return cli_estimate.run(args)
+    if command == "bench":
+        from kvchat.app import bench
 
-        return run_bench(argv[1:])
-    if argv[:1] == ["chat"]:
-        parser = CommandLine(
-            prog="kvchat chat",
-            description="Stream one reply to stdout, with no window.",
-        )
-        _add_common_options(parser)
-        parser.add_argument("question", help="the message to send")
-        parser.add_argument("--max-tokens", type=int, metavar="N")
-        parser.add_argument("--temperature", type=float, metavar="T")
-        parser.add_argument("--seed", type=int, metavar="N")
-        parser.add_argument("--stats", action="store_true", help="print the turn's figures")
-        args = parser.parse_args(argv[1:])
-        try:
-            settings, notice = _settings(
-                args, max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed
-            )
-        except ValidationError as exc:
-            print(f"kvchat: {_explain(exc)}", file=sys.stderr)
-            return 2
+        return bench.run(args)
+    extra: dict[str, object] = {}
+    if command == "chat":
+        extra = {"max_tokens": args.max_tokens, "temperature": args.temperature, "seed": args.seed}
+    try:
+        settings, notice = _settings(args, **extra)
+    except ValidationError as exc:
+        print(f"kvchat: {explain(exc)}", file=sys.stderr)
+        return 2
+    if command == "chat":
         if notice:
             print(f"kvchat: {notice}", file=sys.stderr)
         from kvchat.app.cli_chat import run_chat
@@ -157,20 +198,6 @@ def _run(argv: list[str]) -> int:
             resolve_data_dir(args.data_dir),
             args.stats,
         )
-
-    parser = CommandLine(
-        prog="kvchat",
-        description="Chat with a local language model and see where the memory goes.",
-        epilog="`kvchat chat QUESTION` streams one reply to stdout instead; "
-        "`kvchat estimate MODEL` projects a load's memory per device.",
-    )
-    _add_common_options(parser)
-    args = parser.parse_args(argv)
-    try:
-        settings, notice = _settings(args)
-    except ValidationError as exc:
-        print(f"kvchat: {_explain(exc)}", file=sys.stderr)
-        return 2
     from kvchat.app.gui import run_gui
 
     return run_gui(args.model, settings, resolve_data_dir(args.data_dir), notice)

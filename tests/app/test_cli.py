@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -212,3 +213,41 @@ def test_bench_without_a_display_runs_headless(tmp_path: Path, model_path: Path)
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(results.read_text())["machine"]["qt_platform"] == "offscreen"
+
+
+def test_version_and_help_name_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip().startswith("kvchat ")
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    listed = capsys.readouterr().out
+    for command in ("chat", "estimate", "bench"):
+        assert f"    {command} " in listed
+
+
+@pytest.mark.parametrize("before", [True, False])
+def test_shared_options_work_before_or_after_the_command(
+    data_dir: Path, tmp_path: Path, before: bool
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    options = ["--data-dir", str(elsewhere), "--ctx", "1024"]
+    args = [*options, "chat", "--stats", "--max-tokens", "4", "Hi"]
+    if not before:
+        args = ["chat", *options, "--stats", "--max-tokens", "4", "Hi"]
+    done = _script(*args, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (elsewhere / "logs" / "engine.log").exists()
+    assert not (data_dir / "logs").exists()
+    # llama.cpp's own log line for the context it made.
+    assert re.search(r"n_ctx\s*=\s*1024\b", (elsewhere / "logs" / "engine.log").read_text())
+
+
+def test_an_option_a_command_does_not_take_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["--threads", "2", "estimate"])
+    assert done.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        "kvchat: --threads does not apply to `kvchat estimate` (see kvchat --help)"
+    )
