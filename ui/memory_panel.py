@@ -48,6 +48,14 @@ def format_bytes(value: float) -> str:
     raise AssertionError("unreachable")
 
 
+def format_decimal_bytes(value: float) -> str:
+    """97_900_000 -> "97.9 MB": decimal units, to sit beside a rate in GB/s."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.1f} {unit}"
+    return f"{value:.0f} B"
+
+
 def format_rate(bytes_per_s: float) -> str:
     """Bandwidth in decimal units, as memory data sheets give it: "3.35 TB/s"."""
     for unit, scale in (("TB/s", 1e12), ("GB/s", 1e9), ("MB/s", 1e6)):
@@ -390,7 +398,9 @@ class SpeedPanel(QGroupBox):
         self.labels["decode"].setText(f"{view.decode_tokens_per_s:,.1f} tokens/s")
         achieved = view.bytes_read_per_token * view.decode_tokens_per_s
         text = (
-            f"{format_rate(achieved)} ({format_bytes(view.bytes_read_per_token)} per token × "
+            # One unit system on the line: decimal, as bandwidth is quoted.
+            f"{format_rate(achieved)} ({format_decimal_bytes(view.bytes_read_per_token)} "
+            "per token × "
             f"{view.decode_tokens_per_s:,.1f} tokens/s)"
         )
         if view.peak_bandwidth_bytes_per_s:

@@ -101,7 +101,9 @@ def test_speed_panel_shows_bandwidth_against_peak(qtbot: QtBot) -> None:
     labels = panel.speed_panel.labels
     assert labels["decode"].text() == "100.0 tokens/s"
     assert labels["ttft"].text() == "50 ms"
-    assert labels["bandwidth"].text().startswith("1.00 TB/s (")
+    # One unit system on the line: decimal bytes beside a decimal rate.
+    assert labels["bandwidth"].text().startswith("1.00 TB/s (10.0 GB per token × 100.0 tokens/s)")
+    assert "iB" not in labels["bandwidth"].text()
     assert "30% of the 3.35 TB/s peak" in labels["bandwidth"].text()
     # A one-token reply has no decode speed, and so no memory-read rate.
     panel.set_speed(SpeedView(2500.0, 0.0, 0.05, 10**10, 3.35e12, "gpu"))
