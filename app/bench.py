@@ -689,13 +689,15 @@ class StreamRun:
 
     `gui_cpu_us_per_token` is all the GUI thread's CPU time from the first
     token to the reply closed (event dispatch, the append, the view's
-    rendering and painting), less what the heartbeat timer costs on its own;
+    rendering and painting), less what the heartbeat timer costs on its own
+    (None when that cost, measured apart, came out larger: the run is too
+    short to tell the two apart, as a --quick run can be);
     `append_cpu_us_per_token` is the append call's share of it. The stalls
     are the gaps between the heartbeat's ticks, in ms; the rate is the one
     the tokens reached the view at.
     """
 
-    gui_cpu_us_per_token: float
+    gui_cpu_us_per_token: float | None
     append_cpu_us_per_token: float
     stall_p50_ms: float
     stall_p99_ms: float
@@ -709,7 +711,7 @@ class GuiView:
     figure is a StreamRun's, over the runs."""
 
     messages: int
-    gui_cpu_us_per_token: Spread
+    gui_cpu_us_per_token: Spread | None  # None: no run could measure it
     append_cpu_us_per_token: Spread
     stall_p50_ms: Spread
     stall_p99_ms: Spread
@@ -782,8 +784,9 @@ def _stream_once(window: MainWindow, tokens: int, heartbeat_cpu_per_s: float) ->
     elapsed = time.perf_counter() - started
     heartbeat.stop()
     gaps = [(b - a) * 1000 for a, b in itertools.pairwise(beats)] or [0.0]
+    own = cpu - heartbeat_cpu_per_s * elapsed
     return StreamRun(
-        gui_cpu_us_per_token=(cpu - heartbeat_cpu_per_s * elapsed) / tokens * 1e6,
+        gui_cpu_us_per_token=own / tokens * 1e6 if own >= 0 else None,
         append_cpu_us_per_token=probe.cpu_s / tokens * 1e6,
         stall_p50_ms=_percentile(gaps, 0.50),
         stall_p99_ms=_percentile(gaps, 0.99),
@@ -813,11 +816,11 @@ def measure_gui(sizes: Sizes, say: Callable[[str], None]) -> GuiResult:
         QApplication.processEvents()
 
     def view(count: int) -> GuiView:
-        figures = {
-            field.name: Spread.of([getattr(r, field.name) for r in runs[count]])
-            for field in dataclasses.fields(StreamRun)
-        }
-        return GuiView(messages=count, **figures)
+        figures: dict[str, Spread | None] = {}
+        for field in dataclasses.fields(StreamRun):
+            measured = [v for r in runs[count] if (v := getattr(r, field.name)) is not None]
+            figures[field.name] = Spread.of(measured) if measured else None
+        return GuiView(messages=count, **figures)  # type: ignore[arg-type]
 
     return GuiResult(
         rate_tokens_per_s=GUI_RATE,
@@ -1141,7 +1144,8 @@ def format_tables(result: BenchResult) -> str:
         "| --- | --- | --- | --- | --- | --- |",
     ]
     lines += [
-        f"| {v.messages} | {v.gui_cpu_us_per_token.text(1)} | "
+        f"| {v.messages} | "
+        f"{v.gui_cpu_us_per_token.text(1) if v.gui_cpu_us_per_token else 'not measurable'} | "
         f"{v.append_cpu_us_per_token.text(1)} | {v.stall_p50_ms.text(2)} | "
         f"{v.stall_p99_ms.text(2)} | {v.delivered_tokens_per_s.text(0)} |"
         for v in gui.views

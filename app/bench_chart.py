@@ -289,8 +289,9 @@ def draw_chart(result: BenchResult, path: Path) -> None:
         [
             Group(
                 f"{v.messages} messages",
+                # A figure that could not be measured has no bar, never a negative one.
                 [
-                    Bar.of(v.gui_cpu_us_per_token, WINDOW),
+                    *([Bar.of(v.gui_cpu_us_per_token, WINDOW)] if v.gui_cpu_us_per_token else []),
                     Bar.of(v.append_cpu_us_per_token, WINDOW_LIGHT),
                 ],
             )
