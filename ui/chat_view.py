@@ -17,8 +17,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from PySide6.QtCore import Qt, QTimer, QUrl, Signal
+from PySide6.QtCore import QRect, Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import (
+    QCursor,
     QDesktopServices,
     QFont,
     QGuiApplication,
@@ -29,7 +30,7 @@ from PySide6.QtGui import (
     QTextCursor,
     QTextDocument,
 )
-from PySide6.QtWidgets import QTextBrowser, QToolButton, QWidget
+from PySide6.QtWidgets import QTextBrowser, QToolButton, QToolTip, QWidget
 
 from kvchat.ui.markdown import (
     COPY_CODE_SCHEME,
@@ -45,6 +46,7 @@ from kvchat.ui.markdown import (
 )
 
 RENDER_INTERVAL_MS = 33
+COPIED_SHOWN_MS = 1500
 # Characters of one message drawn at most. Qt lays text out at about half a
 # microsecond a character, all at once: a pasted megabyte would hold the
 # window for half a second each time it is drawn. The rest is kept, not
@@ -93,6 +95,7 @@ class ChatView(QTextBrowser):
         self._render_timer.timeout.connect(self._render_reply)
         self._following = True
         self._scrolling = False
+        self.copied_note = ""  # what the last Copy said, for a moment
         self.jump_button = QToolButton(self)
         self.jump_button.setObjectName("jumpButton")
         self.jump_button.setText("↓ Jump to latest")
@@ -667,14 +670,22 @@ class ChatView(QTextBrowser):
 
     # Links.
 
+    def _say_copied(self) -> None:
+        """'Copied', for a moment, where the pointer is: the document is not
+        touched, so nothing in it moves."""
+        self.copied_note = "Copied"
+        QToolTip.showText(QCursor.pos(), self.copied_note, self, QRect(), COPIED_SHOWN_MS)
+
     def _on_anchor(self, url: QUrl) -> None:
         scheme = url.scheme()
         if scheme == COPY_CODE_SCHEME:
             QGuiApplication.clipboard().setText(self._code.get(url.path(), ""))
+            self._say_copied()
         elif scheme == ACTION_SCHEME:
             action, _, key = url.path().partition("/")
             if action == "copy":
                 QGuiApplication.clipboard().setText(self.message_text(key))
+                self._say_copied()
             elif action == "edit":
                 self.edit_requested.emit(key)
             elif action == "regenerate":

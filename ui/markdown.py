@@ -228,9 +228,12 @@ def _code_block_format(
 ) -> QTextBlockFormat:
     block = QTextBlockFormat()
     block.setBackground(background)
-    block.setLeftMargin(6)
+    # Every line of the code indented alike, and no line wrapped: a long one
+    # would go on at column 0 and lose its indentation; the view scrolls
+    # sideways instead.
+    block.setLeftMargin(14)
     block.setRightMargin(6)
-    block.setTextIndent(8)
+    block.setNonBreakableLines(True)
     block.setTopMargin(top)
     block.setBottomMargin(bottom)
     return block

@@ -110,11 +110,24 @@ def test_reply_is_rendered_as_markdown_with_highlighted_code(qtbot: QtBot) -> No
 def test_copy_links_copy_a_code_block_and_a_message(qtbot: QtBot) -> None:
     view = _view(qtbot)
     view.add_message("Model", REPLY, key="r1")
+    assert view.copied_note == ""
     _click_link(qtbot, view, "kvchat-code:r1/1")
     code = "def fib(n: int) -> int:\n    return n if n < 2 else fib(n - 1) + fib(n - 2)"
     assert QGuiApplication.clipboard().text() == code
+    assert view.copied_note == "Copied"  # said for a moment, by the pointer
     _click_link(qtbot, view, "kvchat-action:copy/r1")
     assert QGuiApplication.clipboard().text() == REPLY
+
+
+def test_a_long_code_line_keeps_its_indentation_and_scrolls_sideways(qtbot: QtBot) -> None:
+    view = _view(qtbot)
+    long_line = "    result = " + " + ".join(f"value_{i}" for i in range(60))
+    view.add_message("Model", f"```python\ndef f():\n{long_line}\n```", key="r1")
+    qtbot.wait(1)
+    block = view.document().findBlock(view.toPlainText().index("result"))
+    assert block.blockFormat().nonBreakableLines()
+    assert block.layout().lineCount() == 1  # not wrapped back to column 0
+    assert view.horizontalScrollBar().maximum() > 0
 
 
 def test_actions_emit_what_was_clicked(qtbot: QtBot) -> None:
