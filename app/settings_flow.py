@@ -23,7 +23,7 @@ from kvchat.app.settings_file import read_settings, settings_path, write_setting
 from kvchat.engine.estimate import Error as EstimateError
 from kvchat.engine.estimate import Estimate, estimate
 from kvchat.engine.gguf_file import ModelFileError
-from kvchat.engine.model_catalog import ModelEntry, find_models
+from kvchat.engine.model_catalog import ModelEntry, describe, find_models
 from kvchat.engine.protocol import KvCache
 from kvchat.ui.memory_panel import format_bytes
 from kvchat.ui.settings_dialog import Choice, DeviceProjection, ModelRow, SettingsDialog
@@ -113,6 +113,7 @@ class SettingsFlow(QObject):
 
     Signals:
         models_found(object): list[ModelEntry], from the worker thread.
+        model_described(object): the ModelEntry of a file picked with Browse….
         estimated(int, object): generation, Estimate or an error message.
         model_fit(str, str): a listed model's path and whether it fits, in words.
         projection_shown(object): the Estimate (or error text) the dialog now shows.
@@ -121,6 +122,7 @@ class SettingsFlow(QObject):
     """
 
     models_found = Signal(object)
+    model_described = Signal(object)
     estimated = Signal(int, object)
     model_fit = Signal(str, str)
     projection_shown = Signal(object)
@@ -141,6 +143,9 @@ class SettingsFlow(QObject):
         self._timer.setInterval(DRY_RUN_DELAY_MS)
         self._timer.timeout.connect(self._dry_run)
         self.models_found.connect(self._on_models_found)
+        self.model_described.connect(self._on_model_described)
+        # Files picked with Browse…: listed from then on, beside the ones found.
+        self._browsed: dict[str, ModelEntry] = {}
         self.estimated.connect(self._on_estimated)
         self.model_fit.connect(self._on_model_fit)
         self.layers_found.connect(self._on_layers_found)
@@ -166,6 +171,7 @@ class SettingsFlow(QObject):
         )
         dialog.model_folder = self.controller.window.model_folder
         dialog.choice_changed.connect(self._on_choice_changed)
+        dialog.model_browsed.connect(self._describe_browsed)
         dialog.applied.connect(self.apply)
         dialog.finished.connect(self._on_closed)
         self.dialog = dialog
@@ -181,7 +187,16 @@ class SettingsFlow(QObject):
         self._generation += 1
         self.controller.window.focus_composer()
 
+    def _describe_browsed(self, path: str) -> None:
+        self._worker.submit(lambda: self.model_described.emit(describe(Path(path), "chosen")))
+
+    def _on_model_described(self, entry: ModelEntry) -> None:
+        self._browsed[entry.path] = entry
+        self._on_models_found(list(self._entries.values()))
+
     def _on_models_found(self, entries: list[ModelEntry]) -> None:
+        found = {entry.path: entry for entry in entries}
+        entries = list({**self._browsed, **found}.values())
         self._entries = {entry.path: entry for entry in entries}
         current = self.controller.model.path if self.controller.model else ""
         usable = [e for e in entries if not e.problem]

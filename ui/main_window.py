@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -251,16 +252,29 @@ class MainWindow(QMainWindow):
         self.model_switcher.blockSignals(True)
         self.model_switcher.clear()
         for label, path in choices:
-            self.model_switcher.addItem(label, path)
+            if self._model_choice_index(path) < 0:
+                self.model_switcher.addItem(label, path)
         self.select_model_choice(current)
         self.model_switcher.blockSignals(False)
 
     def select_model_choice(self, path: str) -> None:
-        index = self.model_switcher.findData(path)
+        index = self._model_choice_index(path)
         if index < 0 and path:
             self.model_switcher.addItem(path.rsplit("/", 1)[-1], path)
             index = self.model_switcher.count() - 1
         self.model_switcher.setCurrentIndex(index)
+
+    def _model_choice_index(self, path: str) -> int:
+        """The list's entry for this file, however its path is spelled (a
+        link, `..`, a second slash): one file, one entry."""
+        if not path:
+            return -1
+        wanted = os.path.realpath(path)
+        for index in range(self.model_switcher.count()):
+            data = self.model_switcher.itemData(index)
+            if isinstance(data, str) and os.path.realpath(data) == wanted:
+                return index
+        return -1
 
     def _switcher_activated(self, index: int) -> None:
         path = self.model_switcher.itemData(index)

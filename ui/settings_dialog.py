@@ -94,10 +94,12 @@ class SettingsDialog(QDialog):
     Signals:
         choice_changed(object): a Choice, whenever a control moved (for the projection).
         applied(object): a Choice the person applied (Apply or OK).
+        model_browsed(str): a file picked with Browse…, to be described and listed.
     """
 
     choice_changed = Signal(object)
     applied = Signal(object)
+    model_browsed = Signal(str)
 
     def __init__(self, choice: Choice, max_threads: int, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -442,6 +444,7 @@ class SettingsDialog(QDialog):
             self._selected_fallback = path
             self.models.clearSelection()
             self._changed()
+            self.model_browsed.emit(path)
 
     def _ok(self) -> None:
         self.applied.emit(self.choice())

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from PySide6.QtWidgets import QFileDialog
 from pytestqt.qtbot import QtBot
 
 from kvchat.app.controller import Controller
@@ -136,3 +137,25 @@ def test_apply_then_ok_makes_one_load(
         dialog.applied.emit(dialog.choice())  # OK, before the load has finished
     assert len(started) == 1
     assert controller.settings.type_k == "q8_0"
+
+
+def test_a_model_picked_with_browse_gets_a_selected_row(
+    qtbot: QtBot,
+    opened: tuple[MainWindow, Controller, SettingsFlow, SettingsDialog],
+    model_path: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _window, _controller, flow, dialog = opened
+    picked = tmp_path / "elsewhere" / "picked.gguf"
+    picked.parent.mkdir()
+    picked.symlink_to(model_path)
+    monkeypatch.setattr(
+        QFileDialog, "getOpenFileName", staticmethod(lambda *_args: (str(picked), ""))
+    )
+    with qtbot.waitSignal(flow.model_described, timeout=WAIT_MS):
+        dialog._browse()
+    qtbot.waitUntil(lambda: str(picked) in dialog._paths)
+    rows = dialog.models.selectionModel().selectedRows()
+    assert [dialog._paths[r.row()] for r in rows] == [str(picked)]
+    assert dialog.selected_path() == str(picked)

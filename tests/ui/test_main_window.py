@@ -134,3 +134,18 @@ def test_file_dialogs_start_in_the_models_folder_or_home(
     window.model_folder = "/models/here"
     window.open_action.trigger()
     assert started == [str(Path.home()), "/models/here"]
+
+
+def test_one_model_file_is_one_entry_in_the_toolbar(qtbot: QtBot, tmp_path: Path) -> None:
+    model = tmp_path / "models" / "a.gguf"
+    model.parent.mkdir()
+    model.write_bytes(b"GGUF")
+    link = tmp_path / "a-link.gguf"
+    link.symlink_to(model)
+    window = MainWindow()
+    qtbot.addWidget(window)
+    window.select_model_choice(str(tmp_path / "models" / ".." / "models" / "a.gguf"))
+    window.set_model_choices([("a · 4 B", str(model)), ("a again", str(link))], str(link))
+    window.select_model_choice(str(model))
+    assert window.model_switcher.count() == 1
+    assert window.model_switcher.currentText() == "a · 4 B"
