@@ -8,6 +8,7 @@ a second: the cost of the panels does not grow with the decode speed.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -413,6 +414,13 @@ class SpeedPanel(QGroupBox):
         self.labels["bandwidth"].setText(text)
 
 
+# The least an axis shows, so an empty or flat plot has a sensible scale.
+MIN_SPAN_MIB = 1.0
+MIN_SPAN_TOKENS_PER_S = 10.0
+# Points of the decode speed further apart than this are separate replies.
+SPEED_GAP_S = 3.0
+
+
 class LivePlot(QWidget):
     """Since the model loaded: KV cache bytes, the engine's memory, and tokens/s."""
 
@@ -445,9 +453,13 @@ class LivePlot(QWidget):
             curves.append(plot.plot(pen=pg.mkPen(color, width=2)))
             self.plots.append(plot)
             layout.addWidget(plot)
-        self.plots[-1].getPlotItem().setLabel("bottom", "seconds since load")
+            # Sizes and rates start at zero: an axis that zooms to the data's
+            # own span makes noise of a few KiB look like a climb.
+            item.enableAutoRange(y=False)
+            item.setLabel("bottom", "s since load")
         self.kv_curve, self.process_curve, self.speed_curve = curves
         self.clear()
+        self.redraw()
 
     def clear(self) -> None:
         self.kv_points: list[tuple[float, float]] = []
@@ -467,16 +479,24 @@ class LivePlot(QWidget):
         del self.speed_points[:-PLOT_POINTS]
 
     def redraw(self) -> None:
-        for curve, points in (
-            (self.kv_curve, self.kv_points),
-            (self.process_curve, self.process_points),
-            (self.speed_curve, self.speed_points),
-        ):
-            if points:
-                xs, ys = zip(*points, strict=True)
-                curve.setData(list(xs), list(ys))
-            else:
-                curve.setData([], [])
+        rows = (
+            (self.kv_curve, self.kv_points, MIN_SPAN_MIB, None),
+            (self.process_curve, self.process_points, MIN_SPAN_MIB, None),
+            # Decode speed exists only while a reply is written: idle time is a gap.
+            (self.speed_curve, self.speed_points, MIN_SPAN_TOKENS_PER_S, SPEED_GAP_S),
+        )
+        for plot, (curve, points, min_span, gap) in zip(self.plots, rows, strict=True):
+            xs: list[float] = []
+            ys: list[float] = []
+            for x, y in points:
+                if gap is not None and xs and x - xs[-1] > gap:
+                    xs.append((xs[-1] + x) / 2)
+                    ys.append(math.nan)
+                xs.append(x)
+                ys.append(y)
+            curve.setData(xs, ys, connect="finite")
+            top = max((y for y in ys if not math.isnan(y)), default=0.0)
+            plot.getPlotItem().setYRange(0.0, max(top * 1.15, min_span), padding=0)
 
 
 class MemoryPanel(QScrollArea):

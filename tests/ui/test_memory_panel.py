@@ -1,8 +1,11 @@
+import math
+
 from pytestqt.qtbot import QtBot
 
 from kvchat.ui.memory_panel import (
     DeviceView,
     KvView,
+    LivePlot,
     MemoryPanel,
     SpeedView,
     format_bytes,
@@ -121,3 +124,24 @@ def test_hidden_panel_does_no_work(qtbot: QtBot) -> None:
     panel.show()
     panel.refresh()
     assert "10" in panel.kv_panel.fill_label.text()
+
+
+def test_plots_start_at_zero_keep_gaps_and_name_their_units(qtbot: QtBot) -> None:
+    plot = LivePlot()
+    qtbot.addWidget(plot)
+    plot.redraw()
+    for each in plot.plots:
+        low, high = each.getPlotItem().viewRange()[1]
+        assert low == 0.0 and high > 0.0  # an empty plot: no -0.4…0.4 MiB axis
+        assert each.getPlotItem().getAxis("bottom").labelText == "s since load"
+    # A flat engine memory with a few KiB of noise stays flat on the axis.
+    for second, mib in enumerate((500.0, 500.01, 500.02, 500.01)):
+        plot.add_process(float(second), int(mib * 2**20))
+    # Two replies with idle time between: the line does not cross the gap.
+    for second in (1.0, 1.5, 2.0, 30.0, 30.5):
+        plot.add_speed(second, 90.0)
+    plot.redraw()
+    low, high = plot.plots[1].getPlotItem().viewRange()[1]
+    assert low == 0.0 and high >= 500.0
+    _xs, ys = plot.speed_curve.getData()
+    assert sum(1 for y in ys if math.isnan(y)) == 1
