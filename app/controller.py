@@ -113,6 +113,9 @@ class Controller(QObject):
         self._log_note_shown = ""
         self._load_notice_shown = ""  # the model the conversation on screen was told of
         self._shown_before_delete: str | None = None  # deleted while on screen: Undo shows it
+        # The system prompt the person set for the new conversation before its
+        # first message (None: the default from settings).
+        self._new_system_prompt: str | None = None
         self.memory_monitor = MemoryMonitor(window.memory_panel, engine)
         # Set by whoever builds the window (app.gui), which owns the data dir.
         self.settings_flow: QObject | None = None
@@ -135,6 +138,8 @@ class Controller(QObject):
         if history.saver.problem:
             window.show_storage_problem(history.saver.problem)
         window.stop_requested.connect(self.stop)
+        window.system_prompt_edited.connect(self.set_system_prompt)
+        window.show_system_prompt(self.settings.system_prompt)
         window.restart_requested.connect(self.restart_engine)
         window.model_file_chosen.connect(self.switch_model)
         window.closing.connect(self.shutdown)
@@ -217,7 +222,11 @@ class Controller(QObject):
             return
         self._clear_error()
         self.window.accept_message()
-        message = self.history.add_user(text, self.model, self.settings.system_prompt)
+        system = self._new_system_prompt
+        if system is None:
+            system = self.settings.system_prompt
+        message = self.history.add_user(text, self.model, system)
+        self._new_system_prompt = None  # it belongs to the conversation now
         # As stored: the store may have replaced what UTF-8 cannot hold.
         self.window.chat_view.add_message("You", message.content, from_person=True, key=message.key)
         self._refresh_list()
@@ -541,6 +550,8 @@ class Controller(QObject):
         self.memory_monitor.set_model_view("")
         self.window.conversation_list.select(None)
         self._load_notice_shown = ""
+        self._new_system_prompt = None
+        self.window.show_system_prompt(self.settings.system_prompt)
         self.conversation_shown.emit("")
         self.window.focus_composer()
 
@@ -555,6 +566,8 @@ class Controller(QObject):
         self.window.cancel_edit()
         self._show_history()
         self._load_notice_shown = ""
+        assert self.history.conversation is not None
+        self.window.show_system_prompt(self.history.conversation.system_prompt)
         self.conversation_shown.emit(key)
         self.window.focus_composer()
 
@@ -588,6 +601,15 @@ class Controller(QObject):
         latest = self.history.conversations()
         if latest:
             self.open_conversation(latest[0].key)
+
+    def set_system_prompt(self, text: str) -> None:
+        """This conversation's system prompt, from its next turn on (a new
+        conversation's, before its first message)."""
+        if self.history.conversation is None:
+            self._new_system_prompt = text
+        else:
+            self.history.set_system_prompt(text)
+        self.window.show_system_prompt(text)
 
     def rename_conversation(self, key: str, title: str) -> None:
         self.history.rename(key, title)

@@ -231,6 +231,13 @@ class History(QObject):
         )
         self.saver.submit(PutConversation(self.conversation))
 
+    def set_system_prompt(self, text: str) -> None:
+        """The current conversation's system prompt from now on (its next turn)."""
+        if self.conversation is None:
+            return
+        self.conversation = replace(self.conversation, system_prompt=storable(text))
+        self.saver.submit(PutConversation(self.conversation))
+
     def rename(self, key: str, title: str) -> None:
         store = self.saver.store
         conversation = (

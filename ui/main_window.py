@@ -20,6 +20,7 @@ from PySide6.QtWidgets import (
     QDockWidget,
     QFileDialog,
     QHBoxLayout,
+    QInputDialog,
     QLabel,
     QMainWindow,
     QProgressBar,
@@ -56,6 +57,7 @@ class MainWindow(QMainWindow):
         settings_requested(): File > Settings (Ctrl+,).
         restart_requested(): the person asked for the engine to be started again.
         closing(): the window is about to close; the owner stops the engine.
+        system_prompt_edited(str): the person changed this conversation's system prompt.
     """
 
     message_submitted = Signal(str)
@@ -66,6 +68,7 @@ class MainWindow(QMainWindow):
     settings_requested = Signal()
     restart_requested = Signal()
     closing = Signal()
+    system_prompt_edited = Signal(str)
 
     def __init__(self) -> None:
         super().__init__()
@@ -149,6 +152,7 @@ class MainWindow(QMainWindow):
         layout.addWidget(self.storage_banner)
         layout.addLayout(banner_row)
         layout.addWidget(self.loading_panel)
+        layout.addLayout(self._system_row())
         layout.addWidget(self.chat_view, 1)
         layout.addWidget(self.edit_label)
         layout.addLayout(input_row)
@@ -399,6 +403,44 @@ class MainWindow(QMainWindow):
             self.composer.moveCursor(QTextCursor.MoveOperation.End)
 
     # Internals.
+
+    def _system_row(self) -> QHBoxLayout:
+        """The conversation's system prompt, at its top, with a way to change it."""
+        self.system_label = QLabel()
+        self.system_label.setObjectName("systemPromptLabel")
+        self.system_label.setTextFormat(Qt.TextFormat.PlainText)
+        self.system_label.setMinimumWidth(0)
+        self.system_edit_button = QPushButton("Edit")
+        self.system_edit_button.setToolTip("Change the system prompt of this conversation")
+        self.system_edit_button.clicked.connect(self._edit_system_prompt)
+        self._system_prompt = ""
+        row = QHBoxLayout()
+        row.addWidget(self.system_label, 1)
+        row.addWidget(self.system_edit_button, 0)
+        self.show_system_prompt("")
+        return row
+
+    def show_system_prompt(self, text: str) -> None:
+        """What this conversation tells the model before anything else."""
+        self._system_prompt = text
+        first_line = text.strip().splitlines()[0] if text.strip() else ""
+        shown = first_line if len(first_line) <= 120 else first_line[:119] + "…"
+        if text.strip() and (shown != text.strip()):
+            shown += " …"
+        self.system_label.setText(f"System prompt: {shown}" if text.strip() else "No system prompt")
+        self.system_label.setToolTip(text)
+
+    def _edit_system_prompt(self) -> None:
+        text, accepted = QInputDialog.getMultiLineText(
+            self,
+            "System prompt",
+            "This conversation's system prompt (what the model is told before anything else):",
+            self._system_prompt,
+        )
+        if accepted and text != self._system_prompt:
+            self.show_system_prompt(text)
+            self.system_prompt_edited.emit(text)
+        self.focus_composer()
 
     def focus_composer(self) -> None:
         """Typing goes to the composer: after a reply, a switch, a new conversation."""

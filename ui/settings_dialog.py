@@ -228,7 +228,12 @@ class SettingsDialog(QDialog):
         columns.addLayout(left, 3)
         right = QVBoxLayout()
         right.addWidget(sampling_box)
-        right.addWidget(QLabel("System prompt"))
+        right.addWidget(
+            QLabel(
+                "System prompt: the default for new conversations (each conversation's own\n"
+                "is shown, and can be changed, at its top)"
+            )
+        )
         right.addWidget(self.system_prompt)
         columns.addLayout(right, 2)
 

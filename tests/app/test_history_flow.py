@@ -535,3 +535,33 @@ def test_deleting_the_shown_conversation_opens_another_and_undo_brings_it_back(
         controller.delete_conversation(key)
     assert controller.history.conversation is None
     assert window.chat_view.toPlainText() == ""
+
+
+def test_a_conversations_system_prompt_is_shown_and_changed_at_its_top(
+    qtbot: QtBot, scripted: App, data_dir: Path
+) -> None:
+    settings = EngineSettings(system_prompt="Be terse.")
+    window, controller, engine = scripted.open(settings=settings)
+    assert window.system_label.text() == "System prompt: Be terse."
+    _send(qtbot, controller, "first")
+    assert engine.requests[-1].messages[0] == ChatMessage("system", "Be terse.")
+    window.system_prompt_edited.emit("Answer in French.")
+    assert window.system_label.text() == "System prompt: Answer in French."
+    _send(qtbot, controller, "second")
+    assert engine.requests[-1].messages[0] == ChatMessage("system", "Answer in French.")
+    first = controller.history.conversation
+    assert first is not None
+    # A new conversation starts from the default, and can be given its own
+    # before its first message.
+    window.new_action.trigger()
+    assert window.system_label.text() == "System prompt: Be terse."
+    window.system_prompt_edited.emit("")
+    assert window.system_label.text() == "No system prompt"
+    _send(qtbot, controller, "third")
+    assert engine.requests[-1].messages[0].role == "user"
+    controller.open_conversation(first.key)
+    assert window.system_label.text() == "System prompt: Answer in French."
+    window.close()
+    _window, reopened, _engine = scripted.open(settings=settings)
+    stored = {c.key: c.system_prompt for c in reopened.history.conversations()}
+    assert stored[first.key] == "Answer in French."
