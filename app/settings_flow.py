@@ -108,6 +108,11 @@ def projection_of(result: Estimate) -> list[DeviceProjection]:
     ]
 
 
+def load_fields(settings: EngineSettings) -> tuple[object, ...]:
+    """What of the settings shapes a load, and so a Fits answer."""
+    return tuple(getattr(settings, name) for name in LOAD_FIELDS)
+
+
 class SettingsFlow(QObject):
     """Opens the settings dialog and carries out what the person chooses.
 
@@ -146,6 +151,8 @@ class SettingsFlow(QObject):
         self.model_described.connect(self._on_model_described)
         # Files picked with Browse…: listed from then on, beside the ones found.
         self._browsed: dict[str, ModelEntry] = {}
+        self._fits_generation = 0
+        self._fits_settings: tuple[object, ...] = ()
         self.estimated.connect(self._on_estimated)
         self.model_fit.connect(self._on_model_fit)
         self.layers_found.connect(self._on_layers_found)
@@ -208,19 +215,36 @@ class SettingsFlow(QObject):
             self.dialog.set_models([model_row(e) for e in entries], selected)
             self._check_fits(usable)
 
-    def _check_fits(self, entries: list[ModelEntry]) -> None:
-        """Fills the list's "Fits" column, one dry run per model, in the background."""
-        settings = self.controller.settings
+    def _check_fits(
+        self, entries: list[ModelEntry], settings: EngineSettings | None = None
+    ) -> None:
+        """Fills the list's "Fits" column, one dry run per model, in the background,
+        for `settings` (the dialog's choice; the settings in use by default).
+
+        The cells say "…" until their answer comes; answers for settings that
+        are no longer chosen are dropped.
+        """
+        settings = settings or self.controller.settings
+        self._fits_settings = load_fields(settings)
+        self._fits_generation += 1
+        generation = self._fits_generation
+        if self.dialog is not None:
+            for entry in entries:
+                self.dialog.set_model_fit(entry.path, "…")
 
         def run() -> None:
             for entry in entries:
+                if generation != self._fits_generation:
+                    return
                 try:
                     result = estimate(settings.load_config(entry.path), fit=False)
                     total = sum(d.total_bytes for d in result.projection.devices)
                     verdict = "yes" if result.projection.fits else "no"
-                    self.model_fit.emit(entry.path, f"{verdict} ({format_bytes(total)})")
+                    text = f"{verdict} ({format_bytes(total)})"
                 except (EstimateError, ModelFileError) as exc:
-                    self.model_fit.emit(entry.path, f"unknown: {exc}")
+                    text = f"unknown: {exc}"
+                if generation == self._fits_generation:
+                    self.model_fit.emit(entry.path, text)
 
         self._worker.submit(run)
 
@@ -256,6 +280,9 @@ class SettingsFlow(QObject):
         except ValidationError as exc:
             dialog.show_projection([], f"Not a valid choice: {exc.errors()[0]['msg']}")
             return
+        if load_fields(settings) != self._fits_settings:
+            # The Fits column answers for the choice on screen, not the last one.
+            self._check_fits([e for e in self._entries.values() if not e.problem], settings)
         self._generation += 1
         generation = self._generation
         config = settings.load_config(choice.model_path)

@@ -159,3 +159,24 @@ def test_a_model_picked_with_browse_gets_a_selected_row(
     rows = dialog.models.selectionModel().selectedRows()
     assert [dialog._paths[r.row()] for r in rows] == [str(picked)]
     assert dialog.selected_path() == str(picked)
+
+
+def test_the_fits_column_answers_for_the_choice_on_screen(
+    qtbot: QtBot, opened: tuple[MainWindow, Controller, SettingsFlow, SettingsDialog]
+) -> None:
+    _window, controller, _flow, dialog = opened
+    path = controller.model.path  # type: ignore[union-attr]
+
+    def fits() -> str:
+        if path not in dialog._paths:
+            return ""
+        item = dialog.models.item(dialog._paths.index(path), 6)
+        return item.text() if item is not None else ""
+
+    qtbot.waitUntil(lambda: fits().startswith("yes ("), timeout=WAIT_MS)
+    before = fits()
+    dialog.context_default.setChecked(False)
+    dialog.context.setValue(8192)
+    qtbot.waitUntil(lambda: fits() == "…", timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: fits().startswith("yes ("), timeout=WAIT_MS)
+    assert fits() != before  # twice the KV cache: a larger total
