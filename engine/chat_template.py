@@ -21,7 +21,7 @@ import string
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 import jinja2
 from jinja2.exceptions import SecurityError
@@ -214,6 +214,32 @@ def _environment() -> _Sandbox:
     for name in _SIZED_FILTERS:
         environment.filters[name] = _bounded_filter(name, environment.filters[name])
     return environment
+
+
+class PromptTemplate(Protocol):
+    """What renders a conversation into a prompt: the model's own template in
+    a worker process, one of llama.cpp's built-in formats, or ChatML here."""
+
+    @property
+    def source(self) -> str:
+        """Where the template came from, in words ("model", "ChatML ...")."""
+        ...
+
+    def render(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        bos_token: str,
+        eos_token: str,
+        add_generation_prompt: bool = True,
+    ) -> str:
+        """The prompt text.
+
+        Raises:
+            TemplateRefusedError: the template refused the conversation itself.
+            TemplateError: the template failed.
+        """
+        ...
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from kvchat.engine import vocab
 from kvchat.engine.accounting import load_memory
 from kvchat.engine.buffer_report import parse_buffer_report
 from kvchat.engine.builtin_template import BuiltinTemplate
-from kvchat.engine.chat_template import ChatTemplate, TemplateError
+from kvchat.engine.chat_template import ChatTemplate, PromptTemplate, TemplateError
 from kvchat.engine.devices import probe_devices
 from kvchat.engine.gguf_file import GgufInfo
 from kvchat.engine.load_params import LoadParams, resolve_load_params
@@ -252,9 +252,7 @@ class ModelRunner:
         # The model's own template runs in a worker process that can be stopped.
         self._template_worker = TemplateWorker()
         control_texts = self._control_token_texts()
-        self._template: ChatTemplate | IsolatedTemplate | BuiltinTemplate = (
-            BuiltinTemplate.for_model(gguf.architecture, control_texts)
-        )
+        self._template: PromptTemplate = BuiltinTemplate.for_model(gguf.architecture, control_texts)
         if gguf.chat_template:
             try:
                 self._template = IsolatedTemplate.compile(gguf.chat_template, self._template_worker)
@@ -336,7 +334,7 @@ class ModelRunner:
         follow less well is the better outcome, as long as they are told.
         """
 
-        def render(template: ChatTemplate | IsolatedTemplate | BuiltinTemplate) -> str:
+        def render(template: PromptTemplate) -> str:
             return template.render(
                 messages,
                 bos_token=self._bos_text,
