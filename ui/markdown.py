@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
+from markdown_it import MarkdownIt
 from pygments.lexer import Lexer
 from pygments.lexers import TextLexer, get_lexer_by_name
 from pygments.styles import get_style_by_name
@@ -30,7 +31,6 @@ from PySide6.QtGui import (
     QTextDocument,
 )
 
-_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})[ \t]*([^\s`]*)")
 _MARKDOWN = QTextDocument.MarkdownFeature(
     QTextDocument.MarkdownFeature.MarkdownDialectGitHub.value
     | QTextDocument.MarkdownFeature.MarkdownNoHTML.value
@@ -66,53 +66,72 @@ def closes(line: str, fence: str) -> bool:
     )
 
 
+_PARSER = MarkdownIt("commonmark")
+# Line ends as markdown-it counts them (it reads \r\n and \r as \n too).
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+\Z")
+
+
 def split_blocks(text: str) -> list[Block]:
     """Cuts a message into blocks; joined, their spans cover the text exactly.
 
-    Prose breaks only at a blank line followed by a line at the margin, so an
-    indented continuation (a list item's second paragraph) stays with its
-    list, and splitting a suffix that starts at a block gives the same blocks.
+    The cut follows markdown-it's top-level block tokens, so a fenced code
+    block inside a list item stays in its list (the list is one prose
+    block); a top-level fence is a code block of its own. Prose breaks only
+    where a blank line ends a block, so a paragraph that runs into a list
+    stays with it, and splitting a suffix that starts at a block gives the
+    same blocks.
     """
-    lines = text.splitlines(keepends=True)
+    lines = _LINE.findall(text)
+    starts = [
+        token
+        for token in _PARSER.parse(text)
+        if token.level == 0 and token.map is not None and token.nesting >= 0
+    ]
+    if not starts:  # blank lines only
+        return [Block("prose", text, len(text))] if text else []
     blocks: list[Block] = []
-    prose: list[str] = []
-    index = 0
-
-    def flush_prose() -> None:
-        if prose:
-            joined = "".join(prose)
-            blocks.append(Block("prose", joined, len(joined)))
-            prose.clear()
-
-    while index < len(lines):
-        line = lines[index]
-        fence = _FENCE.match(line)
-        if fence is not None:
-            flush_prose()
-            marker, language = fence.group(1), fence.group(2)
-            body: list[str] = []
-            span = len(line)
-            index += 1
-            closed = False
-            while index < len(lines):
-                span += len(lines[index])
-                if closes(lines[index], marker):
-                    closed = True
-                    index += 1
-                    break
-                body.append(lines[index])
-                index += 1
-            code = "".join(body)
-            blocks.append(Block("code", code.removesuffix("\n"), span, language, closed, marker))
+    prose = ""
+    for index, token in enumerate(starts):
+        assert token.map is not None
+        first = 0 if index == 0 else token.map[0]
+        following = starts[index + 1].map if index + 1 < len(starts) else None
+        last = following[0] if following is not None else len(lines)
+        region = "".join(lines[first:last])
+        if token.type != "fence":
+            prose += region
+            if _ends_blank(region):
+                blocks.append(Block("prose", prose, len(prose)))
+                prose = ""
             continue
-        prose.append(line)
-        index += 1
-        if not line.strip() and index < len(lines):
-            following = lines[index]
-            if following.strip() and not following[0].isspace():
-                flush_prose()
-    flush_prose()
+        if prose:
+            blocks.append(Block("prose", prose, len(prose)))
+            prose = ""
+        fence = token.markup
+        body = lines[token.map[0] + 1 : token.map[1]]
+        closed = bool(body) and closes(body[-1], fence)
+        if closed:
+            body = body[:-1]
+        # The fence's own indentation comes off each line, as markdown-it's content does.
+        code = token.content if token.content or not body else "".join(body)
+        blocks.append(
+            Block(
+                "code",
+                code.removesuffix("\n"),
+                len(region),
+                token.info.split()[0] if token.info.strip() else "",
+                closed,
+                fence,
+            )
+        )
+    if prose:
+        blocks.append(Block("prose", prose, len(prose)))
     return blocks
+
+
+def _ends_blank(region: str) -> bool:
+    """Whether a block's lines end with a blank line (where prose may break)."""
+    tail = _LINE.findall(region)
+    return len(tail) > 1 and not tail[-1].strip()
 
 
 def _hard_breaks(text: str) -> str:
