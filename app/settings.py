@@ -41,6 +41,11 @@ class EngineSettings(BaseModel):
     type_v: KvType = Field(
         default="f16", description="Type of the cached values (quantized needs flash attention)."
     )
+    chat_templates: dict[str, str] = Field(
+        default_factory=dict,
+        description="The prompt format chosen per model file: llama.cpp:NAME for one of "
+        "llama.cpp's built-in formats, or a Jinja template; a model not listed uses its own.",
+    )
     temperature: float = Field(default=0.7, ge=0.0, le=5.0, description="0 samples greedily.")
     top_k: int = Field(default=40, ge=0, le=1000, description="Keep the k likeliest tokens.")
     top_p: float = Field(default=0.95, gt=0.0, le=1.0, description="Nucleus sampling mass.")
@@ -88,6 +93,7 @@ class EngineSettings(BaseModel):
             flash_attention=self.flash_attention,
             type_k=self.type_k,
             type_v=self.type_v,
+            chat_template=self.chat_templates.get(model_path, ""),
         )
 
     def sampling(self) -> Sampling:

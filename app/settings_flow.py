@@ -25,6 +25,7 @@ from kvchat.engine.estimate import Estimate, estimate
 from kvchat.engine.gguf_file import ModelFileError
 from kvchat.engine.model_catalog import ModelEntry, describe, find_models
 from kvchat.engine.protocol import KvCache
+from kvchat.engine.template_names import BUILTIN_PREFIX, BUILTIN_TEMPLATE_NAMES
 from kvchat.ui.memory_panel import format_bytes
 from kvchat.ui.settings_dialog import Choice, DeviceProjection, ModelRow, SettingsDialog
 
@@ -39,6 +40,7 @@ LOAD_FIELDS = (
     "flash_attention",
     "type_k",
     "type_v",
+    "chat_templates",
 )
 
 
@@ -55,19 +57,31 @@ def model_row(entry: ModelEntry) -> ModelRow:
     )
 
 
-# The settings the dialog shows and edits: every field of its Choice but the model.
-CHOICE_FIELDS = frozenset(f.name for f in fields(Choice)) - {"model_path"}
+# The settings the dialog shows and edits by name: every field of its Choice but
+# the model and its chat template (kept per model file: `chat_templates`).
+CHOICE_FIELDS = frozenset(f.name for f in fields(Choice)) - {"model_path", "chat_template"}
 
 
 def engine_settings(choice: Choice, current: EngineSettings) -> EngineSettings:
     """The dialog's choice as validated settings (the bounds are app.settings')."""
     values = current.model_dump()
     values.update({name: getattr(choice, name) for name in CHOICE_FIELDS})
+    templates = dict(current.chat_templates)
+    if choice.model_path:
+        if choice.chat_template:
+            templates[choice.model_path] = choice.chat_template
+        else:
+            templates.pop(choice.model_path, None)
+    values["chat_templates"] = templates
     return EngineSettings.model_validate(values)
 
 
 def choice_of(path: str, settings: EngineSettings) -> Choice:
-    return Choice(model_path=path, **settings.model_dump(include=set(CHOICE_FIELDS)))
+    return Choice(
+        model_path=path,
+        chat_template=settings.chat_templates.get(path, ""),
+        **settings.model_dump(include=set(CHOICE_FIELDS)),
+    )
 
 
 def rescaled(result: Estimate, n_ctx: int) -> list[DeviceProjection]:
@@ -177,6 +191,8 @@ class SettingsFlow(QObject):
             self.controller.window,
         )
         dialog.model_folder = self.controller.window.model_folder
+        dialog.set_template_names(BUILTIN_TEMPLATE_NAMES, BUILTIN_PREFIX)
+        dialog.set_saved_templates(self.controller.settings.chat_templates)
         dialog.choice_changed.connect(self._on_choice_changed)
         dialog.model_browsed.connect(self._describe_browsed)
         dialog.applied.connect(self.apply)

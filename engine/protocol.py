@@ -32,6 +32,10 @@ class LoadConfig:
     flash_attention: FlashAttention = "auto"
     type_k: KvType = "f16"
     type_v: KvType = "f16"
+    # The prompt format: "" for the model's own (or llama.cpp's for its
+    # family when the file has none), "llama.cpp:NAME" for one of llama.cpp's
+    # built-in formats, anything else a Jinja template of the person's.
+    chat_template: str = ""
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from kvchat.engine.protocol import (
     StopReason,
     TurnStats,
 )
+from kvchat.engine.template_names import BUILTIN_PREFIX
 from kvchat.engine.template_worker import IsolatedTemplate, TemplateWorker
 from kvchat.engine.text_stream import Utf8Stream
 
@@ -253,9 +254,16 @@ class ModelRunner:
         self._template_worker = TemplateWorker()
         control_texts = self._control_token_texts()
         self._template: PromptTemplate = BuiltinTemplate.for_model(gguf.architecture, control_texts)
-        if gguf.chat_template:
+        chosen = config.chat_template
+        if chosen.startswith(BUILTIN_PREFIX):
+            name = chosen.removeprefix(BUILTIN_PREFIX)
+            self._template = BuiltinTemplate(name, f"llama.cpp's {name} (chosen in settings)")
+        elif chosen or gguf.chat_template:
+            text = chosen or gguf.chat_template or ""
             try:
-                self._template = IsolatedTemplate.compile(gguf.chat_template, self._template_worker)
+                self._template = IsolatedTemplate.compile(
+                    text, self._template_worker, "yours (from settings)" if chosen else "model"
+                )
             except TemplateError as exc:
                 self._template = ChatTemplate.chatml(f"ChatML ({exc})")
         self._fallback_template = ChatTemplate.chatml("ChatML")

@@ -174,13 +174,13 @@ class IsolatedTemplate:
     source: str = "model"
 
     @classmethod
-    def compile(cls, text: str, worker: TemplateWorker) -> IsolatedTemplate:
+    def compile(cls, text: str, worker: TemplateWorker, source: str = "model") -> IsolatedTemplate:
         """Checks that the template compiles, in the worker.
 
         Raises:
             TemplateError: it is not valid Jinja, or it hung or blew up before.
         """
-        template = cls(text, worker)
+        template = cls(text, worker, source)
         template._ask({"compile": text})
         return template
 

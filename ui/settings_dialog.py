@@ -86,6 +86,12 @@ class Choice:
     max_tokens: int
     seed: int | None
     system_prompt: str
+    # The chosen model's prompt format: "" its own, "llama.cpp:NAME", or Jinja text.
+    chat_template: str = ""
+
+
+# The template picker's entry for a template of the person's own.
+CUSTOM_TEMPLATE = "custom"
 
 
 class SettingsDialog(QDialog):
@@ -174,6 +180,21 @@ class SettingsDialog(QDialog):
         self.seed.setSpecialValueText("random")
         self.system_prompt = QPlainTextEdit()
         self.system_prompt.setMaximumHeight(70)
+        # The prompt format per model file, as chosen here or saved before.
+        self._templates: dict[str, str] = {}
+        self._template_path = ""
+        self.template = QComboBox()
+        self.template.addItem("The model's own (or llama.cpp's for its family)", "")
+        self.template.addItem("Your own Jinja template…", CUSTOM_TEMPLATE)
+        self.template.currentIndexChanged.connect(self._template_picked)
+        self.template_text = QPlainTextEdit()
+        self.template_text.setPlaceholderText(
+            "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n"
+            "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+        )
+        self.template_text.setMaximumHeight(70)
+        self.template_text.hide()
+        self.template_text.textChanged.connect(self._changed)
 
         self.projection_note = QLabel()
         self.projection_note.setWordWrap(True)
@@ -235,6 +256,9 @@ class SettingsDialog(QDialog):
             )
         )
         right.addWidget(self.system_prompt)
+        right.addWidget(QLabel("Chat template of this model (kept for this model file)"))
+        right.addWidget(self.template)
+        right.addWidget(self.template_text)
         columns.addLayout(right, 2)
 
         self.buttons = QDialogButtonBox(
@@ -272,6 +296,51 @@ class SettingsDialog(QDialog):
             signal.connect(self._changed)
 
     # What the owner tells the dialog.
+
+    def set_template_names(self, names: Sequence[str], prefix: str) -> None:
+        """llama.cpp's built-in formats, offered by name (`prefix` + name)."""
+        self._updating = True
+        current = self._template_value()
+        for name in names:
+            if self.template.findData(prefix + name) < 0:
+                self.template.insertItem(
+                    self.template.count() - 1, f"llama.cpp: {name}", prefix + name
+                )
+        self._show_template(current)
+        self._updating = False
+
+    def set_saved_templates(self, templates: dict[str, str]) -> None:
+        """The formats saved per model file; the one of the selected model shows."""
+        self._templates = {**templates, **self._templates}
+        self._load_template_for(self.selected_path())
+
+    def _template_value(self) -> str:
+        data = self.template.currentData()
+        if data == CUSTOM_TEMPLATE:
+            return self.template_text.toPlainText()
+        return data if isinstance(data, str) else ""
+
+    def _show_template(self, value: str) -> None:
+        index = self.template.findData(value) if value else 0
+        custom = bool(value) and index < 0
+        if custom:
+            index = self.template.findData(CUSTOM_TEMPLATE)
+            self.template_text.setPlainText(value)
+        self.template.setCurrentIndex(max(index, 0))
+        self.template_text.setVisible(custom)
+
+    def _load_template_for(self, path: str) -> None:
+        """Another model chosen: its own saved format shows."""
+        if self._template_path:
+            self._templates[self._template_path] = self._template_value()
+        self._template_path = path
+        updating, self._updating = self._updating, True
+        self._show_template(self._templates.get(path, ""))
+        self._updating = updating
+
+    def _template_picked(self) -> None:
+        self.template_text.setVisible(self.template.currentData() == CUSTOM_TEMPLATE)
+        self._changed()
 
     def set_models(self, rows: Sequence[ModelRow], selected: str) -> None:
         self._updating = True
@@ -381,6 +450,9 @@ class SettingsDialog(QDialog):
         self.max_tokens.setValue(choice.max_tokens)
         self.seed.setValue(-1 if choice.seed is None else choice.seed)
         self.system_prompt.setPlainText(choice.system_prompt)
+        self._template_path = choice.model_path
+        self._templates[choice.model_path] = choice.chat_template
+        self._show_template(choice.chat_template)
         self._updating = False
         self._sync_labels()
 
@@ -403,6 +475,7 @@ class SettingsDialog(QDialog):
             max_tokens=self.max_tokens.value(),
             seed=None if seed < 0 else seed,
             system_prompt=self.system_prompt.toPlainText(),
+            chat_template=self._template_value(),
         )
 
     def selected_path(self) -> str:
@@ -437,6 +510,8 @@ class SettingsDialog(QDialog):
     def _changed(self) -> None:
         if self._updating:
             return
+        if self.selected_path() != self._template_path:
+            self._load_template_for(self.selected_path())
         self._sync_labels()
         self.choice_changed.emit(self.choice())
 

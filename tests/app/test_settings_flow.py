@@ -180,3 +180,24 @@ def test_the_fits_column_answers_for_the_choice_on_screen(
     qtbot.waitUntil(lambda: fits() == "…", timeout=WAIT_MS)
     qtbot.waitUntil(lambda: fits().startswith("yes ("), timeout=WAIT_MS)
     assert fits() != before  # twice the KV cache: a larger total
+
+
+def test_a_chat_template_chosen_for_a_model_is_saved_and_loaded_with_it(
+    qtbot: QtBot,
+    opened: tuple[MainWindow, Controller, SettingsFlow, SettingsDialog],
+    data_dir: Path,
+) -> None:
+    _window, controller, _flow, dialog = opened
+    path = controller.model.path  # type: ignore[union-attr]
+    dialog.template.setCurrentIndex(dialog.template.findData("llama.cpp:chatml"))
+    with qtbot.waitSignal(controller.engine.model_loaded, timeout=WAIT_MS) as loaded:
+        dialog.applied.emit(dialog.choice())
+    assert loaded.args[0].chat_template_source == "llama.cpp's chatml (chosen in settings)"
+    saved = json.loads((data_dir / "settings.json").read_text())
+    assert saved["engine"]["chat_templates"] == {path: "llama.cpp:chatml"}
+    # Back to the model's own: the entry goes, and the model's template is used.
+    dialog.template.setCurrentIndex(0)
+    with qtbot.waitSignal(controller.engine.model_loaded, timeout=WAIT_MS) as loaded:
+        dialog.applied.emit(dialog.choice())
+    assert loaded.args[0].chat_template_source == "model"
+    assert json.loads((data_dir / "settings.json").read_text())["engine"]["chat_templates"] == {}

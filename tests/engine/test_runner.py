@@ -428,3 +428,40 @@ def _copy_without_template(source: Path, target: Path) -> None:
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+
+
+def test_the_list_of_built_in_templates_is_llama_cpps() -> None:
+    import ctypes
+
+    import llama_cpp
+
+    from kvchat.engine.template_names import BUILTIN_TEMPLATE_NAMES
+
+    names = (ctypes.c_char_p * 256)()
+    count = llama_cpp.llama_chat_builtin_templates(names, 256)
+    assert tuple(sorted(names[i].decode() for i in range(count))) == BUILTIN_TEMPLATE_NAMES
+
+
+@pytest.mark.parametrize(
+    ("chosen", "source", "wanted"),
+    [
+        ("llama.cpp:gemma", "llama.cpp's gemma (chosen in settings)", "<start_of_turn>user\nHi"),
+        (
+            "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}",
+            "yours (from settings)",
+            "[user] Hi\n",
+        ),
+    ],
+)
+def test_a_template_chosen_in_settings_is_the_one_used(
+    model_factory: ModelFactory, log: LlamaLog, chosen: str, source: str, wanted: str
+) -> None:
+    path = model_factory.path(TINY)
+    config = LoadConfig(str(path), n_ctx=512, chat_template=chosen)
+    runner = ModelRunner(config, read_gguf(path), log)
+    try:
+        assert runner.info.chat_template_source == source
+        text, notice = runner._render_text([ChatMessage("user", "Hi")], continue_last=False)
+        assert notice == "" and wanted in text
+    finally:
+        runner.close()
