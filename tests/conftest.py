@@ -18,6 +18,23 @@ import pytest
 from kvchat.engine.models import bundled_model_path, missing_model_message
 
 
+# What marks a test `model` (it runs real llama.cpp, so it is not in the fast
+# lane): a fixture that gives it a model file, or a module that starts the
+# real engine or the real command line.
+MODEL_FIXTURES = frozenset({"model_path", "model_factory"})
+ENGINE_STARTERS = frozenset({"build_window", "HostProcess", "ModelRunner", "run_chat", "_kvchat"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Applies the `model` marker by rule, so a new test is sorted the day it is added."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        module = getattr(item, "module", None)
+        names = set(vars(module)) if module is not None else set()
+        if fixtures & MODEL_FIXTURES or names & ENGINE_STARTERS:
+            item.add_marker(pytest.mark.model)
+
+
 @pytest.fixture(scope="session")
 def model_path() -> Path:
     """The real bundled model; its absence fails the test rather than skipping it."""
