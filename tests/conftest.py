@@ -17,7 +17,6 @@ import pytest
 
 from kvchat.engine.models import bundled_model_path, missing_model_message
 
-
 # What marks a test `model` (it runs real llama.cpp, so it is not in the fast
 # lane): a fixture that gives it a model file, or a module that starts the
 # real engine or the real command line.
