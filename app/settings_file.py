@@ -147,6 +147,17 @@ def write_settings(path: Path, settings: Settings) -> bool:
             "which this one leaves as it is"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, text)
+    return True
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Writes `text` beside `path` and renames it over, so a crash or a full
+    disk leaves the old file or the new one, never half of either.
+
+    Raises:
+        OSError: the folder or the disk refused; `path` is as it was.
+    """
     handle, temporary = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as file:
@@ -157,4 +168,3 @@ def write_settings(path: Path, settings: Settings) -> bool:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    return True

@@ -31,7 +31,7 @@ from kvchat.ui.settings_dialog import Choice, DeviceProjection, ModelRow, Settin
 
 # A dry run starts when the controls have been still this long.
 DRY_RUN_DELAY_MS = 250
-# Fields that change how a model loads; the rest only change sampling.
+# Fields that change what a load takes, and so the Fits column's answers.
 LOAD_FIELDS = (
     "n_ctx",
     "n_gpu_layers",
@@ -40,7 +40,6 @@ LOAD_FIELDS = (
     "flash_attention",
     "type_k",
     "type_v",
-    "chat_templates",
 )
 
 
@@ -394,13 +393,12 @@ class SettingsFlow(QObject):
         # A load under way counts as loaded: OK right after Apply changes nothing
         # more, so one change makes one load.
         target = current.path if current is not None else self.controller.loading_path
+        # What the engine would be told to load decides, the model's chat
+        # template included: the choice's load against the one in use.
         reload = (
             target is None
             or target != choice.model_path
-            or any(
-                getattr(settings, name) != getattr(self.controller.settings, name)
-                for name in LOAD_FIELDS
-            )
+            or settings.load_config(target) != self.controller.settings.load_config(target)
         )
         if not (reload and choice.model_path):
             self.controller.settings = settings

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PySide6.QtCore import QByteArray, QObject
 
 from kvchat.app.controller import Controller
+from kvchat.app.settings_file import write_atomically
 from kvchat.ui.main_window import MainWindow
 
 STATE_FILE = "window.json"
@@ -55,15 +54,7 @@ class WindowState:
         """Writes the state atomically; a refusal of the disk is ignored."""
         text = json.dumps({"geometry": self.geometry, "drafts": self.drafts}, indent=1)
         with contextlib.suppress(OSError):
-            handle, temporary = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-            try:
-                with os.fdopen(handle, "w", encoding="utf-8") as file:
-                    file.write(text)
-                os.replace(temporary, path)
-            except OSError:
-                with contextlib.suppress(OSError):
-                    os.unlink(temporary)
-                raise
+            write_atomically(path, text)
 
 
 class WindowKeeper(QObject):
