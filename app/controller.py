@@ -629,11 +629,12 @@ class Controller(QObject):
         self._shown_before_delete = key if was_shown else None
         if was_shown:
             index = keys.index(key) if key in keys else 0
-            others = keys[index + 1 :] + keys[:index][::-1]
+            # The one below it in the list, else the one above, else a new one.
+            neighbours = keys[index + 1 : index + 2] or keys[max(index - 1, 0) : index]
             self._stop_for_switch()
             self.history.trash(key)
-            if others:
-                self.open_conversation(others[0])
+            if neighbours:
+                self.open_conversation(neighbours[0])
             else:
                 self.new_conversation()
         else:
