@@ -9,6 +9,7 @@ _STOP_WORDS = {
     "length": "stopped at the token limit",
     "cancelled": "stopped",
     "context_full": "stopped: the context is full",
+    "stop": "stopped at a stop word",
 }
 
 
@@ -21,6 +22,8 @@ def format_stats(stats: TurnStats) -> str:
         f"prompt {stats.prompt_tokens} tokens: {stats.reused_tokens} from cache, "
         f"{stats.evaluated_tokens} evaluated at {stats.prefill_tokens_per_s:.0f} tok/s",
     ]
+    if stats.restored_tokens:
+        parts.append(f"{stats.restored_tokens} restored from a saved conversation")
     stop = _STOP_WORDS[stats.stop_reason]
     if stop:
         parts.append(stop)

@@ -30,6 +30,7 @@ from kvchat.engine.protocol import (
     Chat,
     ChatFailed,
     Command,
+    Complete,
     Event,
     HostStarted,
     LoadFailed,
@@ -135,6 +136,8 @@ class _Host:
                 tokens_in_cache=runner.cached_tokens,
                 gpu_offload_supported=gpu_offload_supported(),
                 note=note,
+                saved_states=len(runner.saved_states),
+                saved_state_bytes=runner.saved_states.size_bytes,
             )
         )
 
@@ -154,7 +157,7 @@ class _Host:
             try:
                 if isinstance(command, LoadModel):
                     self._load(command)
-                elif isinstance(command, Chat):
+                elif isinstance(command, Chat | Complete):
                     self._chat(command)
             except Exception as exc:  # one bad command must not end the engine
                 traceback.print_exc()
@@ -173,7 +176,7 @@ class _Host:
             self.send(
                 LoadFailed(command.config.model_path, f"the engine failed ({reason})", loaded)
             )
-        elif isinstance(command, Chat):
+        elif isinstance(command, Chat | Complete):
             self.send(ChatFailed(command.request_id, f"the engine failed ({reason})"))
 
     def _load(self, command: LoadModel) -> None:
@@ -211,8 +214,8 @@ class _Host:
         self.send(ModelLoaded(self._runner.info, self._runner.memory))
         self.send_memory_sample()
 
-    def _chat(self, command: Chat) -> None:
-        from kvchat.engine.runner import Error
+    def _chat(self, command: Chat | Complete) -> None:
+        from kvchat.engine.runner import ChatError, Error
 
         request_id = command.request_id
         runner = self._runner
@@ -253,17 +256,27 @@ class _Host:
             return self.inbox.is_cancelled(request_id)
 
         try:
-            text, stats = runner.chat(
-                command.messages,
-                command.sampling,
-                should_stop=should_stop,
-                on_text=on_text,
-                on_prompt=on_prompt,
-                continue_last=command.continue_last,
-            )
+            if isinstance(command, Complete):
+                text, stats = runner.complete(
+                    command.prompt,
+                    command.sampling,
+                    should_stop=should_stop,
+                    on_text=on_text,
+                    on_prompt=on_prompt,
+                )
+            else:
+                text, stats = runner.chat(
+                    command.messages,
+                    command.sampling,
+                    should_stop=should_stop,
+                    on_text=on_text,
+                    on_prompt=on_prompt,
+                    continue_last=command.continue_last,
+                )
         except Error as exc:
             flush()
-            self.send(ChatFailed(request_id, str(exc)))
+            by_request = isinstance(exc, ChatError) and exc.by_request
+            self.send(ChatFailed(request_id, str(exc), by_request))
             return
         flush()
         self.send(TurnFinished(request_id, text, stats))

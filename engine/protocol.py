@@ -13,7 +13,8 @@ from typing import Literal
 FlashAttention = Literal["auto", "on", "off"]
 KvType = Literal["f16", "bf16", "q8_0", "q4_0", "f32"]
 Role = Literal["system", "user", "assistant"]
-StopReason = Literal["eos", "length", "cancelled", "context_full"]
+# "stop": the reply reached one of the request's stop strings.
+StopReason = Literal["eos", "length", "cancelled", "context_full", "stop"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,16 @@ class Sampling:
     repeat_penalty: float = 1.1
     max_tokens: int = 1024
     seed: int | None = None
+    # OpenAI's penalties: subtracted from a token's logit once it has appeared
+    # (presence) and per appearance (frequency), over the last tokens.
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    # Text that ends the reply where it appears; it is not part of the reply.
+    stop: tuple[str, ...] = ()
+    # A reply constrained to JSON: "object" for any JSON object, or a JSON
+    # Schema (its JSON text) that llama.cpp turns into a grammar.
+    json_mode: Literal["", "object", "schema"] = ""
+    json_schema: str = ""
 
 
 @dataclass(frozen=True)
@@ -76,6 +87,16 @@ class Chat:
 
 
 @dataclass(frozen=True)
+class Complete:
+    """Asks for a continuation of raw text (no chat template), as
+    OpenAI's legacy completions endpoint does for editor plugins."""
+
+    request_id: int
+    prompt: str
+    sampling: Sampling = Sampling()
+
+
+@dataclass(frozen=True)
 class Cancel:
     """Stops a request, or, with no id, whatever runs now (a load included)."""
 
@@ -87,7 +108,7 @@ class Shutdown:
     pass
 
 
-Command = LoadModel | Chat | Cancel | Shutdown
+Command = LoadModel | Chat | Complete | Cancel | Shutdown
 
 
 # Events: host -> GUI process.
@@ -132,6 +153,9 @@ class TurnStats:
     decode_tokens_per_s: float
     stop_reason: StopReason
     template_notice: str = ""
+    # Of `reused_tokens`, those brought back from a saved state of an
+    # earlier conversation rather than found in the live cache.
+    restored_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -240,6 +264,9 @@ class MemorySample:
     tokens_in_cache: int
     gpu_offload_supported: bool
     note: str
+    # Conversations whose keys and values wait in host RAM (engine.kv_store).
+    saved_states: int = 0
+    saved_state_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -282,8 +309,12 @@ class TurnFinished:
 
 @dataclass(frozen=True)
 class ChatFailed:
+    """A request that could not run. `by_request`: the request is at fault
+    (too long for the context, a schema that cannot be followed), not the engine."""
+
     request_id: int
     message: str
+    by_request: bool = False
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from kvchat.engine.builtin_template import BuiltinTemplate
 from kvchat.engine.chat_template import ChatTemplate, PromptTemplate, TemplateError
 from kvchat.engine.devices import probe_devices
 from kvchat.engine.gguf_file import GgufInfo
+from kvchat.engine.kv_store import MIN_SAVED_TOKENS, KvStateStore, SavedState, shared_prefix
 from kvchat.engine.load_params import LoadParams, resolve_load_params
 from kvchat.engine.protocol import (
     ChatMessage,
@@ -43,7 +44,7 @@ from kvchat.engine.protocol import (
 )
 from kvchat.engine.template_names import BUILTIN_PREFIX
 from kvchat.engine.template_worker import IsolatedTemplate, TemplateWorker
-from kvchat.engine.text_stream import Utf8Stream
+from kvchat.engine.text_stream import StopWords, Utf8Stream
 
 PENALTY_LAST_N = 64
 # llama_decode's status when the abort callback stopped it.
@@ -67,7 +68,15 @@ class LoadError(Error):
 
 
 class ChatError(Error):
-    """A turn could not run: a prompt that does not fit, or llama.cpp failed on it."""
+    """A turn could not run: a prompt that does not fit, or llama.cpp failed on it.
+
+    `by_request` is True when the request itself is at fault (too long for
+    the context, a JSON schema llama.cpp cannot follow), not the engine.
+    """
+
+    def __init__(self, message: str, by_request: bool = False) -> None:
+        super().__init__(message)
+        self.by_request = by_request
 
 
 class LlamaLog:
@@ -242,6 +251,8 @@ class ModelRunner:
         # context itself); a larger batch than it kept aborts the process.
         self.n_batch = min(self.n_batch, int(llama_cpp.llama_n_batch(ctx)))
         self._cached: list[int] = []
+        # Conversations moved out of the live cache, to be restored on return.
+        self.saved_states = KvStateStore()
         # Set only while a prompt is evaluated: ggml calls it after every node
         # of the graph, so Stop ends a long prefill batch within milliseconds
         # instead of when the batch is done (seconds for a large model on a
@@ -437,37 +448,81 @@ class ModelRunner:
     def _memory_end(self) -> int:
         return int(llama_cpp.llama_memory_seq_pos_max(self._memory, 0)) + 1
 
-    def _reuse_prefix(self, prompt: Sequence[int]) -> int:
-        """Trims the cache to the longest prefix it shares with the prompt.
+    def _reuse_prefix(self, prompt: Sequence[int]) -> tuple[int, int]:
+        """Makes the cache hold the longest prefix of the prompt it can.
 
-        At least one token is always left to evaluate, since sampling needs
-        the logits of the prompt's last token.
+        That prefix comes from the live cache or from a saved state of an
+        earlier conversation (engine.kv_store), whichever shares more. Before
+        the live cache loses more than a few tokens, its state is saved. At
+        least one token is always left to evaluate, since sampling needs the
+        logits of the prompt's last token.
+
+        Returns:
+            The tokens kept, and how many of them were restored from a saved state.
         """
-        shared = 0
-        for cached, new in zip(self._cached, prompt, strict=False):
-            if cached != new:
-                break
-            shared += 1
-        shared = min(shared, len(prompt) - 1)
-        if not llama_cpp.llama_memory_seq_rm(self._memory, 0, shared, -1):
+        limit = len(prompt) - 1
+        live = min(shared_prefix(self._cached, prompt), limit)
+        saved, from_saved = self.saved_states.best_match(prompt)
+        from_saved = min(from_saved, limit)
+        restored = 0
+        if saved is not None and from_saved >= live + MIN_SAVED_TOKENS:
+            self._save_live_state()
+            if self._restore(self.saved_states.take(saved)):
+                live, restored = from_saved, from_saved
+            else:
+                live = 0
+        elif len(self._cached) - live >= MIN_SAVED_TOKENS:
+            self._save_live_state()
+        if not llama_cpp.llama_memory_seq_rm(self._memory, 0, live, -1):
             llama_cpp.llama_memory_clear(self._memory, True)
-            shared = 0
-        del self._cached[shared:]
-        return shared
+            live = restored = 0
+        del self._cached[live:]
+        return live, restored
+
+    def _save_live_state(self) -> None:
+        """Copies the live sequence's keys and values into the saved states."""
+        tokens = self._cached
+        if len(tokens) < MIN_SAVED_TOKENS or self.saved_states.holds(tokens):
+            return
+        size = int(llama_cpp.llama_state_seq_get_size(self._ctx, 0))
+        if size <= 0 or size > self.saved_states.budget_bytes:
+            return
+        buffer = (ctypes.c_uint8 * size)()
+        written = int(llama_cpp.llama_state_seq_get_data(self._ctx, buffer, size, 0))
+        if written:
+            self.saved_states.put(tokens, bytes(buffer)[:written])
+
+    def _restore(self, state: SavedState) -> bool:
+        """Puts a saved state in the live sequence; False (and an empty cache) on failure."""
+        llama_cpp.llama_memory_seq_rm(self._memory, 0, -1, -1)
+        buffer = (ctypes.c_uint8 * state.size).from_buffer_copy(state.data)
+        if not llama_cpp.llama_state_seq_set_data(self._ctx, buffer, state.size, 0):
+            llama_cpp.llama_memory_clear(self._memory, True)
+            self._cached = []
+            return False
+        self._cached = list(state.tokens)
+        return True
 
     def _make_sampler(self, sampling: Sampling) -> llama_cpp.llama_sampler_p:
         params = llama_cpp.llama_sampler_chain_default_params()
         chain: llama_cpp.llama_sampler_p = llama_cpp.llama_sampler_chain_init(params)
         add = llama_cpp.llama_sampler_chain_add
-        if sampling.repeat_penalty != 1.0:
+        if sampling.json_mode:
+            # First in the chain: tokens that break the grammar never reach the others.
+            add(chain, self._grammar_sampler(sampling))
+        if (
+            sampling.repeat_penalty != 1.0
+            or sampling.frequency_penalty != 0.0
+            or sampling.presence_penalty != 0.0
+        ):
             add(
                 chain,
                 llama_cpp.llama_sampler_init_penalties(
                     llama_cpp.llama_vocab_n_tokens(self._vocab),
                     PENALTY_LAST_N,
                     sampling.repeat_penalty,
-                    0.0,
-                    0.0,
+                    sampling.frequency_penalty,
+                    sampling.presence_penalty,
                 ),
             )
         if sampling.temperature <= 0:
@@ -481,6 +536,30 @@ class ModelRunner:
         add(chain, llama_cpp.llama_sampler_init_dist(seed))
         return chain
 
+    def _grammar_sampler(self, sampling: Sampling) -> llama_cpp.llama_sampler_p:
+        """A sampler that allows only JSON (of the request's schema, if it has one)."""
+        from llama_cpp import llama_grammar
+
+        if sampling.json_mode == "schema":
+            try:
+                grammar = llama_grammar.json_schema_to_gbnf(sampling.json_schema)
+            except Exception as exc:  # the converter raises whatever it meets
+                raise ChatError(
+                    f"the JSON schema cannot be followed: {exc}", by_request=True
+                ) from exc
+        else:
+            grammar = llama_grammar.JSON_GBNF
+        sampler: llama_cpp.llama_sampler_p = llama_cpp.llama_sampler_init_grammar(
+            self._vocab, grammar.encode("utf-8"), b"root"
+        )
+        if not sampler:
+            raise ChatError(
+                "llama.cpp could not use the grammar of this JSON schema: "
+                + self._log.last_errors(),
+                by_request=True,
+            )
+        return sampler
+
     def chat(
         self,
         messages: Sequence[ChatMessage],
@@ -492,9 +571,10 @@ class ModelRunner:
     ) -> tuple[str, TurnStats]:
         """Generates the assistant's reply to the conversation.
 
-        Only the tokens that are new since the previous turn are evaluated.
-        `should_stop` is polled between tokens, and while the prompt is
-        evaluated after every step of llama.cpp's graph.
+        Only the tokens that are new since the previous turn are evaluated
+        (or since a saved state of this conversation, when another ran in
+        between). `should_stop` is polled between tokens, and while the
+        prompt is evaluated after every step of llama.cpp's graph.
         Text reaches `on_text` in pieces that are always whole characters;
         `on_prompt` hears once the prompt is in the cache. With
         `continue_last`, the last message is a reply to go on with.
@@ -514,25 +594,82 @@ class ModelRunner:
         if len(prompt) >= self.n_ctx:
             raise ChatError(
                 f"the conversation is {len(prompt)} tokens long, and the context holds "
-                f"{self.n_ctx}: start a new conversation or raise the context size"
+                f"{self.n_ctx}: start a new conversation or raise the context size",
+                by_request=True,
             )
-        reused = self._reuse_prefix(prompt)
-        pending = prompt[reused:]
-        stop_reason: StopReason | None = None
+        return self._generate(
+            prompt,
+            sampling,
+            should_stop,
+            on_text,
+            on_prompt,
+            started,
+            (system_tokens, history_tokens),
+            template_notice,
+        )
 
-        prefill_started = time.perf_counter()
-        if not self._prefill(pending, should_stop):
-            stop_reason = "cancelled"
-        prefill_seconds = time.perf_counter() - prefill_started
-        evaluated = len(self._cached) - reused
-        on_prompt(PromptEvaluated(0, len(prompt), system_tokens, history_tokens, reused, evaluated))
+    def complete(
+        self,
+        prompt_text: str,
+        sampling: Sampling,
+        should_stop: Callable[[], bool],
+        on_text: Callable[[str], None],
+        on_prompt: Callable[[PromptEvaluated], None] = lambda _prompt: None,
+    ) -> tuple[str, TurnStats]:
+        """Continues raw text, with no chat template; otherwise as `chat`."""
+        started = time.perf_counter()
+        prompt = self.tokenize(prompt_text, add_special=self._add_bos)
+        if not prompt:
+            raise ChatError("the prompt is empty", by_request=True)
+        if len(prompt) >= self.n_ctx:
+            raise ChatError(
+                f"the prompt is {len(prompt)} tokens long, and the context holds {self.n_ctx}",
+                by_request=True,
+            )
+        return self._generate(
+            prompt, sampling, should_stop, on_text, on_prompt, started, (0, 0), ""
+        )
 
-        stream = Utf8Stream()
-        parts: list[str] = []
-        generated = 0
-        first_token_at = last_token_at = 0.0
+    def _generate(
+        self,
+        prompt: list[int],
+        sampling: Sampling,
+        should_stop: Callable[[], bool],
+        on_text: Callable[[str], None],
+        on_prompt: Callable[[PromptEvaluated], None],
+        started: float,
+        parts_before: tuple[int, int],
+        template_notice: str,
+    ) -> tuple[str, TurnStats]:
+        """Evaluates the prompt's new tokens and samples the reply."""
+        system_tokens, history_tokens = parts_before
         sampler = self._make_sampler(sampling)
         try:
+            reused, restored = self._reuse_prefix(prompt)
+            pending = prompt[reused:]
+            stop_reason: StopReason | None = None
+
+            prefill_started = time.perf_counter()
+            if not self._prefill(pending, should_stop):
+                stop_reason = "cancelled"
+            prefill_seconds = time.perf_counter() - prefill_started
+            evaluated = len(self._cached) - reused
+            on_prompt(
+                PromptEvaluated(0, len(prompt), system_tokens, history_tokens, reused, evaluated)
+            )
+
+            stream = Utf8Stream()
+            stops = StopWords(sampling.stop)
+            parts: list[str] = []
+
+            def emit(text: str) -> None:
+                shown = stops.push(text)
+                if shown:
+                    parts.append(shown)
+                    on_text(shown)
+
+            generated = 0
+            first_token_at = last_token_at = 0.0
             while stop_reason is None:
                 if should_stop():
                     stop_reason = "cancelled"
@@ -547,9 +684,10 @@ class ModelRunner:
                 generated += 1
                 text = stream.push(self.piece(token))
                 if text:
-                    parts.append(text)
-                    on_text(text)
-                if generated >= sampling.max_tokens:
+                    emit(text)
+                if stops.stopped:
+                    stop_reason = "stop"
+                elif generated >= sampling.max_tokens:
                     stop_reason = "length"
                 elif len(self._cached) + 1 >= self.n_ctx:
                     stop_reason = "context_full"
@@ -557,10 +695,11 @@ class ModelRunner:
                     self._decode([token])
         finally:
             llama_cpp.llama_sampler_free(sampler)
-        tail = stream.finish()
-        if tail:
-            parts.append(tail)
-            on_text(tail)
+        emit(stream.finish())
+        rest = stops.finish()
+        if rest:
+            parts.append(rest)
+            on_text(rest)
 
         decode_seconds = last_token_at - first_token_at
         stats = TurnStats(
@@ -575,5 +714,6 @@ class ModelRunner:
             decode_tokens_per_s=(generated - 1) / decode_seconds if decode_seconds > 0 else 0.0,
             stop_reason=stop_reason,
             template_notice=template_notice,
+            restored_tokens=restored,
         )
         return "".join(parts), stats

@@ -10,7 +10,7 @@ import pytest
 
 from kvchat.app.formatting import format_stats
 from kvchat.engine.gguf_file import read_gguf
-from kvchat.engine.protocol import ChatMessage, LoadConfig, Sampling
+from kvchat.engine.protocol import ChatMessage, LoadConfig, Sampling, TurnStats
 from kvchat.engine.runner import ChatError, LlamaLog, ModelRunner, physical_cores
 from kvchat.engine.text_stream import Utf8Stream
 from tests.model_factory import GEMMA3_SWA, TINY, ModelFactory, model_factory
@@ -38,7 +38,7 @@ def runner(model_path: Path, log: LlamaLog) -> Iterator[ModelRunner]:
 
 def _chat(
     runner: ModelRunner, messages: list[ChatMessage], sampling: Sampling = GREEDY
-) -> tuple[str, list[str], object]:
+) -> tuple[str, list[str], TurnStats]:
     pieces: list[str] = []
     text, stats = runner.chat(messages, sampling, lambda: False, pieces.append)
     return text, pieces, stats

@@ -14,3 +14,37 @@ def test_bytes_that_never_complete_become_one_replacement() -> None:
     stream = Utf8Stream()
     assert stream.push("é".encode()[:1]) == ""
     assert stream.finish() == "\ufffd"
+
+
+def _feed(words: tuple[str, ...], pieces: list[str]) -> tuple[str, bool]:
+    from kvchat.engine.text_stream import StopWords
+
+    stops = StopWords(words)
+    shown = "".join(stops.push(piece) for piece in pieces)
+    return shown + stops.finish(), stops.stopped
+
+
+def test_stop_word_ends_the_text_before_it() -> None:
+    assert _feed(("END",), ["Hello ", "wor", "ld E", "ND more"]) == ("Hello world ", True)
+
+
+def test_stop_word_split_over_pieces_is_never_shown() -> None:
+    from kvchat.engine.text_stream import StopWords
+
+    stops = StopWords(("\n\nUser:",))
+    assert stops.push("Answer.\n") == "Answer."
+    assert stops.push("\nUs") == ""
+    assert stops.push("er: hi") == ""
+    assert stops.stopped
+
+
+def test_a_near_miss_is_shown_in_full() -> None:
+    assert _feed(("STOP",), ["ST", "OX and more"]) == ("STOX and more", False)
+
+
+def test_no_stop_words_pass_text_through() -> None:
+    assert _feed((), ["a", "b"]) == ("ab", False)
+
+
+def test_the_earliest_of_several_stop_words_wins() -> None:
+    assert _feed(("bb", "a"), ["xxbba"]) == ("xx", True)
