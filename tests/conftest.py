@@ -64,9 +64,22 @@ def safe_path_restored() -> Iterator[None]:
         os.environ["PYTHONSAFEPATH"] = before
 
 
+# Engine host pids that a module-scoped fixture keeps running on purpose
+# (one engine for a module's tests); the fixture removes its pid as it ends.
+shared_engine_pids: set[int] = set()
+
+
 def _engine_processes() -> list[psutil.Process]:
     found = []
+    kept = set(shared_engine_pids)
+    for pid in shared_engine_pids:
+        try:
+            kept |= {p.pid for p in psutil.Process(pid).children(recursive=True)}
+        except psutil.NoSuchProcess:
+            continue
     for child in psutil.Process().children(recursive=True):
+        if child.pid in kept:
+            continue
         try:
             if child.is_running() and "spawn_main" in " ".join(child.cmdline()):
                 found.append(child)
