@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from importlib import metadata
@@ -42,7 +43,9 @@ COMMAND_OPTIONS = {
     "chat": ("model", "data_dir", "ctx", "threads", "gpu_layers"),
     "estimate": ("model", "ctx", "gpu_layers"),
     "bench": ("model",),
+    "serve": ("model", "data_dir", "ctx", "threads", "gpu_layers"),
 }
+DEFAULT_PORT = 8080
 
 
 def _add_shared(parser: argparse.ArgumentParser, names: Sequence[str], after: bool) -> None:
@@ -125,6 +128,40 @@ def build_parser() -> CommandLine:
     measure.add_argument(
         "--quick", action="store_true", help="tiny sizes that check the benchmark runs"
     )
+    serve = commands.add_parser(
+        "serve",
+        help="an OpenAI-compatible API on the model, with no window",
+        description="Serve the model over an OpenAI-compatible HTTP API (chat completions, "
+        "completions, models, health) for editor plugins, scripts and other apps.",
+    )
+    _add_shared(serve, COMMAND_OPTIONS["serve"], after=True)
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)"
+    )
+    serve.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        metavar="N",
+        help="port (default: 8080; 0: any free one)",
+    )
+    serve.add_argument(
+        "--api-key",
+        metavar="KEY",
+        default=os.environ.get("KVCHAT_API_KEY", ""),
+        help="clients must send it as a Bearer token (default: $KVCHAT_API_KEY); "
+        "needed to listen beyond 127.0.0.1",
+    )
+    serve.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="a web page origin allowed to call the API from a browser (repeatable)",
+    )
+    serve.add_argument(
+        "--log-messages", action="store_true", help="also log what each request said and got"
+    )
     return parser
 
 
@@ -186,6 +223,23 @@ def _run(argv: list[str]) -> int:
     except ValidationError as exc:
         print(f"kvchat: {explain(exc)}", file=sys.stderr)
         return 2
+    if command == "serve":
+        if notice:
+            print(f"kvchat: {notice}", file=sys.stderr)
+        if not 0 <= args.port <= 65535:
+            parser.error(f"--port {args.port} is not a port: it must be from 0 to 65535")
+        from kvchat.app.api.cli import run_serve
+
+        return run_serve(
+            args.model or settings.model_path,
+            settings.engine,
+            resolve_data_dir(args.data_dir),
+            args.host,
+            args.port,
+            args.api_key,
+            args.cors_origin,
+            args.log_messages,
+        )
     if command == "chat":
         if notice:
             print(f"kvchat: {notice}", file=sys.stderr)
