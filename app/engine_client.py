@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import itertools
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from PySide6.QtCore import QObject, QThread, QTimer, Signal
 
 from kvchat.engine.client import HostProcess
+from kvchat.engine.link import EngineState, Listener, Listeners
 from kvchat.engine.protocol import (
     Cancel,
     Chat,
     ChatFailed,
     ChatMessage,
+    Complete,
     Event,
     HostExited,
     HostStarted,
@@ -59,10 +61,11 @@ class EventReader(QThread):
 
     event_received = Signal(object)
 
-    def __init__(self, host: HostProcess, parent: QObject) -> None:
+    def __init__(self, host: HostProcess, listeners: Listeners, parent: QObject) -> None:
         super().__init__(parent)
         self.setObjectName("kvchat-engine-reader")
         self._host = host
+        self._listeners = listeners
         live_readers.add(self)
 
     def run(self) -> None:
@@ -70,9 +73,42 @@ class EventReader(QThread):
             event = self._host.receive(timeout=None)
             if event is None:
                 continue
+            # Other threads' listeners first (the API server), on this thread.
+            self._listeners.publish(event)
             self.event_received.emit(event)
             if isinstance(event, HostExited):
                 return
+
+
+class WindowEngineLink:
+    """The window's engine as an engine.link.EngineLink, for the API server.
+
+    Its requests go down the same pipe as the window's, so they queue with
+    the window's turns, and their events reach the window too (its panels
+    show them; the chat ignores request ids it did not make).
+    """
+
+    def __init__(self) -> None:
+        self.listeners = Listeners(EngineState("stopped"))
+        self.host: HostProcess | None = None
+
+    def state(self) -> EngineState:
+        return self.listeners.state()
+
+    def new_request_id(self) -> int:
+        return self.listeners.new_request_id()
+
+    def submit(self, request: Chat | Complete) -> bool:
+        host = self.host
+        return host is not None and host.send(request)
+
+    def cancel(self, request_id: int) -> None:
+        host = self.host
+        if host is not None:
+            host.send(Cancel(request_id))
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        return self.listeners.subscribe(listener)
 
 
 class EngineClient(QObject):
@@ -125,6 +161,7 @@ class EngineClient(QObject):
         self._load_watchdog = QTimer(self)
         self._load_watchdog.setSingleShot(True)
         self._load_watchdog.timeout.connect(self._end_stalled_load)
+        self.link = WindowEngineLink()
 
     @property
     def running(self) -> bool:
@@ -149,10 +186,11 @@ class EngineClient(QObject):
         self._open_requests.clear()
         self._cancelled.clear()
         self._host = HostProcess(self._log_path)
+        self.link.host = self._host
         # Parented, so that dropping our reference inside a slot that this
         # reader's own signal invoked (a restart after a crash) does not
         # destroy it there: deleteLater does, once the event loop is back.
-        self._reader = EventReader(self._host, self)
+        self._reader = EventReader(self._host, self.link.listeners, self)
         self._reader.event_received.connect(self._dispatch)
         self._reader.start()
 
@@ -258,8 +296,10 @@ class EngineClient(QObject):
             self._reader.deleteLater()
             self._reader = None
         if self._host is not None:
+            self.link.host = None
             self._host.close()
             self._host = None
+            self.link.listeners.set_state(EngineState("stopped"))
 
     def _dispatch(self, event: Event) -> None:
         if self.sender() is not self._reader:

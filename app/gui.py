@@ -13,6 +13,7 @@ import psutil
 from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QApplication, QMessageBox
 
+from kvchat.app.api_service import attach_serving
 from kvchat.app.controller import Controller
 from kvchat.app.engine_client import EngineClient
 from kvchat.app.history import History
@@ -116,6 +117,7 @@ def run_gui(model_path: str | None, settings: Settings, data_dir: Path, notice: 
     if notice:
         window.chat_view.add_notice(notice)
     controller.engine.model_loaded.connect(lambda info: _remember_model(data_dir, info.path))
+    attach_serving(window, controller.engine, settings, data_dir)
     if os.environ.get(EXIT_WHEN_READY_ENV) == "1":
         _exit_when_ready(window, controller)
     app.styleHints().colorSchemeChanged.connect(lambda _scheme: window.refresh_theme())

@@ -128,3 +128,10 @@ class Settings(BaseModel):
     engine: EngineSettings = Field(
         default_factory=EngineSettings, description="How models load and sample."
     )
+    serve_on_localhost: bool = Field(
+        default=False,
+        description="Serve the window's model over the OpenAI-compatible API on 127.0.0.1.",
+    )
+    serve_port: int = Field(
+        default=8080, ge=0, le=65535, description="The API server's port (0: any free one)."
+    )

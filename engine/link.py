@@ -38,8 +38,9 @@ from kvchat.engine.protocol import (
 Listener = Callable[[Event], None]
 Phase = Literal["starting", "loading", "ready", "restarting", "failed", "stopped"]
 
-# Ids of requests made through a link, far from the window's own (which count from 1).
-LINK_REQUEST_IDS_START = 1 << 40
+# Ids of requests made through a link, far from the window's own (which count
+# from 1) and still inside the 32-bit int that a Qt signal carries.
+LINK_REQUEST_IDS_START = 1_000_000_000
 # A crashed engine is started again after these waits, then gives up.
 RESTART_DELAYS_S = (0.5, 2.0, 5.0)
 # An engine that ran this long without crashing gets its whole backoff again.

@@ -35,6 +35,7 @@ from kvchat.ui.chat_view import ChatView
 from kvchat.ui.composer import Composer
 from kvchat.ui.conversation_list import ConversationList
 from kvchat.ui.memory_panel import MemoryPanel
+from kvchat.ui.serve_dialog import ServeDialog
 from kvchat.ui.theme import icon
 
 GGUF_FILTER = "GGUF models (*.gguf);;All files (*)"
@@ -69,6 +70,7 @@ class MainWindow(QMainWindow):
     restart_requested = Signal()
     closing = Signal()
     system_prompt_edited = Signal(str)
+    serve_toggled = Signal(bool)
 
     def __init__(self) -> None:
         super().__init__()
@@ -162,6 +164,17 @@ class MainWindow(QMainWindow):
         self.context_label = QLabel()
         self.speed_label = QLabel()
         self.view_label = QLabel()
+        # While the API server runs: its address, and what it is doing; a click
+        # shows how to call it.
+        self.serve_button = QToolButton()
+        self.serve_button.setObjectName("serveButton")
+        self.serve_button.setAutoRaise(True)
+        self.serve_button.setToolTip("The API server: click for its address and examples")
+        self.serve_button.clicked.connect(self._show_serve_dialog)
+        self.serve_button.hide()
+        self.statusBar().addWidget(self.serve_button)
+        self.serve_dialog: ServeDialog | None = None
+        self._serve_url = self._serve_examples = ""
         for label in (self.model_label, self.context_label, self.view_label, self.speed_label):
             self.statusBar().addPermanentWidget(label)
         self.statusBar().setSizeGripEnabled(False)
@@ -195,6 +208,38 @@ class MainWindow(QMainWindow):
         self._build_toolbar()
         self._sync_buttons(busy=False)
 
+    def show_serving(self, url: str, examples: str) -> None:
+        """The API server runs at `url`; `examples` say how to call it."""
+        self._serve_url, self._serve_examples = url, examples
+        self.serve_action.setChecked(True)
+        self.serve_button.setText(f"API: {url}")
+        self.serve_button.show()
+        if self.serve_dialog is not None:
+            self.serve_dialog.show_server(url, examples)
+
+    def show_not_serving(self) -> None:
+        self.serve_action.setChecked(False)
+        self.serve_button.hide()
+        if self.serve_dialog is not None:
+            self.serve_dialog.hide()
+
+    def show_api_activity(self, text: str) -> None:
+        """What the API server is doing now, after its address: "serving 127.0.0.1 …"."""
+        self.serve_button.setText(f"API: {self._serve_url}" + (f" · {text}" if text else ""))
+
+    def add_api_log(self, line: str) -> None:
+        if self.serve_dialog is None:
+            self.serve_dialog = ServeDialog(self)
+            self.serve_dialog.show_server(self._serve_url, self._serve_examples)
+        self.serve_dialog.add_log_line(line)
+
+    def _show_serve_dialog(self) -> None:
+        if self.serve_dialog is None:
+            self.serve_dialog = ServeDialog(self)
+        self.serve_dialog.show_server(self._serve_url, self._serve_examples)
+        self.serve_dialog.show()
+        self.serve_dialog.raise_()
+
     def _build_menu(self) -> None:
         file_menu = self.menuBar().addMenu("&File")
         self.new_action = QAction("&New conversation", self)
@@ -214,6 +259,14 @@ class MainWindow(QMainWindow):
         self.settings_action.setMenuRole(QAction.MenuRole.PreferencesRole)
         self.settings_action.triggered.connect(self.settings_requested)
         file_menu.addAction(self.settings_action)
+        self.serve_action = QAction("Serve on &localhost", self)
+        self.serve_action.setCheckable(True)
+        self.serve_action.setToolTip(
+            "Let programs on this computer use the model through an OpenAI-compatible API"
+        )
+        # triggered, not toggled: only the person's click asks for a change.
+        self.serve_action.triggered.connect(self.serve_toggled)
+        file_menu.addAction(self.serve_action)
         file_menu.addSeparator()
         quit_action = QAction("&Quit", self)
         quit_action.setShortcut(QKeySequence("Ctrl+Q"))
