@@ -14,13 +14,17 @@ from dataclasses import dataclass
 
 import pyqtgraph as pg
 from PySide6.QtCore import QRectF, QSize, Qt, QTimer
-from PySide6.QtGui import QColor, QPainter, QPaintEvent, QPalette
+from PySide6.QtGui import QColor, QPainter, QPaintEvent, QPalette, QResizeEvent
 from PySide6.QtWidgets import (
     QFrame,
     QGridLayout,
     QGroupBox,
     QLabel,
+    QLayout,
     QScrollArea,
+    QSizePolicy,
+    QStackedLayout,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
@@ -205,11 +209,25 @@ def _legend(items: Sequence[tuple[QColor, str]]) -> QLabel:
     return label
 
 
+def _keyed(color: QColor, text: str) -> str:
+    """A figure with its colour in the bar before it: the key and the value in one place."""
+    # Non-breaking: a line never ends between a square, its name and its figure.
+    text = text.replace(" ", "&nbsp;")
+    return f'<span style="color:{color.name()}">■</span>&nbsp;{text}'
+
+
 def _value_label() -> QLabel:
     label = QLabel()
     label.setWordWrap(True)
     label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
     return label
+
+
+def _tight(layout: QLayout) -> QLayout:
+    """Little space between the lines of a panel: the whole column fits a 760 px window."""
+    layout.setContentsMargins(8, 4, 8, 6)
+    layout.setSpacing(2)
+    return layout
 
 
 class KvCachePanel(QGroupBox):
@@ -230,6 +248,7 @@ class KvCachePanel(QGroupBox):
         self.warning_label.setObjectName("contextWarning")
         self.warning_label.hide()
         layout = QVBoxLayout(self)
+        _tight(layout)
         layout.addWidget(self.fill_label)
         layout.addWidget(self.fill_bar)
         layout.addWidget(
@@ -301,8 +320,10 @@ class DeviceRow(QWidget):
         self.title = QLabel()
         self.bar = SegmentBar()
         self.detail = _value_label()
+        self.detail.setTextFormat(Qt.TextFormat.RichText)
         layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 4)
+        layout.setContentsMargins(0, 0, 0, 2)
+        layout.setSpacing(2)
         layout.addWidget(self.title)
         layout.addWidget(self.bar)
         layout.addWidget(self.detail)
@@ -319,12 +340,14 @@ class DeviceRow(QWidget):
             ],
             view.total_bytes,
         )
+        # Each part carries its colour, so the panel needs no legend line of its own.
         self.detail.setText(
-            f"this model {format_bytes(view.model_bytes)}: weights "
-            f"{format_bytes(view.weights_bytes)}, KV {format_bytes(view.kv_bytes)}, compute "
-            f"{format_bytes(view.compute_bytes)} · everything else "
-            f"{format_bytes(view.other_bytes)} · free {format_bytes(view.free_bytes)} of "
-            f"{format_bytes(view.total_bytes)}"
+            f"this model {format_bytes(view.model_bytes)}: "
+            f"{_keyed(WEIGHTS, f'weights {format_bytes(view.weights_bytes)}')}, "
+            f"{_keyed(KV, f'KV {format_bytes(view.kv_bytes)}')}, "
+            f"{_keyed(COMPUTE, f'compute {format_bytes(view.compute_bytes)}')} · "
+            f"{_keyed(OTHER, f'everything else {format_bytes(view.other_bytes)}')} · "
+            f"free {format_bytes(view.free_bytes)} of {format_bytes(view.total_bytes)}"
         )
 
 
@@ -337,19 +360,11 @@ class DeviceMemoryPanel(QGroupBox):
         self.note_label.setObjectName("memoryNote")
         self._rows_layout = QVBoxLayout()
         self._rows: list[DeviceRow] = []
+        self._rows_layout.setSpacing(0)
         layout = QVBoxLayout(self)
+        _tight(layout)
         layout.addWidget(self.note_label)
         layout.addLayout(self._rows_layout)
-        layout.addWidget(
-            _legend(
-                [
-                    (WEIGHTS, "weights"),
-                    (KV, "KV cache"),
-                    (COMPUTE, "compute"),
-                    (OTHER, "everything else"),
-                ]
-            )
-        )
 
     def show_devices(self, devices: Sequence[DeviceView], note: str) -> None:
         while len(self._rows) < len(devices):
@@ -374,19 +389,24 @@ class SpeedPanel(QGroupBox):
         super().__init__("Speed (last reply)", parent)
         self.labels: dict[str, QLabel] = {}
         grid = QGridLayout(self)
-        rows = [
-            ("prefill", "Prefill"),
-            ("decode", "Decode"),
-            ("ttft", "First token"),
-            ("bandwidth", "Memory read"),
+        _tight(grid)
+        grid.setHorizontalSpacing(8)
+        # Prefill and first token, the prompt's two figures, share a line: one
+        # line less in a column that has to fit a 760 px window.
+        cells = [
+            ("prefill", "Prefill", 0, 0, 1),
+            ("ttft", "First token", 0, 2, 1),
+            ("decode", "Decode", 1, 0, 3),
+            ("bandwidth", "Memory read", 2, 0, 3),
         ]
-        for row, (key, title) in enumerate(rows):
-            grid.addWidget(QLabel(title), row, 0, Qt.AlignmentFlag.AlignTop)
+        for key, title, row, column, span in cells:
+            grid.addWidget(QLabel(title), row, column, Qt.AlignmentFlag.AlignTop)
             label = _value_label()
-            grid.addWidget(label, row, 1)
+            grid.addWidget(label, row, column + 1, 1, span)
             self.labels[key] = label
             label.setText("–")
         grid.setColumnStretch(1, 1)
+        grid.setColumnStretch(3, 1)
 
     def show_speed(self, view: SpeedView) -> None:
         self.labels["prefill"].setText(f"{view.prefill_tokens_per_s:,.0f} tokens/s")
@@ -421,16 +441,47 @@ MIN_SPAN_TOKENS_PER_S = 10.0
 SPEED_GAP_S = 3.0
 
 
+# A plot is never shorter than this: its title, and a data area that still
+# shows a trend. Above it, the plots share what the figures leave of the column.
+PLOT_MIN_HEIGHT = 60
+# A plot that reads its own time axis (the bottom one, or one in a tab) needs
+# this much more for the axis's values and unit.
+TIME_AXIS_HEIGHT = 34
+
+
+def _tick_step(span: float) -> float:
+    """The smallest 1, 2 or 5 times a power of ten that cuts an axis of this span in at most
+    three: two to four labels, which a short plot has room for."""
+    target = span / 3
+    power = 10.0 ** math.floor(math.log10(target))
+    return next(f * power for f in (1, 2, 5, 10) if f * power >= target)
+
+
+def _plot(background: QColor) -> pg.PlotWidget:
+    """A plot that asks for its minimum height and takes whatever is left over."""
+    plot = pg.PlotWidget(background=background)
+    # Not Expanding: QGraphicsView's own hints are the scene's size and its scroll
+    # bars', and a layout that heeded them would scroll the column rather than
+    # let the plots shrink. Ignored leaves the minimum and the stretch to decide.
+    plot.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Ignored)
+    return plot
+
+
 class LivePlot(QWidget):
-    """Since the model loaded: KV cache bytes, the engine's memory, and tokens/s."""
+    """Since the model loaded: KV cache bytes, the engine's memory, and tokens/s.
+
+    Where the column leaves room, the three plots stand one above the other and
+    share one time axis, drawn under the bottom one. Where it does not (a small
+    window, a second device, the estimate shown), they go into tabs, one plot
+    at a time with its own time axis, rather than make the column scroll.
+    """
+
+    TAB_NAMES = ("KV cache", "Engine memory", "Decode speed")
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         background = self.palette().color(QPalette.ColorRole.Base)
         foreground = self.palette().color(QPalette.ColorRole.Text)
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.setSpacing(2)
         self.plots: list[pg.PlotWidget] = []
         curves = []
         rows = (
@@ -438,28 +489,100 @@ class LivePlot(QWidget):
             ("engine memory on the device, MiB", WEIGHTS),
             ("decode, tokens/s", COMPUTE),
         )
+        title_height = self.fontMetrics().height() + 3
         for title, color in rows:
-            plot = pg.PlotWidget(background=background)
-            plot.setFixedHeight(120)
+            plot = _plot(background)
             plot.setMenuEnabled(False)
             plot.setMouseEnabled(x=False, y=False)
             plot.hideButtons()
             item = plot.getPlotItem()
             item.setTitle(title, color=foreground.name(), size="9pt")
+            # pyqtgraph keeps 30 px for a title; one line of text needs less.
+            item.layout.setRowFixedHeight(0, title_height)
+            item.titleLabel.setMaximumHeight(title_height)
             for axis in ("bottom", "left"):
                 item.getAxis(axis).setTextPen(foreground)
+            # Seconds stay seconds: no "(x0.001)" on an empty plot's axis.
+            item.getAxis("bottom").enableAutoSIPrefix(False)
             if self.plots:
                 plot.setXLink(self.plots[0])
             curves.append(plot.plot(pen=pg.mkPen(color, width=2)))
             self.plots.append(plot)
-            layout.addWidget(plot)
             # Sizes and rates start at zero: an axis that zooms to the data's
             # own span makes noise of a few KiB look like a climb.
             item.enableAutoRange(y=False)
             item.setLabel("bottom", "s since load")
         self.kv_curve, self.process_curve, self.speed_curve = curves
+
+        self._column = QWidget()
+        self._column_layout = QVBoxLayout(self._column)
+        self._column_layout.setContentsMargins(0, 0, 0, 0)
+        self._column_layout.setSpacing(2)
+        self.tabs = QTabWidget()
+        self.tabs.setDocumentMode(True)
+        self._stack = QStackedLayout(self)
+        self._stack.addWidget(self._column)
+        self._stack.addWidget(self.tabs)
+        self._tabbed: bool | None = None
+        # The least the plots need is one plot under a tab bar; the column gives
+        # them what it has left, and that decides between stacked and tabbed.
+        self._arrange(tabbed=True)
+        self.setMinimumHeight(self.tabs.minimumSizeHint().height())
+        self._arrange(tabbed=False)
+        self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Expanding)
         self.clear()
         self.redraw()
+
+    def sizeHint(self) -> QSize:
+        # No more height than the minimum: the plots take what is left over, and
+        # what is left never makes the column scroll. The width is a plot's,
+        # whichever the arrangement, so the dock keeps its width.
+        return QSize(self.plots[0].sizeHint().width(), self.minimumHeight())
+
+    def minimumSizeHint(self) -> QSize:
+        return QSize(super().minimumSizeHint().width(), self.minimumHeight())
+
+    def stacked_height(self) -> int:
+        """The least height that shows the three plots one above the other."""
+        spacing = self._column_layout.spacing() * (len(self.plots) - 1)
+        return PLOT_MIN_HEIGHT * len(self.plots) + TIME_AXIS_HEIGHT + spacing
+
+    def is_tabbed(self) -> bool:
+        return bool(self._tabbed)
+
+    def resizeEvent(self, event: QResizeEvent) -> None:
+        super().resizeEvent(event)
+        # The minimum height does not change with the arrangement, so the
+        # choice cannot change the height it is made from: no back and forth.
+        self._arrange(tabbed=event.size().height() < self.stacked_height())
+
+    def _arrange(self, tabbed: bool) -> None:
+        if tabbed == self._tabbed:
+            return
+        self._tabbed = tabbed
+        current = self.tabs.currentIndex()
+        self.tabs.clear()
+        for index, plot in enumerate(self.plots):
+            last = index == len(self.plots) - 1
+            # Stacked, the plots share the time axis under the last one; in a
+            # tab, each plot is alone and reads its own.
+            own_axis = tabbed or last
+            axis = plot.getPlotItem().getAxis("bottom")
+            axis.setStyle(showValues=own_axis)
+            axis.showLabel(own_axis)
+            # Without values, room for the lower half of the left axis's "0".
+            axis.setHeight(None if own_axis else self.fontMetrics().height() // 2 + 2)
+            plot.setMinimumHeight(PLOT_MIN_HEIGHT + (TIME_AXIS_HEIGHT if own_axis else 0))
+            if tabbed:
+                self.tabs.addTab(plot, self.TAB_NAMES[index])
+            else:
+                # Shares in proportion, so the three data areas come out about as tall.
+                self._column_layout.addWidget(plot, 4 if last else 3)
+                # A tab that was not current left its plot hidden.
+                plot.show()
+        if tabbed:
+            self.tabs.setCurrentIndex(max(current, 0))
+        self._stack.setCurrentWidget(self.tabs if tabbed else self._column)
 
     def clear(self) -> None:
         self.kv_points: list[tuple[float, float]] = []
@@ -496,7 +619,10 @@ class LivePlot(QWidget):
                 ys.append(y)
             curve.setData(xs, ys, connect="finite")
             top = max((y for y in ys if not math.isnan(y)), default=0.0)
-            plot.getPlotItem().setYRange(0.0, max(top * 1.15, min_span), padding=0)
+            span = max(top * 1.15, min_span)
+            item = plot.getPlotItem()
+            item.setYRange(0.0, span, padding=0)
+            item.getAxis("left").setTickSpacing(levels=[(_tick_step(span), 0.0)])
 
 
 class MemoryPanel(QScrollArea):
@@ -518,12 +644,14 @@ class MemoryPanel(QScrollArea):
         self.estimate_label.hide()
         inner = QWidget()
         layout = QVBoxLayout(inner)
+        layout.setContentsMargins(4, 2, 4, 4)
+        layout.setSpacing(3)
         layout.addWidget(self.kv_panel)
         layout.addWidget(self.device_panel)
         layout.addWidget(self.estimate_label)
         layout.addWidget(self.speed_panel)
-        layout.addWidget(self.plot)
-        layout.addStretch(1)
+        # The plots take the height the figures above leave, down to their minimum.
+        layout.addWidget(self.plot, 1)
         self.setWidget(inner)
         self.setMinimumWidth(340)
 

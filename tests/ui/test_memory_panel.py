@@ -1,5 +1,6 @@
 import math
 
+import pyqtgraph as pg
 from pytestqt.qtbot import QtBot
 
 from kvchat.ui.memory_panel import (
@@ -145,3 +146,47 @@ def test_plots_start_at_zero_keep_gaps_and_name_their_units(qtbot: QtBot) -> Non
     assert low == 0.0 and high >= 500.0
     _xs, ys = plot.speed_curve.getData()
     assert sum(1 for y in ys if math.isnan(y)) == 1
+
+
+def _own_time_axis(plot: pg.PlotWidget) -> bool:
+    axis = plot.getPlotItem().getAxis("bottom")
+    return bool(axis.label.isVisible() and axis.style["showValues"])
+
+
+def test_plots_stack_on_one_time_axis_or_go_into_tabs(qtbot: QtBot) -> None:
+    live = LivePlot()
+    qtbot.addWidget(live)
+    live.resize(380, live.stacked_height() + 40)
+    live.show()
+    qtbot.waitExposed(live)
+    *upper, last = live.plots
+    first = live.plots[0].getViewBox()
+    assert all(each.getViewBox().linkedView(0) is first for each in live.plots[1:])
+    # Room for all three: one above the other, the time axis drawn once under the last.
+    assert not live.is_tabbed()
+    assert all(each.isVisible() for each in live.plots)
+    assert _own_time_axis(last) and not any(_own_time_axis(each) for each in upper)
+    # Too short for three: a tab each, every plot with its own time axis.
+    live.resize(380, live.minimumHeight())
+    qtbot.waitUntil(live.is_tabbed)
+    assert live.tabs.count() == 3 and live.tabs.currentWidget().isVisible()
+    assert all(_own_time_axis(each) for each in live.plots)
+    live.tabs.setCurrentIndex(2)
+    assert last.isVisible() and last.height() >= last.minimumHeight()
+    # And back, with every plot shown again.
+    live.resize(380, live.stacked_height() + 40)
+    qtbot.waitUntil(lambda: not live.is_tabbed())
+    assert all(each.isVisible() for each in live.plots)
+    assert not any(_own_time_axis(each) for each in upper)
+
+
+def test_size_axes_keep_few_labels(qtbot: QtBot) -> None:
+    plot = LivePlot()
+    qtbot.addWidget(plot)
+    # Two to four labels on a size axis, whatever its span: a short plot has room for them.
+    for mib in (0.0, 90.0, 950.0, 17_000.0):
+        plot.add_kv(1.0, int(mib * 2**20))
+        plot.redraw()
+        step = plot.plots[0].getPlotItem().getAxis("left").tickSpacing(0, 1, 1)[0][0]
+        high = plot.plots[0].getPlotItem().viewRange()[1][1]
+        assert 2 <= int(high // step) + 1 <= 4
