@@ -46,7 +46,7 @@ from kvchat.engine.protocol import (
 )
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
-MAX_QUEUE = 16
+MAX_QUEUE = 64
 LOCAL_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 # OpenAI's API has no repeat penalty: a client that leaves the fields out gets none.
 API_SAMPLING = Sampling(repeat_penalty=1.0)
