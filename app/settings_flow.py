@@ -196,6 +196,16 @@ class SettingsFlow(QObject):
         dialog.model_browsed.connect(self._describe_browsed)
         dialog.applied.connect(self.apply)
         dialog.finished.connect(self._on_closed)
+        # The same switch as File > Serve on localhost, both ways.
+        serve_action = self.controller.window.serve_action
+        dialog.serve_check.setChecked(serve_action.isChecked())
+
+        def serve_clicked(on: bool) -> None:
+            if on != serve_action.isChecked():
+                serve_action.trigger()
+
+        dialog.serve_check.clicked.connect(serve_clicked)
+        serve_action.toggled.connect(dialog.serve_check.setChecked)
         self.dialog = dialog
         if self._entries:
             self._on_models_found(list(self._entries.values()))

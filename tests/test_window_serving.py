@@ -14,6 +14,7 @@ from kvchat.app.api_service import attach_serving
 from kvchat.app.gui import build_window
 from kvchat.app.settings import EngineSettings, Settings
 from kvchat.app.settings_file import read_settings, settings_path
+from kvchat.app.settings_flow import SettingsFlow
 from kvchat.engine.protocol import TurnStats
 
 WAIT_MS = 60_000
@@ -66,8 +67,15 @@ def test_serving_from_the_window_shares_its_engine_and_keeps_its_cache(
         assert stats.restored_tokens >= first_stats.prompt_tokens
         assert stats.evaluated_tokens < stats.prompt_tokens - first_stats.prompt_tokens + 10
 
+        # Settings shows the same switch, and turning it off there stops the server.
+        flow = controller.settings_flow
+        assert isinstance(flow, SettingsFlow)
+        dialog = flow.open()
+        assert dialog.serve_check.isChecked()
         url = service.url
-        window.serve_action.trigger()
+        dialog.serve_check.click()
+        assert not window.serve_action.isChecked()
+        dialog.close()
         assert not service.running and not window.serve_button.isVisible()
         assert not read_settings(settings_path(data_dir)).settings.serve_on_localhost
         qtbot.wait(1500)  # the server's thread ends by itself

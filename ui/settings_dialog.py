@@ -256,6 +256,10 @@ class SettingsDialog(QDialog):
             )
         )
         right.addWidget(self.system_prompt)
+        # A switch that acts at once, as the File menu's: not part of Apply.
+        self.serve_check = QCheckBox("Serve on localhost (an OpenAI-compatible API on 127.0.0.1)")
+        self.serve_check.setObjectName("serveCheck")
+        right.addWidget(self.serve_check)
         right.addWidget(QLabel("Chat template of this model (kept for this model file)"))
         right.addWidget(self.template)
         right.addWidget(self.template_text)
