@@ -15,6 +15,7 @@ import kvchat.app.saving
 from kvchat.app.controller import Controller
 from kvchat.app.instance_lock import AlreadyRunningError
 from kvchat.app.settings import EngineSettings
+from kvchat.app.settings_flow import SettingsFlow
 from kvchat.app.store import DB_NAME
 from kvchat.engine.protocol import ChatMessage
 from kvchat.ui.main_window import MainWindow
@@ -464,9 +465,9 @@ def test_a_second_window_on_the_same_folder_is_refused(scripted: App, data_dir: 
         scripted.open()
 
 
-def test_typing_always_lands_in_the_composer(qtbot: QtBot, scripted: App) -> None:
-    """At start, after a reply, a new conversation and a switch between
-    conversations, the keyboard is the composer's."""
+def test_typing_always_lands_in_the_composer(qtbot: QtBot, scripted: App, data_dir: Path) -> None:
+    """At start, after a reply, a new conversation, a switch between
+    conversations and a closed dialog, the keyboard is the composer's."""
     window, controller, _engine = scripted.open()
     window.show()
     qtbot.waitExposed(window)
@@ -493,6 +494,10 @@ def test_typing_always_lands_in_the_composer(qtbot: QtBot, scripted: App) -> Non
     focus_elsewhere()
     controller.open_conversation(first.key)
     assert window.focusWidget() is window.composer
+    focus_elsewhere()
+    dialog = SettingsFlow(controller, data_dir).open()
+    dialog.close()
+    qtbot.waitUntil(lambda: window.focusWidget() is window.composer)
 
 
 def test_reloads_add_the_loaded_line_once_per_conversation(qtbot: QtBot, scripted: App) -> None:
