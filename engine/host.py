@@ -29,6 +29,7 @@ from kvchat.engine.protocol import (
     Cancel,
     Chat,
     ChatFailed,
+    ClearSavedStates,
     Command,
     Complete,
     Event,
@@ -138,6 +139,8 @@ class _Host:
                 note=note,
                 saved_states=len(runner.saved_states),
                 saved_state_bytes=runner.saved_states.size_bytes,
+                disk_states=len(runner.disk_states) if runner.disk_states else 0,
+                disk_state_bytes=runner.disk_states.size_bytes if runner.disk_states else 0,
             )
         )
 
@@ -159,6 +162,9 @@ class _Host:
                     self._load(command)
                 elif isinstance(command, Chat | Complete):
                     self._chat(command)
+                elif isinstance(command, ClearSavedStates) and self._runner is not None:
+                    self._runner.clear_saved_states()
+                    self.send_memory_sample()
             except Exception as exc:  # one bad command must not end the engine
                 traceback.print_exc()
                 self._report_failure(command, exc)

@@ -15,9 +15,17 @@ when the store is over its budget. Pure Python: the runner does the copying.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import itertools
-from collections.abc import Sequence
+import json
+import os
+import struct
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 # A state is worth saving, and worth restoring instead of the live cache,
 # only past this many tokens: below it, evaluating again costs less than the
@@ -52,8 +60,14 @@ class SavedState:
 class KvStateStore:
     """Saved sequence states, least recently used first out; one thread only."""
 
-    def __init__(self, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> None:
+    def __init__(
+        self,
+        budget_bytes: int = DEFAULT_BUDGET_BYTES,
+        on_evict: Callable[[SavedState], None] = lambda _state: None,
+    ) -> None:
+        """`on_evict` hears of each state that leaves for lack of room (to keep it on disk)."""
         self.budget_bytes = budget_bytes
+        self.on_evict = on_evict
         self._entries: list[SavedState] = []
 
     def __len__(self) -> int:
@@ -97,8 +111,13 @@ class KvStateStore:
         self._entries.append(SavedState(kept, data))
         self._entries.sort(key=lambda entry: entry.last_used)
         while self.size_bytes > self.budget_bytes:
-            self._entries.pop(0)
+            self.on_evict(self._entries.pop(0))
         return True
+
+    def drain(self) -> list[SavedState]:
+        """Removes and returns every entry (to keep them on disk as the model unloads)."""
+        entries, self._entries = self._entries, []
+        return entries
 
     def take(self, entry: SavedState) -> SavedState:
         """Removes an entry to restore it into the live cache."""
@@ -107,3 +126,240 @@ class KvStateStore:
 
     def clear(self) -> None:
         self._entries.clear()
+
+
+# On disk: a conversation's state outlives the engine and the app.
+
+MAGIC = b"KVCHATKV"
+FORMAT_VERSION = 1
+SUFFIX = ".kvstate"
+DEFAULT_DISK_BUDGET_BYTES = 4 * 1024 * 1024 * 1024
+_HEADER_LENGTH = struct.Struct("<I")
+
+
+def cache_key(model_path: str, shape: dict[str, object]) -> str:
+    """What a state was made by: the model file as it is on disk (its path,
+    size and modification time) and every load setting that shapes the cache.
+
+    A state under another key is never restored; one whose model file has
+    changed since can never match again.
+    """
+    stat = os.stat(model_path)
+    identity = [os.path.realpath(model_path), stat.st_size, stat.st_mtime_ns, sorted(shape.items())]
+    return hashlib.sha256(json.dumps(identity, default=str).encode()).hexdigest()[:32]
+
+
+@dataclass
+class DiskState:
+    path: Path
+    tokens: tuple[int, ...]
+    size: int
+    last_used: float
+
+
+class DiskStates:
+    """Saved states in a folder, one file each, for one cache key.
+
+    A file holds a header (the format version, the key, the model's path,
+    the tokens, the data's SHA-256) and the state's bytes. A file that
+    cannot be read, is of another format, or whose data does not match its
+    checksum is deleted and logged, never handed to llama.cpp. Files of other
+    keys are left alone (another model's, or other settings'), except those
+    of this model file as it was before it changed, which are deleted.
+    The budget counts every file in the folder.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        key: str,
+        model_path: str,
+        budget_bytes: int = DEFAULT_DISK_BUDGET_BYTES,
+        log: Callable[[str], None] = lambda _line: None,
+    ) -> None:
+        self.folder = folder
+        self.key = key
+        self.model_path = os.path.realpath(model_path)
+        self.budget_bytes = budget_bytes
+        self._log = log
+        self.unusable = ""  # why nothing is written (a full or read-only disk), once said
+        self._entries: list[DiskState] = []
+        try:
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            names = sorted(folder.glob(f"*{SUFFIX}"))
+        except OSError as exc:
+            self._give_up(exc)
+            return
+        for path in names:
+            self._index(path)
+
+    def _give_up(self, exc: OSError) -> None:
+        if not self.unusable:
+            self.unusable = exc.strerror or str(exc)
+            self._log(f"kv cache: not kept on disk ({self.unusable})")
+
+    def _index(self, path: Path) -> None:
+        try:
+            header = _read_header(path)
+        except (OSError, ValueError) as exc:
+            self._drop(path, f"unreadable ({exc})")
+            return
+        if header["key"] == self.key:
+            stat = path.stat()
+            tokens = tuple(int(t) for t in header["tokens"])
+            self._entries.append(DiskState(path, tokens, stat.st_size, stat.st_mtime))
+        elif header.get("model_path") == self.model_path and header.get("model_mtime_ns") != (
+            _mtime_ns(self.model_path)
+        ):
+            self._drop(path, "its model file has changed since")
+
+    def _drop(self, path: Path, why: str) -> None:
+        self._log(f"kv cache: deleted {path.name}: {why}")
+        with contextlib.suppress(OSError):
+            path.unlink()
+        self._entries = [e for e in self._entries if e.path != path]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(entry.size for entry in self._entries)
+
+    def best_match(self, prompt: Sequence[int]) -> tuple[DiskState | None, int]:
+        best: DiskState | None = None
+        best_shared = 0
+        for entry in self._entries:
+            shared = shared_prefix(entry.tokens, prompt)
+            if shared > best_shared:
+                best, best_shared = entry, shared
+        return best, best_shared
+
+    def holds(self, tokens: Sequence[int]) -> bool:
+        return any(
+            len(e.tokens) >= len(tokens) and shared_prefix(e.tokens, tokens) == len(tokens)
+            for e in self._entries
+        )
+
+    def put(self, tokens: Sequence[int], data: bytes) -> bool:
+        """Writes a state; False when it is not kept (too small, too large, a disk that fails)."""
+        if self.unusable or len(tokens) < MIN_SAVED_TOKENS or len(data) > self.budget_bytes:
+            return False
+        kept = tuple(tokens)
+        header = json.dumps(
+            {
+                "version": FORMAT_VERSION,
+                "key": self.key,
+                "model_path": self.model_path,
+                "model_mtime_ns": _mtime_ns(self.model_path),
+                "tokens": list(kept),
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "data_bytes": len(data),
+            }
+        ).encode()
+        name = hashlib.sha256(self.key.encode() + repr(kept).encode()).hexdigest()[:40]
+        path = self.folder / f"{name}{SUFFIX}"
+        partial = path.with_suffix(".partial")
+        try:
+            with partial.open("wb") as file:
+                file.write(MAGIC + _HEADER_LENGTH.pack(len(header)) + header)
+                file.write(data)
+            os.replace(partial, path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                partial.unlink()
+            self._give_up(exc)
+            return False
+        for entry in [e for e in self._entries if shared_prefix(e.tokens, kept) == len(e.tokens)]:
+            if entry.path != path:
+                self._drop(entry.path, "a longer state of the same conversation replaced it")
+        self._entries = [e for e in self._entries if e.path != path]
+        self._entries.append(DiskState(path, kept, path.stat().st_size, time.time()))
+        self._evict()
+        return True
+
+    def _evict(self) -> None:
+        """Deletes the least recently used files of the folder (of any key) over the budget."""
+        try:
+            files = [
+                (p.stat().st_mtime, p.stat().st_size, p) for p in self.folder.glob(f"*{SUFFIX}")
+            ]
+        except OSError:
+            return
+        total = sum(size for _, size, _ in files)
+        for _, size, path in sorted(files):
+            if total <= self.budget_bytes:
+                break
+            self._drop(path, "the disk budget is full (least recently used)")
+            total -= size
+
+    def load(self, entry: DiskState, keep: bool = False) -> bytes | None:
+        """The state's bytes, checked against its checksum; None (and the file gone) if bad.
+
+        Unless `keep` (only part of it is used), the file goes: the state moves
+        to the live cache.
+        """
+        try:
+            header = _read_header(entry.path)
+            with entry.path.open("rb") as file:
+                file.seek(len(MAGIC) + _HEADER_LENGTH.size + _header_size(entry.path))
+                data = file.read()
+        except (OSError, ValueError) as exc:
+            self._drop(entry.path, f"unreadable ({exc})")
+            return None
+        if (
+            header["key"] != self.key
+            or tuple(header["tokens"]) != entry.tokens
+            or len(data) != header["data_bytes"]
+            or hashlib.sha256(data).hexdigest() != header["sha256"]
+        ):
+            self._drop(entry.path, "its data does not match its checksum")
+            return None
+        if keep:
+            with contextlib.suppress(OSError):
+                os.utime(entry.path)  # recently used
+        else:
+            self._drop_quietly(entry)
+        return data
+
+    def _drop_quietly(self, entry: DiskState) -> None:
+        with contextlib.suppress(OSError):
+            entry.path.unlink()
+        self._entries = [e for e in self._entries if e.path != entry.path]
+
+    def clear(self) -> None:
+        for entry in list(self._entries):
+            self._drop_quietly(entry)
+
+
+def _mtime_ns(path: str) -> int:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return 0
+
+
+def _header_size(path: Path) -> int:
+    with path.open("rb") as file:
+        start = file.read(len(MAGIC) + _HEADER_LENGTH.size)
+    if len(start) < len(MAGIC) + _HEADER_LENGTH.size or not start.startswith(MAGIC):
+        raise ValueError("not a kvchat cache file")
+    return int(_HEADER_LENGTH.unpack(start[len(MAGIC) :])[0])
+
+
+def _read_header(path: Path) -> dict[str, Any]:
+    size = _header_size(path)
+    if size > 64 * 1024 * 1024:
+        raise ValueError("header too large")
+    with path.open("rb") as file:
+        file.seek(len(MAGIC) + _HEADER_LENGTH.size)
+        raw = file.read(size)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError("damaged header") from exc
+    if not isinstance(header, dict) or header.get("version") != FORMAT_VERSION:
+        raise ValueError("another format version")
+    if not isinstance(header.get("tokens"), list) or not isinstance(header.get("key"), str):
+        raise ValueError("damaged header")
+    return header

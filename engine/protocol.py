@@ -37,6 +37,8 @@ class LoadConfig:
     # family when the file has none), "llama.cpp:NAME" for one of llama.cpp's
     # built-in formats, anything else a Jinja template of the person's.
     chat_template: str = ""
+    # Where conversations' keys and values are kept between runs ("": not on disk).
+    kv_cache_dir: str = ""
 
 
 @dataclass(frozen=True)
@@ -104,11 +106,16 @@ class Cancel:
 
 
 @dataclass(frozen=True)
+class ClearSavedStates:
+    """Forgets every saved conversation state of the loaded model, in RAM and on disk."""
+
+
+@dataclass(frozen=True)
 class Shutdown:
     pass
 
 
-Command = LoadModel | Chat | Complete | Cancel | Shutdown
+Command = LoadModel | Chat | Complete | Cancel | ClearSavedStates | Shutdown
 
 
 # Events: host -> GUI process.
@@ -156,6 +163,9 @@ class TurnStats:
     # Of `reused_tokens`, those brought back from a saved state of an
     # earlier conversation rather than found in the live cache.
     restored_tokens: int = 0
+    # Where they came from ("RAM" or "disk"), and how long bringing them back took.
+    restored_from: str = ""
+    restore_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -267,6 +277,8 @@ class MemorySample:
     # Conversations whose keys and values wait in host RAM (engine.kv_store).
     saved_states: int = 0
     saved_state_bytes: int = 0
+    disk_states: int = 0
+    disk_state_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -291,6 +303,10 @@ class PromptEvaluated:
     history_tokens: int
     reused_tokens: int
     evaluated_tokens: int
+    # Of `reused_tokens`, those brought back from a saved state, from where, how fast.
+    restored_tokens: int = 0
+    restored_from: str = ""
+    restore_seconds: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,14 @@ from kvchat.engine.builtin_template import BuiltinTemplate
 from kvchat.engine.chat_template import ChatTemplate, PromptTemplate, TemplateError
 from kvchat.engine.devices import probe_devices
 from kvchat.engine.gguf_file import GgufInfo
-from kvchat.engine.kv_store import MIN_SAVED_TOKENS, KvStateStore, SavedState, shared_prefix
+from kvchat.engine.kv_store import (
+    MIN_SAVED_TOKENS,
+    DiskStates,
+    KvStateStore,
+    SavedState,
+    cache_key,
+    shared_prefix,
+)
 from kvchat.engine.load_params import LoadParams, resolve_load_params
 from kvchat.engine.protocol import (
     ChatMessage,
@@ -251,8 +258,26 @@ class ModelRunner:
         # context itself); a larger batch than it kept aborts the process.
         self.n_batch = min(self.n_batch, int(llama_cpp.llama_n_batch(ctx)))
         self._cached: list[int] = []
-        # Conversations moved out of the live cache, to be restored on return.
-        self.saved_states = KvStateStore()
+        # Where the last prompt's restored tokens came from, and how long it took.
+        self.restored_from = ""
+        self.restore_seconds = 0.0
+        # Conversations moved out of the live cache, to be restored on return:
+        # in RAM, and on disk (where they outlive the engine) when RAM is full
+        # and as the model unloads.
+        self.disk_states: DiskStates | None = None
+        if config.kv_cache_dir:
+            shape = {
+                **params.context_fields(),
+                "n_gpu_layers": params.n_gpu_layers,
+                "llama_cpp": llama_cpp_version(),
+            }
+            self.disk_states = DiskStates(
+                Path(config.kv_cache_dir),
+                cache_key(str(self.path), shape),
+                str(self.path),
+                log=lambda line: print(line, file=sys.stderr),
+            )
+        self.saved_states = KvStateStore(on_evict=self._to_disk)
         # Set only while a prompt is evaluated: ggml calls it after every node
         # of the graph, so Stop ends a long prefill batch within milliseconds
         # instead of when the batch is done (seconds for a large model on a
@@ -316,8 +341,27 @@ class ModelRunner:
             for m in messages
         ]
 
+    def _to_disk(self, state: SavedState) -> None:
+        if self.disk_states is not None and not self.disk_states.holds(state.tokens):
+            self.disk_states.put(state.tokens, state.data)
+
+    def clear_saved_states(self) -> None:
+        """Forgets the saved conversations (RAM and disk); the live cache stays."""
+        self.saved_states.clear()
+        if self.disk_states is not None:
+            self.disk_states.clear()
+
+    def keep_states(self) -> None:
+        """Writes the live conversation and those in RAM to disk, to find them after a restart."""
+        if self.disk_states is None or not self._ctx:
+            return
+        self._save_live_state()
+        for state in self.saved_states.drain():
+            self._to_disk(state)
+
     def close(self) -> None:
         """Frees the context and the model; the runner is unusable afterwards."""
+        self.keep_states()
         self._template_worker.close()
         if self._ctx:
             llama_cpp.llama_free(self._ctx)
@@ -464,15 +508,32 @@ class ModelRunner:
         live = min(shared_prefix(self._cached, prompt), limit)
         saved, from_saved = self.saved_states.best_match(prompt)
         from_saved = min(from_saved, limit)
+        on_disk, from_disk = self.disk_states.best_match(prompt) if self.disk_states else (None, 0)
+        from_disk = min(from_disk, limit)
         restored = 0
-        if saved is not None and from_saved >= live + MIN_SAVED_TOKENS:
+        self.restored_from = ""
+        started = time.perf_counter()
+        if saved is not None and from_saved >= max(live + MIN_SAVED_TOKENS, from_disk):
             self._save_live_state()
-            if self._restore(self.saved_states.take(saved)):
-                live, restored = from_saved, from_saved
+            # A state used whole moves to the live cache; one used in part (a
+            # shared system prompt) stays, for its own conversation's return.
+            whole = from_saved == len(saved.tokens)
+            if self._restore(self.saved_states.take(saved) if whole else saved):
+                live, restored, self.restored_from = from_saved, from_saved, "RAM"
             else:
                 live = 0
+        elif on_disk is not None and from_disk >= live + MIN_SAVED_TOKENS:
+            assert self.disk_states is not None
+            self._save_live_state()
+            data = self.disk_states.load(on_disk, keep=from_disk < len(on_disk.tokens))
+            if data is not None and self._restore(SavedState(on_disk.tokens, data)):
+                live, restored, self.restored_from = from_disk, from_disk, "disk"
+            else:
+                # A file that failed its check is gone; the prompt is evaluated.
+                live = min(shared_prefix(self._cached, prompt), limit)
         elif len(self._cached) - live >= MIN_SAVED_TOKENS:
             self._save_live_state()
+        self.restore_seconds = time.perf_counter() - started if restored else 0.0
         if not llama_cpp.llama_memory_seq_rm(self._memory, 0, live, -1):
             llama_cpp.llama_memory_clear(self._memory, True)
             live = restored = 0
@@ -495,6 +556,7 @@ class ModelRunner:
     def _restore(self, state: SavedState) -> bool:
         """Puts a saved state in the live sequence; False (and an empty cache) on failure."""
         llama_cpp.llama_memory_seq_rm(self._memory, 0, -1, -1)
+        self._cached = []
         buffer = (ctypes.c_uint8 * state.size).from_buffer_copy(state.data)
         if not llama_cpp.llama_state_seq_set_data(self._ctx, buffer, state.size, 0):
             llama_cpp.llama_memory_clear(self._memory, True)
@@ -655,7 +717,17 @@ class ModelRunner:
             prefill_seconds = time.perf_counter() - prefill_started
             evaluated = len(self._cached) - reused
             on_prompt(
-                PromptEvaluated(0, len(prompt), system_tokens, history_tokens, reused, evaluated)
+                PromptEvaluated(
+                    0,
+                    len(prompt),
+                    system_tokens,
+                    history_tokens,
+                    reused,
+                    evaluated,
+                    restored,
+                    self.restored_from if restored else "",
+                    self.restore_seconds,
+                )
             )
 
             stream = Utf8Stream()
@@ -715,5 +787,7 @@ class ModelRunner:
             stop_reason=stop_reason,
             template_notice=template_notice,
             restored_tokens=restored,
+            restored_from=self.restored_from if restored else "",
+            restore_seconds=self.restore_seconds,
         )
         return "".join(parts), stats

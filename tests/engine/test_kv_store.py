@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
-from kvchat.engine.kv_store import MIN_SAVED_TOKENS, KvStateStore, shared_prefix
+import errno
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from kvchat.engine.kv_store import (
+    MIN_SAVED_TOKENS,
+    SUFFIX,
+    DiskStates,
+    KvStateStore,
+    shared_prefix,
+)
 
 LONG = MIN_SAVED_TOKENS
 
@@ -60,3 +73,115 @@ def test_take_removes_the_entry() -> None:
     assert entry is not None
     store.take(entry)
     assert len(store) == 0 and store.size_bytes == 0
+
+
+# On disk.
+
+
+def _disk(
+    folder: Path, model: Path, key: str = "k1", **options: object
+) -> tuple[DiskStates, list[str]]:
+    lines: list[str] = []
+    return DiskStates(folder, key, str(model), log=lines.append, **options), lines  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def model_file(tmp_path: Path) -> Path:
+    path = tmp_path / "model.gguf"
+    path.write_bytes(b"GGUF" + bytes(64))
+    return path
+
+
+def test_a_state_on_disk_comes_back_after_a_restart(tmp_path: Path, model_file: Path) -> None:
+    folder = tmp_path / "kv"
+    disk, _ = _disk(folder, model_file)
+    assert disk.put(_tokens(0), b"state bytes")
+    again, lines = _disk(folder, model_file)  # a new engine, a new app
+    entry, shared = again.best_match([*_tokens(0), 7])
+    assert entry is not None and shared == LONG
+    assert again.load(entry) == b"state bytes"
+    assert len(again) == 0  # it moved to the live cache
+    assert lines == []
+
+
+def _only_file(folder: Path) -> Path:
+    (path,) = folder.glob("*" + SUFFIX)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("damage", "why"),
+    [
+        (lambda b: b[:-30], "checksum"),  # truncated inside the data
+        (lambda b: b[:-3] + b"xyz", "checksum"),  # a changed byte
+        (lambda b: b[:20], "unreadable"),  # truncated inside the header
+        (lambda b: b"NOTKVCHAT" + b[9:], "unreadable"),  # not ours at all
+        (lambda b: b.replace(b'"version": 1', b'"version": 9'), "unreadable"),  # a later kvchat
+    ],
+)
+def test_a_damaged_file_is_deleted_never_loaded(
+    tmp_path: Path, model_file: Path, damage: Callable[[bytes], bytes], why: str
+) -> None:
+    folder = tmp_path / "kv"
+    disk, _ = _disk(folder, model_file)
+    disk.put(_tokens(0), b"0123456789" * 10)
+    path = _only_file(folder)
+    path.write_bytes(damage(path.read_bytes()))
+    again, lines = _disk(folder, model_file)
+    entry, _ = again.best_match(_tokens(0))
+    if entry is not None:  # the header survived: the data is checked as it loads
+        assert again.load(entry) is None
+    assert not path.exists()
+    assert any(why in line and path.name in line for line in lines)
+
+
+def test_other_settings_are_left_alone_and_a_changed_model_invalidates(
+    tmp_path: Path, model_file: Path
+) -> None:
+    folder = tmp_path / "kv"
+    disk, _ = _disk(folder, model_file, key="ctx4096")
+    disk.put(_tokens(0), b"x" * 10)
+    other, _ = _disk(folder, model_file, key="ctx8192")
+    assert other.best_match(_tokens(0))[0] is None
+    assert _only_file(folder).exists()  # another setting's state: kept for it
+    os.utime(model_file, ns=(1, 1))  # the model file changed
+    changed, lines = _disk(folder, model_file, key="changed")
+    assert not list(folder.glob("*" + SUFFIX))
+    assert any("model file has changed" in line for line in lines)
+    assert changed.best_match(_tokens(0))[0] is None
+
+
+def test_the_disk_budget_deletes_the_least_recently_used(tmp_path: Path, model_file: Path) -> None:
+    folder = tmp_path / "kv"
+    disk, _ = _disk(folder, model_file)
+    sizes = []
+    for n in range(3):
+        disk.put(_tokens(1000 * n), bytes(1000))
+        path = max(folder.glob("*" + SUFFIX), key=lambda p: p.stat().st_mtime_ns)
+        os.utime(path, ns=(n * 10**9, n * 10**9))
+        sizes.append(path.stat().st_size)
+    disk.budget_bytes = max(sizes) * 2 + 100  # room for two files
+    disk.put(_tokens(5000), bytes(1000))
+    assert disk.best_match(_tokens(0))[0] is None
+    assert disk.best_match(_tokens(1000))[0] is None
+    assert disk.best_match(_tokens(2000))[0] is not None
+    assert disk.best_match(_tokens(5000))[0] is not None
+
+
+def test_a_disk_that_fails_is_said_once_and_caching_goes_on_in_ram(
+    tmp_path: Path, model_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    disk, lines = _disk(tmp_path / "kv", model_file)
+
+    def full(*_args: object, **_kwargs: object) -> object:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "open", full)
+    assert not disk.put(_tokens(0), b"x")
+    assert not disk.put(_tokens(100), b"y")
+    assert lines == ["kv cache: not kept on disk (No space left on device)"]
+    monkeypatch.undo()
+    blocked = tmp_path / "a file"
+    blocked.write_text("")
+    _, lines = _disk(blocked / "kv", model_file)
+    assert len(lines) == 1 and "not kept on disk" in lines[0]

@@ -465,3 +465,78 @@ def test_a_template_chosen_in_settings_is_the_one_used(
         assert notice == "" and wanted in text
     finally:
         runner.close()
+
+
+def test_a_conversation_comes_back_from_disk_after_the_engine_ends(
+    model_path: Path, log: LlamaLog, tmp_path: Path
+) -> None:
+    config = LoadConfig(str(model_path), n_ctx=2048, kv_cache_dir=str(tmp_path / "kv"))
+    first = [ChatMessage("user", "Explain how a bicycle stays upright, in detail. " * 6)]
+    runner = ModelRunner(config, read_gguf(model_path), log)
+    try:
+        reply, _, _ = _chat(runner, first)
+    finally:
+        runner.close()  # the live conversation goes to disk
+    assert list((tmp_path / "kv").glob("*.kvstate"))
+    later = [*first, ChatMessage("assistant", reply), ChatMessage("user", "Now in one line.")]
+    runner = ModelRunner(config, read_gguf(model_path), log)
+    try:
+        warm, _, stats = _chat(runner, later)
+        first_tokens = len(runner.tokenize(first[0].content, False))
+    finally:
+        runner.close()
+    assert stats.restored_from == "disk"
+    assert stats.restored_tokens >= first_tokens
+    assert stats.evaluated_tokens < 30
+    assert "restored from disk in" in format_stats(stats)
+    cold_runner = ModelRunner(LoadConfig(str(model_path), n_ctx=2048), read_gguf(model_path), log)
+    try:
+        cold, _, cold_stats = _chat(cold_runner, later)
+    finally:
+        cold_runner.close()
+    assert cold_stats.reused_tokens == 0
+    assert cold == warm
+
+
+def test_a_sliding_window_model_replies_the_same_after_a_switch_back(
+    model_factory: ModelFactory, log: LlamaLog
+) -> None:
+    path = model_factory.path(GEMMA3_SWA)
+    long_text = " ".join(f"word{i}" for i in range(400))  # past the 512-token window
+    first = [ChatMessage("user", long_text)]
+    sampling = replace(GREEDY, max_tokens=12)
+
+    def conversation(runner: ModelRunner) -> str:
+        reply, _, _ = _chat(runner, first, sampling)
+        return reply
+
+    runner = ModelRunner(LoadConfig(str(path)), read_gguf(path), log)
+    try:
+        reply = conversation(runner)
+        _chat(runner, [ChatMessage("user", "something else entirely " * 30)], sampling)
+        later = [*first, ChatMessage("assistant", reply), ChatMessage("user", "again")]
+        warm, _, stats = _chat(runner, later, sampling)
+        runner.saved_states.clear()
+        _chat(runner, [ChatMessage("user", "and another thing " * 30)], sampling)
+        runner.saved_states.clear()
+        cold, _, cold_stats = _chat(runner, later, sampling)
+    finally:
+        runner.close()
+    assert cold_stats.restored_tokens == 0
+    assert stats.restored_tokens > GEMMA3_SWA.sliding_window
+    assert cold == warm
+
+
+def test_a_new_conversation_starts_from_a_system_prompt_already_seen(runner: ModelRunner) -> None:
+    system = ChatMessage("system", "You are a careful assistant who answers briefly. " * 6)
+    first = [system, ChatMessage("user", "What is rain?")]
+    reply, _, _ = _chat(runner, first)
+    _chat(runner, [ChatMessage("user", "Unrelated: name a fish. " * 5)])
+    second = [system, ChatMessage("user", "What is snow?")]
+    _, _, stats = _chat(runner, second)
+    assert stats.restored_tokens >= len(runner.tokenize(system.content, False))
+    assert stats.evaluated_tokens < 30
+    # The first conversation was kept whole for its own return.
+    later = [*first, ChatMessage("assistant", reply), ChatMessage("user", "And hail?")]
+    _, _, back = _chat(runner, later)
+    assert back.restored_tokens > stats.restored_tokens
