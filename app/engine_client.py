@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import weakref
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from PySide6.QtCore import QObject, QThread, QTimer, Signal
@@ -22,6 +23,7 @@ from kvchat.engine.protocol import (
     Chat,
     ChatFailed,
     ChatMessage,
+    ClearSavedStates,
     Complete,
     Event,
     HostExited,
@@ -142,9 +144,14 @@ class EngineClient(QObject):
     chat_failed = Signal(int, str)
     host_exited = Signal(object)
 
-    def __init__(self, log_path: Path, parent: QObject | None = None) -> None:
+    def __init__(
+        self, log_path: Path, parent: QObject | None = None, kv_cache_dir: Path | None = None
+    ) -> None:
+        """`kv_cache_dir`: where conversations' keys and values are kept between
+        runs, for loads that do not name a folder (None: kept in RAM only)."""
         super().__init__(parent)
         self._log_path = log_path
+        self._kv_cache_dir = kv_cache_dir
         self._host: HostProcess | None = None
         self._reader: EventReader | None = None
         self._request_ids = itertools.count(1)
@@ -200,6 +207,8 @@ class EngineClient(QObject):
         return self._loading
 
     def load(self, config: LoadConfig) -> None:
+        if self._kv_cache_dir is not None and not config.kv_cache_dir:
+            config = replace(config, kv_cache_dir=str(self._kv_cache_dir))
         self.start()
         assert self._host is not None
         self._host.send(Cancel())
@@ -261,6 +270,11 @@ class EngineClient(QObject):
                 0, lambda: self.chat_failed.emit(request_id, "the engine is not running")
             )
         return request_id
+
+    def clear_saved_states(self) -> None:
+        """Forgets the conversations' saved keys and values (RAM and disk)."""
+        if self._host is not None:
+            self._host.send(ClearSavedStates())
 
     def cancel(self, request_id: int | None = None) -> None:
         """Stops a request (None: whatever runs); a host that does not end it

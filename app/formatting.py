@@ -23,7 +23,10 @@ def format_stats(stats: TurnStats) -> str:
         f"{stats.evaluated_tokens} evaluated at {stats.prefill_tokens_per_s:.0f} tok/s",
     ]
     if stats.restored_tokens:
-        parts.append(f"{stats.restored_tokens} restored from a saved conversation")
+        where = f" from {stats.restored_from}" if stats.restored_from else ""
+        parts.append(
+            f"{stats.restored_tokens:,} restored{where} in {stats.restore_seconds * 1000:.0f} ms"
+        )
     stop = _STOP_WORDS[stats.stop_reason]
     if stop:
         parts.append(stop)

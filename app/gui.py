@@ -19,7 +19,7 @@ from kvchat.app.engine_client import EngineClient
 from kvchat.app.history import History
 from kvchat.app.instance_lock import AlreadyRunningError, InstanceLock
 from kvchat.app.load_marker import LoadMarker
-from kvchat.app.paths import engine_log_path, rescue_folders
+from kvchat.app.paths import engine_log_path, kv_cache_path, rescue_folders
 from kvchat.app.saving import SaveQueue
 from kvchat.app.settings import EngineSettings, Settings
 from kvchat.app.settings_file import read_settings, settings_path, write_settings
@@ -52,7 +52,7 @@ def build_window(
     lock = InstanceLock(data_dir)
     lock.acquire()
     window = MainWindow()
-    engine = EngineClient(engine_log_path(data_dir))
+    engine = EngineClient(engine_log_path(data_dir), kv_cache_dir=kv_cache_path(data_dir))
     saver = SaveQueue(lambda: open_store(data_dir), rescue_folders(data_dir))
     opened = saver.open()
     controller = Controller(

@@ -14,7 +14,7 @@ from PySide6.QtCore import QObject
 
 from kvchat.app.engine_client import EngineClient
 from kvchat.engine.protocol import LoadMemory, MemorySample, PromptEvaluated, TurnStats
-from kvchat.ui.memory_panel import DeviceView, KvView, MemoryPanel, SpeedView
+from kvchat.ui.memory_panel import DeviceView, KvView, MemoryPanel, SpeedView, format_bytes
 
 # A decode-speed point on the plot at most this often.
 SPEED_POINT_INTERVAL_S = 0.5
@@ -30,6 +30,18 @@ def device_note(sample: MemorySample) -> str:
     if sample.note:
         notes.append(sample.note)
     return " ".join(notes)
+
+
+def saved_note(sample: MemorySample | None) -> str:
+    """The conversations whose keys and values wait aside, in words ("" when none)."""
+    if sample is None:
+        return ""
+    parts = []
+    if sample.saved_states:
+        parts.append(f"{sample.saved_states} in RAM, {format_bytes(sample.saved_state_bytes)}")
+    if sample.disk_states:
+        parts.append(f"{sample.disk_states} on disk, {format_bytes(sample.disk_state_bytes)}")
+    return " · ".join(parts)
 
 
 def device_views(memory: LoadMemory, sample: MemorySample) -> list[DeviceView]:
@@ -74,6 +86,7 @@ class MemoryMonitor(QObject):
         engine.turn_finished.connect(self._on_turn_finished)
         engine.host_exited.connect(self._on_host_exited)
         engine.load_progress.connect(self._on_load_progress)
+        panel.kv_panel.clear_saved_requested.connect(engine.clear_saved_states)
 
     def _seconds(self) -> float:
         return time.monotonic() - self._loaded_at
@@ -97,6 +110,10 @@ class MemoryMonitor(QObject):
             reused_tokens=prompt.reused_tokens if prompt else None,
             evaluated_tokens=prompt.evaluated_tokens if prompt else None,
             view_note=self.view_note,
+            restored_tokens=prompt.restored_tokens if prompt else 0,
+            restored_from=prompt.restored_from if prompt else "",
+            restore_ms=prompt.restore_seconds * 1000 if prompt else 0.0,
+            saved_note=saved_note(self.sample),
         )
 
     def set_model_view(self, note: str) -> None:

@@ -44,6 +44,11 @@ def engine_log_path(data_dir: Path) -> Path:
     return data_dir / "logs" / "engine.log"
 
 
+def kv_cache_path(data_dir: Path) -> Path:
+    """Where conversations' keys and values are kept between runs (engine.kv_store)."""
+    return data_dir / "kv-cache"
+
+
 def rescue_folders(data_dir: Path) -> list[Path]:
     """Where messages the database refused are kept, best first: the data
     folder (next to the database), the user's runtime folder (memory-backed,

@@ -163,6 +163,7 @@ class ScriptedEngine(QObject):
         self.fail_next = ""
         self._ids = itertools.count(1)
         self._streams: dict[int, _Stream] = {}
+        self.cleared_saved_states = 0
         # Every stream ever started, so a test can check that none is left running.
         self.threads: list[_Stream] = []
         self._running = False
@@ -286,6 +287,10 @@ class ScriptedEngine(QObject):
         )
         text = "".join(stream.words[: stream.sent])
         self.turn_finished.emit(stream.request_id, text, stats)
+
+    def clear_saved_states(self) -> None:
+        """A scripted engine keeps no keys and values: it remembers that it was asked."""
+        self.cleared_saved_states += 1
 
     def cancel(self, request_id: int | None = None) -> None:
         for key, stream in self._streams.items():

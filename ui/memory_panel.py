@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pyqtgraph as pg
-from PySide6.QtCore import QRectF, QSize, Qt, QTimer
+from PySide6.QtCore import QRectF, QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QPainter, QPaintEvent, QPalette, QResizeEvent
 from PySide6.QtWidgets import (
     QFrame,
@@ -85,6 +85,12 @@ class KvView:
     evaluated_tokens: int | None = None
     # Which messages the model still sees, when the oldest left the context.
     view_note: str = ""
+    # Of the reused tokens, those restored from a saved conversation: from where, how fast.
+    restored_tokens: int = 0
+    restored_from: str = ""
+    restore_ms: float = 0.0
+    # The conversations kept aside ("2 in RAM, 8.0 MiB · 1 on disk, 4.0 MiB"), "" if none.
+    saved_note: str = ""
 
 
 @dataclass(frozen=True)
@@ -231,9 +237,14 @@ def _tight(layout: QLayout) -> QLayout:
 
 
 class KvCachePanel(QGroupBox):
-    """How full the KV cache is, what fills it, and what it costs."""
+    """How full the KV cache is, what fills it, and what it costs.
+
+    Signals:
+        clear_saved_requested(): the person asked to forget the conversations kept aside.
+    """
 
     WARN_AT = 0.85
+    clear_saved_requested = Signal()
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__("KV cache", parent)
@@ -241,6 +252,8 @@ class KvCachePanel(QGroupBox):
         self.fill_label = LiveText(bold=True)
         self.bytes_label = LiveText()
         self.types_label = _value_label()
+        self.types_label.setTextFormat(Qt.TextFormat.RichText)
+        self.types_label.linkActivated.connect(lambda _link: self.clear_saved_requested.emit())
         self.turn_label = _value_label()
         self.view_label = _value_label()
         self.view_label.hide()
@@ -284,13 +297,23 @@ class KvCachePanel(QGroupBox):
             f"{format_bytes(view.bytes_used)} used of {format_bytes(view.bytes_allocated)} "
             f"allocated · {format_bytes(view.bytes_per_token)} per token"
         )
-        self.types_label.setText(f"K {view.type_k}, V {view.type_v} · on {view.device}")
+        types = f"K {view.type_k}, V {view.type_v} · on {view.device}"
+        if view.saved_note:
+            # A link, not a button: no extra line in a column that must fit the window.
+            types += f" · kept aside: {view.saved_note} · <a href='clear'>clear</a>"
+        self.types_label.setText(types)
         self._show_warning(view, fraction)
         self.view_label.setText(view.view_note)
         self.view_label.setVisible(bool(view.view_note))
         if view.reused_tokens is not None and view.evaluated_tokens is not None:
+            restored = (
+                f" ({view.restored_tokens:,} restored from {view.restored_from} "
+                f"in {view.restore_ms:.0f} ms)"
+                if view.restored_tokens
+                else ""
+            )
             self.turn_label.setText(
-                f"Last prompt: {view.reused_tokens:,} tokens from the cache, "
+                f"Last prompt: {view.reused_tokens:,} tokens from the cache{restored}, "
                 f"{view.evaluated_tokens:,} evaluated"
             )
 

@@ -16,7 +16,7 @@ import psutil
 import uvicorn
 
 from kvchat.app.api.server import ServeOptions, create_app, is_wildcard, refusal_to_listen
-from kvchat.app.paths import engine_log_path
+from kvchat.app.paths import engine_log_path, kv_cache_path
 from kvchat.app.settings import EngineSettings
 from kvchat.engine.link import LocalEngine
 from kvchat.engine.models import bundled_model_path, missing_model_message
@@ -82,7 +82,8 @@ def run_serve(
     # SIGTERM ends the server as Ctrl+C does: while the model loads, and
     # after uvicorn (which handles both while it serves) raises it again.
     signal.signal(signal.SIGTERM, _interrupt)
-    engine = LocalEngine(settings.load_config(model_path), engine_log_path(data_dir))
+    load = replace(settings.load_config(model_path), kv_cache_dir=str(kv_cache_path(data_dir)))
+    engine = LocalEngine(load, engine_log_path(data_dir))
     gateway = None
     try:
         engine.start()

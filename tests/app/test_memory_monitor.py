@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from pytestqt.qtbot import QtBot
 
 from kvchat.app.engine_client import EngineClient
@@ -113,3 +114,22 @@ def test_figures_of_the_last_model_go_when_another_load_begins(
     engine.model_loaded.emit(_Info())
     view = monitor.kv_view()
     assert view is not None and view.tokens == 0 and view.reused_tokens is None
+
+
+def test_restored_tokens_and_the_conversations_kept_aside_are_shown(
+    qtbot: QtBot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cleared: list[bool] = []
+    monkeypatch.setattr(EngineClient, "clear_saved_states", lambda _self: cleared.append(True))
+    _, engine, panel = _monitor(qtbot, tmp_path)
+    engine.prompt_evaluated.emit(PromptEvaluated(1, 3132, 20, 3000, 3120, 12, 3120, "disk", 0.038))
+    sample = MemorySample(1.0, (HOST, GPU), 3132, True, "", 2, 8 * MIB, 1, 4 * MIB)
+    engine.memory_sampled.emit(sample)
+    panel.refresh()
+    assert panel.kv_panel.turn_label.text() == (
+        "Last prompt: 3,120 tokens from the cache (3,120 restored from disk in 38 ms), 12 evaluated"
+    )
+    types = panel.kv_panel.types_label.text()
+    assert "kept aside: 2 in RAM, 8.0 MiB · 1 on disk, 4.0 MiB" in types
+    panel.kv_panel.types_label.linkActivated.emit("clear")
+    assert cleared == [True]
