@@ -1,4 +1,4 @@
-"""`kvchat bench-serve`: the API server's speed against the direct llama.cpp loop.
+"""The API server's speed against the direct llama.cpp loop of `kvchat bench`.
 
 Three figures, written to a JSON file and printed:
 
@@ -12,6 +12,8 @@ Three figures, written to a JSON file and printed:
 3. A load run: 32 clients at once, 5 requests each, streamed and not; every
    answer is checked against its own request (its prompt's token count and
    its id), with p50/p99 latency and the server's memory before and after.
+
+    .venv/bin/python benchmarks/serve.py [--runs 5] [--tokens 200] [--turns 20] [--json FILE]
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from kvchat.app.bench import DECODE_PROMPT, DirectProcess, Spread
 from kvchat.app.paths import engine_log_path, resolve_data_dir
 from kvchat.engine.link import LocalEngine
 from kvchat.engine.models import bundled_model_path
-from kvchat.engine.protocol import ChatMessage, LoadConfig
+from kvchat.engine.protocol import ChatMessage, LoadConfig, MemorySample
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class Figures:
     load_p99_s: float
     rss_before_bytes: int
     rss_after_bytes: int
+    saved_state_bytes_after: int
 
 
 class _Server:
@@ -135,6 +138,8 @@ def measure(model_path: str, runs: int, tokens: int, turns: int, log_dir: Path) 
     if not state.ready or state.model is None:
         raise SystemExit(f"kvchat: the model did not load: {state.message}")
     info = state.model
+    samples: list[MemorySample] = []
+    engine.subscribe(lambda e: samples.append(e) if isinstance(e, MemorySample) else None)
     server = _Server(engine, max_queue=64)
     direct = DirectProcess(info, 512, log_dir / "bench-serve-direct.log")
     model = model_id(info)
@@ -187,7 +192,13 @@ def measure(model_path: str, runs: int, tokens: int, turns: int, log_dir: Path) 
             ttfb.append(first_byte)
             direct_turn = direct.run(direct_messages, 24, cached=cached)
             ttft.append(direct_turn.prefill_s)
-            cached = direct_turn.prompt_tokens
+            # What the server's cache holds too: the prompt and the reply (its
+            # last token is not evaluated when the limit stopped it).
+            cached = (
+                direct_turn.prompt_tokens
+                + direct_turn.generated_tokens
+                - (direct_turn.generated_tokens >= 24)
+            )
             messages.append({"role": "assistant", "content": text})
             direct_messages.append(ChatMessage("assistant", direct_turn.text))
 
@@ -232,6 +243,7 @@ def measure(model_path: str, runs: int, tokens: int, turns: int, log_dir: Path) 
             thread.start()
         for thread in threads:
             thread.join()
+        time.sleep(1.2)  # a memory sample taken after the last request
         rss_after = _rss(engine.pid)
         ok = sum(1 for c, seen, _ in outcomes if seen == expected[c])
         ids = [i for _, _, i in outcomes if not i.startswith("stream-")]
@@ -253,6 +265,7 @@ def measure(model_path: str, runs: int, tokens: int, turns: int, log_dir: Path) 
             load_p99_s=ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))],
             rss_before_bytes=rss_before,
             rss_after_bytes=rss_after,
+            saved_state_bytes_after=samples[-1].saved_state_bytes if samples else 0,
         )
     finally:
         client.close()
@@ -262,12 +275,12 @@ def measure(model_path: str, runs: int, tokens: int, turns: int, log_dir: Path) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kvchat.app.bench_serve", description=__doc__)
+    parser = argparse.ArgumentParser(prog="benchmarks/serve.py", description=__doc__)
     parser.add_argument("--model", help="a GGUF file (default: bundled)")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=200)
     parser.add_argument("--turns", type=int, default=20)
-    parser.add_argument("--json", type=Path, default=Path("kvchat-bench-serve.json"))
+    parser.add_argument("--json", type=Path, default=Path("benchmarks/results/serve.json"))
     args = parser.parse_args(argv)
     model = args.model or str(bundled_model_path())
     figures = measure(model, args.runs, args.tokens, args.turns, resolve_data_dir(None))
@@ -291,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         f"load: {figures.load_ok} of {figures.load_requests} answered and matched, "
         f"{figures.load_mixed_up} lost or mixed up; latency p50 {figures.load_p50_s:.2f} s, "
         f"p99 {figures.load_p99_s:.2f} s; RSS {figures.rss_before_bytes / mib:.0f} MiB before, "
-        f"{figures.rss_after_bytes / mib:.0f} MiB after"
+        f"{figures.rss_after_bytes / mib:.0f} MiB after, of which "
+        f"{figures.saved_state_bytes_after / mib:.0f} MiB saved conversation states"
     )
     return 0
 
