@@ -15,6 +15,10 @@ from kvchat.engine.protocol import FlashAttention, KvType, LoadConfig, Sampling
 SCHEMA_VERSION = 1
 
 
+def _bytes(mib: int | None) -> int | None:
+    return None if mib is None else mib * 1024 * 1024
+
+
 class EngineSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -58,6 +62,20 @@ class EngineSettings(BaseModel):
     system_prompt: str = Field(
         default="", max_length=100_000, description="Sent first in every conversation."
     )
+    kv_ram_budget_mib: int | None = Field(
+        default=None,
+        ge=0,
+        le=1 << 20,
+        description="Host RAM for conversations' keys and values kept aside, in MiB; "
+        "default: a tenth of the RAM (256 MiB to 2 GiB); 0 keeps none.",
+    )
+    kv_disk_budget_mib: int | None = Field(
+        default=None,
+        ge=0,
+        le=1 << 24,
+        description="Disk for them in the data folder, in MiB; default: a tenth of the free "
+        "space, at most 4 GiB; 0 keeps none on disk.",
+    )
 
     @field_validator(
         "n_ctx",
@@ -71,6 +89,8 @@ class EngineSettings(BaseModel):
         "repeat_penalty",
         "max_tokens",
         "seed",
+        "kv_ram_budget_mib",
+        "kv_disk_budget_mib",
         mode="before",
     )
     @classmethod
@@ -94,6 +114,8 @@ class EngineSettings(BaseModel):
             type_k=self.type_k,
             type_v=self.type_v,
             chat_template=self.chat_templates.get(model_path, ""),
+            kv_ram_budget_bytes=_bytes(self.kv_ram_budget_mib),
+            kv_disk_budget_bytes=_bytes(self.kv_disk_budget_mib),
         )
 
     def sampling(self) -> Sampling:

@@ -24,7 +24,7 @@ from kvchat.engine.estimate import Error as EstimateError
 from kvchat.engine.estimate import Estimate, estimate
 from kvchat.engine.gguf_file import ModelFileError
 from kvchat.engine.model_catalog import ModelEntry, describe, find_models
-from kvchat.engine.protocol import KvCache
+from kvchat.engine.protocol import KvCache, LoadConfig
 from kvchat.engine.template_names import BUILTIN_PREFIX, BUILTIN_TEMPLATE_NAMES
 from kvchat.ui.memory_panel import format_bytes
 from kvchat.ui.settings_dialog import Choice, DeviceProjection, ModelRow, SettingsDialog
@@ -41,6 +41,12 @@ LOAD_FIELDS = (
     "type_k",
     "type_v",
 )
+
+
+def _shaping(config: LoadConfig) -> LoadConfig:
+    """What of a load needs a reload to change: not the budgets for the states
+    kept aside, which the next load takes."""
+    return replace(config, kv_ram_budget_bytes=None, kv_disk_budget_bytes=None)
 
 
 def model_row(entry: ModelEntry) -> ModelRow:
@@ -408,7 +414,8 @@ class SettingsFlow(QObject):
         reload = (
             target is None
             or target != choice.model_path
-            or settings.load_config(target) != self.controller.settings.load_config(target)
+            or _shaping(settings.load_config(target))
+            != _shaping(self.controller.settings.load_config(target))
         )
         if not (reload and choice.model_path):
             self.controller.settings = settings

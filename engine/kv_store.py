@@ -31,7 +31,19 @@ from typing import Any
 # only past this many tokens: below it, evaluating again costs less than the
 # copy and the bookkeeping.
 MIN_SAVED_TOKENS = 32
-DEFAULT_BUDGET_BYTES = 512 * 1024 * 1024
+MIB = 1024 * 1024
+DEFAULT_BUDGET_BYTES = 512 * MIB
+
+
+def ram_budget(total_ram_bytes: int) -> int:
+    """The default RAM budget: a tenth of the machine's RAM, from 256 MiB to 2 GiB."""
+    return max(256 * MIB, min(2048 * MIB, total_ram_bytes // 10))
+
+
+def disk_budget(free_disk_bytes: int) -> int:
+    """The default disk budget: a tenth of the free space, at most 4 GiB."""
+    return min(4096 * MIB, free_disk_bytes // 10)
+
 
 _ages = itertools.count()
 
@@ -135,6 +147,7 @@ FORMAT_VERSION = 1
 SUFFIX = ".kvstate"
 DEFAULT_DISK_BUDGET_BYTES = 4 * 1024 * 1024 * 1024
 _HEADER_LENGTH = struct.Struct("<I")
+STALE_PARTIAL_S = 60.0
 
 
 def cache_key(model_path: str, shape: dict[str, object]) -> str:
@@ -192,6 +205,12 @@ class DiskStates:
             return
         for path in names:
             self._index(path)
+        # A write that a killed engine left half done (not one under way now,
+        # by another kvchat on the same folder).
+        for partial in folder.glob("*.partial"):
+            with contextlib.suppress(OSError):
+                if time.time() - partial.stat().st_mtime > STALE_PARTIAL_S:
+                    partial.unlink()
 
     def _give_up(self, exc: OSError) -> None:
         if not self.unusable:

@@ -39,6 +39,9 @@ class LoadConfig:
     chat_template: str = ""
     # Where conversations' keys and values are kept between runs ("": not on disk).
     kv_cache_dir: str = ""
+    # Budgets for them in host RAM and on disk; None: sized to the machine.
+    kv_ram_budget_bytes: int | None = None
+    kv_disk_budget_bytes: int | None = None
 
 
 @dataclass(frozen=True)

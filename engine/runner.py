@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import os
 import re
+import shutil
 import sys
 import time
 from collections import deque
@@ -37,6 +38,8 @@ from kvchat.engine.kv_store import (
     KvStateStore,
     SavedState,
     cache_key,
+    disk_budget,
+    ram_budget,
     shared_prefix,
 )
 from kvchat.engine.load_params import LoadParams, resolve_load_params
@@ -135,6 +138,17 @@ class LlamaLog:
         errors = [line for line in lines if "error" in line.lower() or "failed" in line.lower()]
         chosen = (errors or lines)[-count:]
         return "; ".join(line.strip() for line in chosen)
+
+
+def _free_bytes(folder: str) -> int:
+    """Free space where `folder` is, or will be (its nearest existing parent)."""
+    path = Path(folder)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return 0
 
 
 def physical_cores() -> int:
@@ -265,7 +279,7 @@ class ModelRunner:
         # in RAM, and on disk (where they outlive the engine) when RAM is full
         # and as the model unloads.
         self.disk_states: DiskStates | None = None
-        if config.kv_cache_dir:
+        if config.kv_cache_dir and config.kv_disk_budget_bytes != 0:
             shape = {
                 **params.context_fields(),
                 "n_gpu_layers": params.n_gpu_layers,
@@ -275,9 +289,17 @@ class ModelRunner:
                 Path(config.kv_cache_dir),
                 cache_key(str(self.path), shape),
                 str(self.path),
+                budget_bytes=config.kv_disk_budget_bytes
+                if config.kv_disk_budget_bytes is not None
+                else disk_budget(_free_bytes(config.kv_cache_dir)),
                 log=lambda line: print(line, file=sys.stderr),
             )
-        self.saved_states = KvStateStore(on_evict=self._to_disk)
+        self.saved_states = KvStateStore(
+            config.kv_ram_budget_bytes
+            if config.kv_ram_budget_bytes is not None
+            else ram_budget(psutil.virtual_memory().total),
+            on_evict=self._to_disk,
+        )
         # Set only while a prompt is evaluated: ggml calls it after every node
         # of the graph, so Stop ends a long prefill batch within milliseconds
         # instead of when the batch is done (seconds for a large model on a
@@ -541,17 +563,26 @@ class ModelRunner:
         return live, restored
 
     def _save_live_state(self) -> None:
-        """Copies the live sequence's keys and values into the saved states."""
+        """Copies the live sequence's keys and values into the saved states
+        (RAM, or straight to disk when RAM has no room for it)."""
         tokens = self._cached
+        disk = self.disk_states
         if len(tokens) < MIN_SAVED_TOKENS or self.saved_states.holds(tokens):
             return
+        if disk is not None and disk.holds(tokens):
+            return
         size = int(llama_cpp.llama_state_seq_get_size(self._ctx, 0))
-        if size <= 0 or size > self.saved_states.budget_bytes:
+        fits_ram = 0 < size <= self.saved_states.budget_bytes
+        if not fits_ram and (disk is None or size <= 0 or size > disk.budget_bytes):
             return
         buffer = (ctypes.c_uint8 * size)()
         written = int(llama_cpp.llama_state_seq_get_data(self._ctx, buffer, size, 0))
-        if written:
+        if not written:
+            return
+        if fits_ram:
             self.saved_states.put(tokens, bytes(buffer)[:written])
+        elif disk is not None:
+            disk.put(tokens, bytes(buffer)[:written])
 
     def _restore(self, state: SavedState) -> bool:
         """Puts a saved state in the live sequence; False (and an empty cache) on failure."""

@@ -88,6 +88,9 @@ class Choice:
     system_prompt: str
     # The chosen model's prompt format: "" its own, "llama.cpp:NAME", or Jinja text.
     chat_template: str = ""
+    # Room for conversations' keys and values kept aside, in MiB; None: sized to the machine.
+    kv_ram_budget_mib: int | None = None
+    kv_disk_budget_mib: int | None = None
 
 
 # The template picker's entry for a template of the person's own.
@@ -178,6 +181,14 @@ class SettingsDialog(QDialog):
         self.seed.setDecimals(0)
         self.seed.setRange(-1, MAX_SEED)
         self.seed.setSpecialValueText("random")
+        # Budgets for the keys and values kept aside: -1 shows as "auto".
+        self.kv_ram_budget = QSpinBox()
+        self.kv_disk_budget = QSpinBox()
+        for box, limit in ((self.kv_ram_budget, 1 << 20), (self.kv_disk_budget, 1 << 24)):
+            box.setRange(-1, limit)
+            box.setSpecialValueText("auto")
+            box.setSuffix(" MiB")
+            box.setToolTip("0 keeps none; takes effect at the next load")
         self.system_prompt = QPlainTextEdit()
         self.system_prompt.setMaximumHeight(70)
         # The prompt format per model file, as chosen here or saved before.
@@ -260,6 +271,12 @@ class SettingsDialog(QDialog):
         self.serve_check = QCheckBox("Serve on localhost (an OpenAI-compatible API on 127.0.0.1)")
         self.serve_check.setObjectName("serveCheck")
         right.addWidget(self.serve_check)
+        kept = QFormLayout()
+        kept.addRow("In RAM", self.kv_ram_budget)
+        kept.addRow("On disk", self.kv_disk_budget)
+        kept_box = QGroupBox("Conversations' keys and values kept aside")
+        kept_box.setLayout(kept)
+        right.addWidget(kept_box)
         right.addWidget(QLabel("Chat template of this model (kept for this model file)"))
         right.addWidget(self.template)
         right.addWidget(self.template_text)
@@ -454,6 +471,11 @@ class SettingsDialog(QDialog):
         self.max_tokens.setValue(choice.max_tokens)
         self.seed.setValue(-1 if choice.seed is None else choice.seed)
         self.system_prompt.setPlainText(choice.system_prompt)
+        for box, value in (
+            (self.kv_ram_budget, choice.kv_ram_budget_mib),
+            (self.kv_disk_budget, choice.kv_disk_budget_mib),
+        ):
+            box.setValue(-1 if value is None else value)
         self._template_path = choice.model_path
         self._templates[choice.model_path] = choice.chat_template
         self._show_template(choice.chat_template)
@@ -480,6 +502,12 @@ class SettingsDialog(QDialog):
             seed=None if seed < 0 else seed,
             system_prompt=self.system_prompt.toPlainText(),
             chat_template=self._template_value(),
+            kv_ram_budget_mib=None
+            if self.kv_ram_budget.value() < 0
+            else self.kv_ram_budget.value(),
+            kv_disk_budget_mib=None
+            if self.kv_disk_budget.value() < 0
+            else self.kv_disk_budget.value(),
         )
 
     def selected_path(self) -> str:

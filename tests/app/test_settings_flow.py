@@ -14,6 +14,7 @@ from pytestqt.qtbot import QtBot
 from kvchat.app.controller import Controller
 from kvchat.app.gui import build_window
 from kvchat.app.settings import EngineSettings
+from kvchat.app.settings_file import read_settings, settings_path
 from kvchat.app.settings_flow import SettingsFlow
 from kvchat.ui.main_window import MainWindow
 from kvchat.ui.settings_dialog import SettingsDialog
@@ -201,3 +202,24 @@ def test_a_chat_template_chosen_for_a_model_is_saved_and_loaded_with_it(
         dialog.applied.emit(dialog.choice())
     assert loaded.args[0].chat_template_source == "model"
     assert json.loads((data_dir / "settings.json").read_text())["engine"]["chat_templates"] == {}
+
+
+def test_budgets_for_kept_states_are_saved_without_a_reload(
+    qtbot: QtBot,
+    opened: tuple[MainWindow, Controller, SettingsFlow, SettingsDialog],
+    data_dir: Path,
+) -> None:
+    _window, controller, flow, dialog = opened
+    assert dialog.kv_ram_budget.text() == "auto"
+    dialog.kv_ram_budget.setValue(64)
+    dialog.kv_disk_budget.setValue(0)
+    loads: list[object] = []
+    controller.engine.load_progress.connect(loads.append)
+    flow.apply(dialog.choice())
+    qtbot.wait(300)
+    assert loads == []  # the next load takes them
+    assert controller.settings.kv_ram_budget_mib == 64
+    assert controller.settings.kv_disk_budget_mib == 0
+    stored = read_settings(settings_path(data_dir)).settings.engine
+    assert (stored.kv_ram_budget_mib, stored.kv_disk_budget_mib) == (64, 0)
+    assert controller.settings.load_config("m").kv_ram_budget_bytes == 64 * 1024 * 1024

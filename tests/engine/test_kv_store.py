@@ -14,6 +14,8 @@ from kvchat.engine.kv_store import (
     SUFFIX,
     DiskStates,
     KvStateStore,
+    disk_budget,
+    ram_budget,
     shared_prefix,
 )
 
@@ -185,3 +187,12 @@ def test_a_disk_that_fails_is_said_once_and_caching_goes_on_in_ram(
     blocked.write_text("")
     _, lines = _disk(blocked / "kv", model_file)
     assert len(lines) == 1 and "not kept on disk" in lines[0]
+
+
+def test_default_budgets_are_sized_to_the_machine() -> None:
+    gib = 1024**3
+    assert ram_budget(24 * gib) == 2 * gib  # at most 2 GiB
+    assert ram_budget(1 * gib) == 256 * 1024**2  # at least 256 MiB
+    assert ram_budget(8 * gib) == 8 * gib // 10
+    assert disk_budget(10 * gib) == gib
+    assert disk_budget(500 * gib) == 4 * gib

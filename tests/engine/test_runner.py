@@ -540,3 +540,23 @@ def test_a_new_conversation_starts_from_a_system_prompt_already_seen(runner: Mod
     later = [*first, ChatMessage("assistant", reply), ChatMessage("user", "And hail?")]
     _, _, back = _chat(runner, later)
     assert back.restored_tokens > stats.restored_tokens
+
+
+def test_no_ram_budget_sends_states_straight_to_disk(
+    model_path: Path, log: LlamaLog, tmp_path: Path
+) -> None:
+    config = LoadConfig(
+        str(model_path), n_ctx=1024, kv_cache_dir=str(tmp_path / "kv"), kv_ram_budget_bytes=0
+    )
+    runner = ModelRunner(config, read_gguf(model_path), log)
+    try:
+        first = [ChatMessage("user", "Tell me about owls and their hunting. " * 5)]
+        reply, _, _ = _chat(runner, first)
+        _chat(runner, [ChatMessage("user", "Name a colour. " * 12)])
+        assert len(runner.saved_states) == 0
+        assert runner.disk_states is not None and len(runner.disk_states) == 1
+        later = [*first, ChatMessage("assistant", reply), ChatMessage("user", "More.")]
+        _, _, stats = _chat(runner, later)
+        assert stats.restored_from == "disk"
+    finally:
+        runner.close()
