@@ -38,8 +38,13 @@ NOTES = (
 )
 
 
+RESTORE_SECONDS: dict[str, list[float]] = {"RAM": [], "disk": []}
+
+
 def _ttft(runner: ModelRunner, messages: list[ChatMessage]) -> tuple[float, int, int, str]:
     _, stats = runner.chat(messages, SAMPLING, lambda: False, lambda _t: None)
+    if stats.restored_from:
+        RESTORE_SECONDS[stats.restored_from].append(stats.restore_seconds)
     return (
         stats.time_to_first_token_s,
         stats.evaluated_tokens,
@@ -131,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{names[key]}: {value / again:.1%} of evaluating again, "
             f"{value / never:.2f}x never left"
         )
+    for where, values in RESTORE_SECONDS.items():
+        print(f"of which bringing the state back from {where}: {spread(values)}")
     print(
         f"on disk {disk_bytes_per_token / 1024:.1f} KiB per token; the KV panel's figure "
         f"{kv_bytes_per_token / 1024:.1f} KiB per token"

@@ -61,7 +61,9 @@ def shared_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 @dataclass
 class SavedState:
     tokens: tuple[int, ...]
-    data: bytes
+    # A bytearray, so that llama.cpp reads and writes it in place (no copies
+    # of what may be hundreds of MiB).
+    data: bytearray
     last_used: int = field(default_factory=lambda: next(_ages))
 
     @property
@@ -106,7 +108,7 @@ class KvStateStore:
             for entry in self._entries
         )
 
-    def put(self, tokens: Sequence[int], data: bytes) -> bool:
+    def put(self, tokens: Sequence[int], data: bytearray) -> bool:
         """Keeps a state; returns False when it is larger than the whole budget.
 
         Entries that this one extends (the same conversation, fewer tokens)
@@ -260,7 +262,7 @@ class DiskStates:
             for e in self._entries
         )
 
-    def put(self, tokens: Sequence[int], data: bytes) -> bool:
+    def put(self, tokens: Sequence[int], data: bytes | bytearray) -> bool:
         """Writes a state; False when it is not kept (too small, too large, a disk that fails)."""
         if self.unusable or len(tokens) < MIN_SAVED_TOKENS or len(data) > self.budget_bytes:
             return False
@@ -312,7 +314,7 @@ class DiskStates:
             self._drop(path, "the disk budget is full (least recently used)")
             total -= size
 
-    def load(self, entry: DiskState, keep: bool = False) -> bytes | None:
+    def load(self, entry: DiskState, keep: bool = False) -> bytearray | None:
         """The state's bytes, checked against its checksum; None (and the file gone) if bad.
 
         Unless `keep` (only part of it is used), the file goes: the state moves
@@ -322,7 +324,9 @@ class DiskStates:
             header = _read_header(entry.path)
             with entry.path.open("rb") as file:
                 file.seek(len(MAGIC) + _HEADER_LENGTH.size + _header_size(entry.path))
-                data = file.read()
+                data = bytearray(entry.size - file.tell())
+                read = file.readinto(data)
+                del data[read:]
         except (OSError, ValueError) as exc:
             self._drop(entry.path, f"unreadable ({exc})")
             return None

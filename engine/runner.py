@@ -575,21 +575,26 @@ class ModelRunner:
         fits_ram = 0 < size <= self.saved_states.budget_bytes
         if not fits_ram and (disk is None or size <= 0 or size > disk.budget_bytes):
             return
-        buffer = (ctypes.c_uint8 * size)()
-        written = int(llama_cpp.llama_state_seq_get_data(self._ctx, buffer, size, 0))
+        data = bytearray(size)
+        view = (ctypes.c_uint8 * size).from_buffer(data)
+        written = int(llama_cpp.llama_state_seq_get_data(self._ctx, view, size, 0))
+        del view  # releases the bytearray, which can then be cut to length
         if not written:
             return
+        del data[written:]
         if fits_ram:
-            self.saved_states.put(tokens, bytes(buffer)[:written])
+            self.saved_states.put(tokens, data)
         elif disk is not None:
-            disk.put(tokens, bytes(buffer)[:written])
+            disk.put(tokens, data)
 
     def _restore(self, state: SavedState) -> bool:
         """Puts a saved state in the live sequence; False (and an empty cache) on failure."""
         llama_cpp.llama_memory_seq_rm(self._memory, 0, -1, -1)
         self._cached = []
-        buffer = (ctypes.c_uint8 * state.size).from_buffer_copy(state.data)
-        if not llama_cpp.llama_state_seq_set_data(self._ctx, buffer, state.size, 0):
+        buffer = (ctypes.c_uint8 * state.size).from_buffer(state.data)
+        restored = llama_cpp.llama_state_seq_set_data(self._ctx, buffer, state.size, 0)
+        del buffer  # the bytearray may be resized or freed again
+        if not restored:
             llama_cpp.llama_memory_clear(self._memory, True)
             self._cached = []
             return False
