@@ -44,12 +44,12 @@ class ServeDialog(QDialog):
         buttons.rejected.connect(self.reject)
         layout = QVBoxLayout(self)
         layout.addWidget(self.url_label)
-        layout.addWidget(
-            QLabel(
-                "Programs on this computer can use the loaded model through OpenAI's API. "
-                "Their requests wait for the window's replies, and the memory panels show them."
-            )
+        about = QLabel(
+            "Programs on this computer can use the loaded model through OpenAI's API. "
+            "Their requests wait for the window's replies, and the memory panels show them."
         )
+        about.setWordWrap(True)
+        layout.addWidget(about)
         layout.addWidget(self.examples)
         layout.addWidget(self.copy_button)
         layout.addWidget(QLabel("Requests"))
