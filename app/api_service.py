@@ -8,17 +8,14 @@ What the server does reaches the GUI thread as queued Qt signals.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
-import socket
-import threading
 from dataclasses import replace
 from pathlib import Path
 
-import uvicorn
 from PySide6.QtCore import QObject, Signal
 
+from kvchat.app.api.background import BackgroundServer
 from kvchat.app.api.server import Activity, Gateway, ServeOptions, create_app, model_id
 from kvchat.app.engine_client import EngineClient
 from kvchat.app.settings import EngineSettings, Settings
@@ -63,8 +60,7 @@ class ApiService(QObject):
         super().__init__(parent)
         self._engine = engine
         self._settings = settings
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._server: BackgroundServer | None = None
         self._gateway: Gateway | None = None
         self.url = ""
 
@@ -76,13 +72,14 @@ class ApiService(QObject):
         """Starts serving on 127.0.0.1; False (and `stopped` says why) if it cannot."""
         if self._server is not None:
             return True
-        listener = socket.socket()
+        options = ServeOptions(
+            port=port, sampling=replace(self._settings.sampling(), repeat_penalty=1.0)
+        )
+        app, gateway = create_app(self._engine.link, options, self.logged.emit)
         try:
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            listener.bind(("127.0.0.1", port))
-            listener.listen(128)
+            server = BackgroundServer(app, port=port)
         except OSError as exc:
-            listener.close()
+            gateway.close()
             reason = (
                 f"port {port} is in use by another program"
                 if exc.errno == errno.EADDRINUSE
@@ -90,27 +87,9 @@ class ApiService(QObject):
             )
             self.stopped.emit(f"The API server could not start: {reason}.")
             return False
-        bound = listener.getsockname()[1]
-        options = ServeOptions(
-            port=bound, sampling=replace(self._settings.sampling(), repeat_penalty=1.0)
-        )
-        app, gateway = create_app(self._engine.link, options, self.logged.emit)
         gateway.on_activity = self._report
-        config = uvicorn.Config(
-            app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=1
-        )
-        server = uvicorn.Server(config)
         self._server, self._gateway = server, gateway
-        self.url = f"http://127.0.0.1:{bound}/v1"
-
-        def serve() -> None:
-            try:
-                asyncio.run(server.serve(sockets=[listener]))
-            finally:
-                listener.close()
-
-        self._thread = threading.Thread(target=serve, name="kvchat-api", daemon=True)
-        self._thread.start()
+        self.url = server.url + "/v1"
         self.started.emit(self.url)
         return True
 
@@ -125,10 +104,10 @@ class ApiService(QObject):
         here: the GUI thread never waits on a thread).
         """
         server, gateway = self._server, self._gateway
-        self._server = self._thread = self._gateway = None
+        self._server = self._gateway = None
         if server is None:
             return
-        server.should_exit = True
+        server.stop()
         if gateway is not None:
             gateway.close()
         self.url = ""

@@ -19,9 +19,7 @@ Three figures, written to a JSON file and printed:
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import socket
 import statistics
 import sys
 import threading
@@ -33,8 +31,8 @@ from typing import Any
 
 import httpx
 import psutil
-import uvicorn
 
+from kvchat.app.api.background import BackgroundServer
 from kvchat.app.api.server import ServeOptions, create_app, model_id
 from kvchat.app.bench import DECODE_PROMPT, DirectProcess, Spread
 from kvchat.app.paths import engine_log_path, resolve_data_dir
@@ -64,22 +62,12 @@ class Figures:
 class _Server:
     def __init__(self, engine: LocalEngine, max_queue: int) -> None:
         app, self.gateway = create_app(engine, ServeOptions(max_queue=max_queue), lambda _l: None)
-        self._socket = socket.socket()
-        self._socket.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self._socket.getsockname()[1]}"
-        self._server = uvicorn.Server(
-            uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
-        )
-        self._thread = threading.Thread(
-            target=lambda: asyncio.run(self._server.serve(sockets=[self._socket])), daemon=True
-        )
-        self._thread.start()
-        while not self._server.started:
-            time.sleep(0.01)
+        self._server = BackgroundServer(app)
+        self._server.wait_started()
+        self.url = self._server.url
 
     def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(10)
+        self._server.stop(10)
         self.gateway.close()
 
 

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 # A state is worth saving, and worth restoring instead of the live cache,
 # only past this many tokens: below it, evaluating again costs less than the
@@ -56,6 +56,30 @@ def shared_prefix(a: Sequence[int], b: Sequence[int]) -> int:
             break
         shared += 1
     return shared
+
+
+class _Entry(Protocol):
+    tokens: tuple[int, ...]
+
+
+AnyEntry = TypeVar("AnyEntry", bound=_Entry)
+
+
+def _best_match(entries: Sequence[AnyEntry], prompt: Sequence[int]) -> tuple[AnyEntry | None, int]:
+    best: AnyEntry | None = None
+    best_shared = 0
+    for entry in entries:
+        shared = shared_prefix(entry.tokens, prompt)
+        if shared > best_shared:
+            best, best_shared = entry, shared
+    return best, best_shared
+
+
+def _holds(entries: Sequence[_Entry], tokens: Sequence[int]) -> bool:
+    return any(
+        len(entry.tokens) >= len(tokens) and shared_prefix(entry.tokens, tokens) == len(tokens)
+        for entry in entries
+    )
 
 
 @dataclass
@@ -93,20 +117,11 @@ class KvStateStore:
 
     def best_match(self, prompt: Sequence[int]) -> tuple[SavedState | None, int]:
         """The entry sharing the longest start with `prompt`, and how many tokens it shares."""
-        best: SavedState | None = None
-        best_shared = 0
-        for entry in self._entries:
-            shared = shared_prefix(entry.tokens, prompt)
-            if shared > best_shared:
-                best, best_shared = entry, shared
-        return best, best_shared
+        return _best_match(self._entries, prompt)
 
     def holds(self, tokens: Sequence[int]) -> bool:
         """Whether an entry already holds these tokens or more of the same conversation."""
-        return any(
-            len(entry.tokens) >= len(tokens) and shared_prefix(entry.tokens, tokens) == len(tokens)
-            for entry in self._entries
-        )
+        return _holds(self._entries, tokens)
 
     def put(self, tokens: Sequence[int], data: bytearray) -> bool:
         """Keeps a state; returns False when it is larger than the whole budget.
@@ -248,19 +263,10 @@ class DiskStates:
         return sum(entry.size for entry in self._entries)
 
     def best_match(self, prompt: Sequence[int]) -> tuple[DiskState | None, int]:
-        best: DiskState | None = None
-        best_shared = 0
-        for entry in self._entries:
-            shared = shared_prefix(entry.tokens, prompt)
-            if shared > best_shared:
-                best, best_shared = entry, shared
-        return best, best_shared
+        return _best_match(self._entries, prompt)
 
     def holds(self, tokens: Sequence[int]) -> bool:
-        return any(
-            len(e.tokens) >= len(tokens) and shared_prefix(e.tokens, tokens) == len(tokens)
-            for e in self._entries
-        )
+        return _holds(self._entries, tokens)
 
     def put(self, tokens: Sequence[int], data: bytes | bytearray) -> bool:
         """Writes a state; False when it is not kept (too small, too large, a disk that fails)."""

@@ -11,6 +11,7 @@ they must return quickly (hand the event to another thread or loop).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 import time
@@ -19,7 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal, Protocol
 
-from kvchat.engine.client import HostProcess
+from kvchat.engine.client import SHUTDOWN_GRACE_S, HostProcess
 from kvchat.engine.protocol import (
     Cancel,
     Chat,
@@ -33,6 +34,7 @@ from kvchat.engine.protocol import (
     LoadProgress,
     ModelInfo,
     ModelLoaded,
+    Shutdown,
 )
 
 Listener = Callable[[Event], None]
@@ -212,21 +214,31 @@ class LocalEngine:
                 return event
 
     def stop(self) -> None:
-        """Stops the host and the reader; the link answers no more requests."""
+        """Stops the host and the reader; the link answers no more requests.
+
+        Only the reader thread closes a host (it sees the host exit), so the
+        two threads never race over the process object.
+        """
         self._stopping.set()
         with self._host_lock:
             host = self._host
         if host is not None:
-            host.stop()
-        if self._reader is not None:
-            self._reader.join(5.0)
+            host.send(Shutdown())
+        if self._reader is None:
+            return
+        self._reader.join(SHUTDOWN_GRACE_S + 1.0)
+        if self._reader.is_alive() and host is not None:
+            with contextlib.suppress(ValueError):  # closed meanwhile
+                host.kill("the engine did not stop when asked")
+            self._reader.join(SHUTDOWN_GRACE_S + 1.0)
 
     def kill_host(self) -> None:
         """Kills the engine host as a crash would (for tests of recovery)."""
         with self._host_lock:
             host = self._host
         if host is not None:
-            host.kill("the engine was killed")
+            with contextlib.suppress(ValueError):  # it ended and was closed meanwhile
+                host.kill("the engine was killed")
 
     # EngineLink
 

@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -15,35 +13,23 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-import uvicorn
 
+from kvchat.app.api.background import BackgroundServer
 from kvchat.app.api.server import ASGIApp, ServeOptions, create_app, refusal_to_listen
 from kvchat.engine.link import LocalEngine
 from kvchat.engine.protocol import Event, LoadConfig, TurnFinished
 from tests import conftest
 
 
-class ServerThread:
-    """uvicorn serving an app on a free port of 127.0.0.1, on a thread of its own."""
+class ServerThread(BackgroundServer):
+    """The server on a free port, started before the test goes on."""
 
     def __init__(self, app: ASGIApp) -> None:
-        self._socket = socket.socket()
-        self._socket.bind(("127.0.0.1", 0))
-        self.port = self._socket.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=lambda: asyncio.run(self._server.serve(sockets=[self._socket])), daemon=True
-        )
-        self._thread.start()
-        while not self._server.started:
-            time.sleep(0.01)
+        super().__init__(app)
+        assert self.wait_started()
 
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(10)
-        self._socket.close()
+    def stop(self, join_s: float | None = 10.0) -> None:
+        super().stop(join_s)
 
 
 @dataclass
