@@ -370,7 +370,7 @@ def test_concurrent_clients_each_get_their_own_answer(served: Served) -> None:
         # Prompts of different lengths: each answer's usage shows whose it is.
         results[word] = _chat(
             served,
-            f"Repeat the word {word} " + "please " * words.index(word),
+            f"Repeat the word {word} " + "please " * (8 * words.index(word)),
             max_tokens=6,
             temperature=0,
         )
