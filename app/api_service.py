@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import contextlib
 import errno
-from dataclasses import replace
 from pathlib import Path
 
 from PySide6.QtCore import QObject, Signal
 
 from kvchat.app.api.background import BackgroundServer
-from kvchat.app.api.server import Activity, Gateway, ServeOptions, create_app, model_id
+from kvchat.app.api.server import (
+    Activity,
+    Gateway,
+    ServeOptions,
+    api_sampling,
+    create_app,
+    model_id,
+)
 from kvchat.app.engine_client import EngineClient
 from kvchat.app.settings import EngineSettings, Settings
 from kvchat.app.settings_file import read_settings, settings_path, write_settings
@@ -72,9 +78,7 @@ class ApiService(QObject):
         """Starts serving on 127.0.0.1; False (and `stopped` says why) if it cannot."""
         if self._server is not None:
             return True
-        options = ServeOptions(
-            port=port, sampling=replace(self._settings.sampling(), repeat_penalty=1.0)
-        )
+        options = ServeOptions(port=port, sampling=api_sampling(self._settings.sampling()))
         app, gateway = create_app(self._engine.link, options, self.logged.emit)
         try:
             server = BackgroundServer(app, port=port)

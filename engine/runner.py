@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
 import llama_cpp
 import psutil
@@ -163,6 +164,16 @@ def gpu_offload_supported() -> bool:
     return bool(llama_cpp.llama_supports_gpu_offload())
 
 
+class _Reuse(NamedTuple):
+    """What a prompt found in the cache: the tokens kept, and of those the ones
+    restored from a saved state, from where ("RAM", "disk") and how fast."""
+
+    kept: int
+    restored: int = 0
+    source: str = ""
+    seconds: float = 0.0
+
+
 class ModelRunner:
     """A loaded model with one context, whose KV cache carries over between turns.
 
@@ -272,9 +283,6 @@ class ModelRunner:
         # context itself); a larger batch than it kept aborts the process.
         self.n_batch = min(self.n_batch, int(llama_cpp.llama_n_batch(ctx)))
         self._cached: list[int] = []
-        # Where the last prompt's restored tokens came from, and how long it took.
-        self.restored_from = ""
-        self.restore_seconds = 0.0
         # Conversations moved out of the live cache, to be restored on return:
         # in RAM, and on disk (where they outlive the engine) when RAM is full
         # and as the model unloads.
@@ -514,7 +522,7 @@ class ModelRunner:
     def _memory_end(self) -> int:
         return int(llama_cpp.llama_memory_seq_pos_max(self._memory, 0)) + 1
 
-    def _reuse_prefix(self, prompt: Sequence[int]) -> tuple[int, int]:
+    def _reuse_prefix(self, prompt: Sequence[int]) -> _Reuse:
         """Makes the cache hold the longest prefix of the prompt it can.
 
         That prefix comes from the live cache or from a saved state of an
@@ -524,7 +532,7 @@ class ModelRunner:
         logits of the prompt's last token.
 
         Returns:
-            The tokens kept, and how many of them were restored from a saved state.
+            The tokens kept, and those of them restored from a saved state.
         """
         limit = len(prompt) - 1
         live = min(shared_prefix(self._cached, prompt), limit)
@@ -533,7 +541,7 @@ class ModelRunner:
         on_disk, from_disk = self.disk_states.best_match(prompt) if self.disk_states else (None, 0)
         from_disk = min(from_disk, limit)
         restored = 0
-        self.restored_from = ""
+        source = ""
         started = time.perf_counter()
         if saved is not None and from_saved >= max(live + MIN_SAVED_TOKENS, from_disk):
             self._save_live_state()
@@ -541,7 +549,7 @@ class ModelRunner:
             # shared system prompt) stays, for its own conversation's return.
             whole = from_saved == len(saved.tokens)
             if self._restore(self.saved_states.take(saved) if whole else saved):
-                live, restored, self.restored_from = from_saved, from_saved, "RAM"
+                live, restored, source = from_saved, from_saved, "RAM"
             else:
                 live = 0
         elif on_disk is not None and from_disk >= live + MIN_SAVED_TOKENS:
@@ -549,18 +557,20 @@ class ModelRunner:
             self._save_live_state()
             data = self.disk_states.load(on_disk, keep=from_disk < len(on_disk.tokens))
             if data is not None and self._restore(SavedState(on_disk.tokens, data)):
-                live, restored, self.restored_from = from_disk, from_disk, "disk"
+                live, restored, source = from_disk, from_disk, "disk"
             else:
                 # A file that failed its check is gone; the prompt is evaluated.
                 live = min(shared_prefix(self._cached, prompt), limit)
         elif len(self._cached) - live >= MIN_SAVED_TOKENS:
             self._save_live_state()
-        self.restore_seconds = time.perf_counter() - started if restored else 0.0
+        seconds = time.perf_counter() - started
         if not llama_cpp.llama_memory_seq_rm(self._memory, 0, live, -1):
             llama_cpp.llama_memory_clear(self._memory, True)
             live = restored = 0
         del self._cached[live:]
-        return live, restored
+        if not restored:
+            return _Reuse(live)
+        return _Reuse(live, restored, source, seconds)
 
     def _save_live_state(self) -> None:
         """Copies the live sequence's keys and values into the saved states
@@ -743,7 +753,8 @@ class ModelRunner:
         system_tokens, history_tokens = parts_before
         sampler = self._make_sampler(sampling)
         try:
-            reused, restored = self._reuse_prefix(prompt)
+            reuse = self._reuse_prefix(prompt)
+            reused = reuse.kept
             pending = prompt[reused:]
             stop_reason: StopReason | None = None
 
@@ -760,9 +771,9 @@ class ModelRunner:
                     history_tokens,
                     reused,
                     evaluated,
-                    restored,
-                    self.restored_from if restored else "",
-                    self.restore_seconds,
+                    reuse.restored,
+                    reuse.source,
+                    reuse.seconds,
                 )
             )
 
@@ -822,8 +833,8 @@ class ModelRunner:
             decode_tokens_per_s=(generated - 1) / decode_seconds if decode_seconds > 0 else 0.0,
             stop_reason=stop_reason,
             template_notice=template_notice,
-            restored_tokens=restored,
-            restored_from=self.restored_from if restored else "",
-            restore_seconds=self.restore_seconds,
+            restored_tokens=reuse.restored,
+            restored_from=reuse.source,
+            restore_seconds=reuse.seconds,
         )
         return "".join(parts), stats

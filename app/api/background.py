@@ -14,6 +14,21 @@ from kvchat.app.api.server import ASGIApp
 STARTED_TIMEOUT_S = 10.0
 
 
+def bind_listener(host: str, port: int) -> socket.socket:
+    """A listening socket on `host`:`port` (0: any free port), bound here so
+    that a port in use is an OSError the caller can put in words."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host.strip("[]"), port))
+        listener.listen(128)
+    except OSError:
+        listener.close()
+        raise
+    return listener
+
+
 class BackgroundServer:
     """uvicorn serving `app` on a socket bound here, on a thread with its own event loop.
 
@@ -22,14 +37,7 @@ class BackgroundServer:
     """
 
     def __init__(self, app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> None:
-        listener = socket.socket()
-        try:
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            listener.bind((host, port))
-            listener.listen(128)
-        except OSError:
-            listener.close()
-            raise
+        listener = bind_listener(host, port)
         self.port: int = listener.getsockname()[1]
         self.url = f"http://{host}:{self.port}"
         config = uvicorn.Config(

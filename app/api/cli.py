@@ -15,7 +15,14 @@ from pathlib import Path
 import psutil
 import uvicorn
 
-from kvchat.app.api.server import ServeOptions, create_app, is_wildcard, refusal_to_listen
+from kvchat.app.api.background import bind_listener
+from kvchat.app.api.server import (
+    ServeOptions,
+    api_sampling,
+    create_app,
+    is_wildcard,
+    refusal_to_listen,
+)
 from kvchat.app.paths import engine_log_path, kv_cache_path
 from kvchat.app.settings import EngineSettings
 from kvchat.engine.link import LocalEngine
@@ -73,7 +80,7 @@ def run_serve(
             return _fail(missing_model_message(), EXIT_BAD_INPUT)
         model_path = str(bundled)
     try:
-        listener = _bind(host, port)
+        listener = bind_listener(host, port)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             return _fail(f"port {port} on {host} is in use: choose another with --port N")
@@ -99,7 +106,7 @@ def run_serve(
             api_key=api_key,
             cors_origins=tuple(cors_origins),
             allowed_hosts=machine_names() if is_wildcard(host) else frozenset(),
-            sampling=replace(settings.sampling(), repeat_penalty=1.0),
+            sampling=api_sampling(settings.sampling()),
             log_messages=log_messages,
         )
         app, gateway = create_app(engine, options, _print)
@@ -125,18 +132,3 @@ def run_serve(
 
 def _interrupt(_signal: int, _frame: object) -> None:
     raise KeyboardInterrupt
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    """The listening socket, made here so that a port in use is told in words."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    listener = socket.socket(family, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        listener.bind((host.strip("[]"), port))
-        listener.listen(128)
-    except OSError:
-        listener.close()
-        raise
-    listener.set_inheritable(True)
-    return listener

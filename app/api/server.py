@@ -48,8 +48,15 @@ from kvchat.engine.protocol import (
 MAX_BODY_BYTES = 4 * 1024 * 1024
 MAX_QUEUE = 64
 LOCAL_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
-# OpenAI's API has no repeat penalty: a client that leaves the fields out gets none.
-API_SAMPLING = Sampling(repeat_penalty=1.0)
+
+
+def api_sampling(base: Sampling) -> Sampling:
+    """The defaults for fields a request leaves out: the person's settings, but
+    no repeat penalty, which OpenAI's API does not have."""
+    return replace(base, repeat_penalty=1.0)
+
+
+API_SAMPLING = api_sampling(Sampling())
 # How often a request waiting for its reply checks that its client is still there.
 DISCONNECT_POLL_S = 0.25
 
@@ -242,11 +249,6 @@ class Gateway:
             self._open.pop(request_id, None)
         if not finished:
             self.link.cancel(request_id)
-
-    @property
-    def waiting(self) -> int:
-        with self._lock:
-            return len(self._open)
 
 
 def model_id(info: ModelInfo) -> str:
