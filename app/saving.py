@@ -48,7 +48,7 @@ class SaveQueue(QObject):
         self,
         opener: Callable[[], Opened],
         rescue_folders: Sequence[Path] = (),
-        retry_ms: int = RETRY_MS,
+        retry_ms: int | None = None,
         parent: QObject | None = None,
     ) -> None:
         super().__init__(parent)
@@ -59,7 +59,8 @@ class SaveQueue(QObject):
         self.store: ConversationStore | None = None
         self.problem = ""
         self._timer = QTimer(self)
-        self._timer.setInterval(retry_ms)
+        # Read here, not as the default's value, which is fixed when the module loads.
+        self._timer.setInterval(RETRY_MS if retry_ms is None else retry_ms)
         self._timer.timeout.connect(self.retry)
 
     def open(self) -> Opened | None:
