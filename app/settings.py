@@ -39,7 +39,9 @@ class EngineSettings(BaseModel):
     )
     n_batch: int = Field(default=512, ge=32, le=8192, description="Prompt tokens per batch.")
     flash_attention: FlashAttention = Field(
-        default="auto", description="Flash attention: auto lets llama.cpp decide."
+        default="auto",
+        description="Flash attention: auto is off on the CPU (faster there past a few "
+        "hundred tokens) and llama.cpp's choice on a GPU.",
     )
     type_k: KvType = Field(default="f16", description="Type of the cached keys.")
     type_v: KvType = Field(

@@ -25,6 +25,7 @@ KV_TYPES: dict[str, int] = {
     name: int(GGMLQuantizationType[name.upper()]) for name in get_args(KvType)
 }
 KV_TYPE_NAMES: dict[int, str] = {code: name for name, code in KV_TYPES.items()}
+UNQUANTIZED: frozenset[KvType] = frozenset({"f16", "bf16", "f32"})
 
 # llama.h: enum llama_flash_attn_type.
 FLASH_ATTN_TYPES: dict[FlashAttention, int] = {"auto": -1, "off": 0, "on": 1}
@@ -83,13 +84,33 @@ def resolve_load_params(
             a CPU build gets 0 GPU layers whatever was asked.
     """
     requested_layers = ALL_LAYERS if config.n_gpu_layers is None else config.n_gpu_layers
+    n_gpu_layers = requested_layers if gpu_offload else 0
     return LoadParams(
         n_ctx=config.n_ctx or default_context(n_ctx_train),
         n_batch=config.n_batch,
         # One micro-batch per batch: a prompt batch is computed in one pass.
         n_ubatch=config.n_batch,
-        n_gpu_layers=requested_layers if gpu_offload else 0,
+        n_gpu_layers=n_gpu_layers,
         type_k=KV_TYPES[config.type_k],
         type_v=KV_TYPES[config.type_v],
-        flash_attention=config.flash_attention,
+        flash_attention=_flash_attention(config, n_gpu_layers),
     )
+
+
+def _flash_attention(config: LoadConfig, n_gpu_layers: int) -> FlashAttention:
+    """kvchat's choice where the person left flash attention at "auto".
+
+    On a load that runs wholly on the CPU, llama.cpp's "auto" turns flash
+    attention on, and its CPU kernel makes each generated token slower the
+    longer the conversation: on the bundled model with 2 threads, on against
+    off, 87 against 78 tokens/s at an empty cache, but 45 against 63 at 512
+    cached tokens, 19 against 55 at 2,048 and 13 against 37 at 3,072
+    (benchmarks/flash_attention.py, medians of 3 runs). Off, then, unless
+    a quantized value cache needs it (llama.cpp refuses one without), or
+    layers run on a GPU, where llama.cpp's choice stands.
+    """
+    if config.flash_attention != "auto" or n_gpu_layers > 0:
+        return config.flash_attention
+    if config.type_v not in UNQUANTIZED or config.type_k not in UNQUANTIZED:
+        return "auto"
+    return "off"
