@@ -20,8 +20,15 @@ class Utf8Stream:
         return self._decoder.decode(piece)
 
     def finish(self) -> str:
-        """Whatever is left at the end (U+FFFD for bytes that never completed)."""
-        return self._decoder.decode(b"", final=True)
+        """The end of the reply: nothing more to show.
+
+        Bytes left over belong to a character the reply ended inside (at its
+        token limit, or stopped): they are dropped, not shown as U+FFFD, so
+        that the reply's text, which Continue sends back to the model, holds
+        only what the model wrote whole.
+        """
+        self._decoder.reset()
+        return ""
 
 
 class StopWords:

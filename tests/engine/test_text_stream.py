@@ -10,10 +10,16 @@ def test_character_split_across_pieces_is_held_back() -> None:
     assert stream.finish() == ""
 
 
-def test_bytes_that_never_complete_become_one_replacement() -> None:
+def test_a_character_the_reply_ends_inside_is_dropped() -> None:
     stream = Utf8Stream()
-    assert stream.push("é".encode()[:1]) == ""
-    assert stream.finish() == "\ufffd"
+    assert stream.push(b"caf" + "é".encode()[:1]) == "caf"
+    assert stream.finish() == ""
+    assert stream.push(b"ok") == "ok"  # and the stream starts clean
+
+
+def test_bytes_that_are_not_utf8_mid_reply_become_a_replacement() -> None:
+    stream = Utf8Stream()
+    assert stream.push(b"a\xffb") == "a\ufffdb"
 
 
 def _feed(words: tuple[str, ...], pieces: list[str]) -> tuple[str, bool]:
