@@ -385,6 +385,7 @@ class Controller(QObject):
         if described != self._load_notice_shown:
             self._load_notice_shown = described
             self.window.chat_view.add_notice(f"Loaded {described}")
+        self._prepare()
 
     def _on_load_failed(self, failure: LoadFailed) -> None:
         self._loading_path = None
@@ -570,6 +571,20 @@ class Controller(QObject):
         self.window.show_system_prompt(self.history.conversation.system_prompt)
         self.conversation_shown.emit(key)
         self.window.focus_composer()
+        self._prepare()
+
+    def _prepare(self) -> None:
+        """Has the engine bring the open conversation's keys and values back
+        while the person reads it, not when they send (engine.runner.prepare)."""
+        conversation = self.history.conversation
+        if self.model is None or conversation is None or self.busy:
+            return
+        sent = [m for m in self.history.messages[self.history.view_start :] if m.content]
+        if not sent:
+            return
+        system = conversation.system_prompt
+        prompt = [ChatMessage("system", system)] if system else []
+        self.engine.prepare(prompt + [ChatMessage(m.role, m.content) for m in sent])
 
     def _show_history(self) -> None:
         conversation = self.history.conversation

@@ -34,6 +34,7 @@ from kvchat.engine.protocol import (
     LoadProgress,
     MemorySample,
     ModelLoaded,
+    Prepare,
     PromptEvaluated,
     Sampling,
     TextDelta,
@@ -270,6 +271,11 @@ class EngineClient(QObject):
                 0, lambda: self.chat_failed.emit(request_id, "the engine is not running")
             )
         return request_id
+
+    def prepare(self, messages: Sequence[ChatMessage]) -> None:
+        """Has the engine bring this conversation's saved keys and values back now."""
+        if self._host is not None and not self._loading:
+            self._host.send(Prepare(tuple(messages)))
 
     def clear_saved_states(self) -> None:
         """Forgets the conversations' saved keys and values (RAM and disk)."""

@@ -8,7 +8,9 @@ conversation A, then times the first token of A's next turn four ways:
 - restored from RAM: after another conversation B took the cache;
 - evaluated again: after B, with every saved state forgotten;
 - restored from disk: in a new runner (as after a restart), from the file
-  the first one wrote as it closed.
+  the first one wrote as it closed;
+- and both restores again as the window does them: when A is opened
+  (`ModelRunner.prepare`), before the person's turn, which then finds A live.
 
 Each run is one sequence of the four; the medians and ranges over runs are
 printed, with the bytes per token on disk against the KV bytes per token the
@@ -23,6 +25,7 @@ import argparse
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from kvchat.engine.gguf_file import read_gguf
@@ -39,6 +42,8 @@ NOTES = (
 
 
 RESTORE_SECONDS: dict[str, list[float]] = {"RAM": [], "disk": []}
+# How long `prepare` took as A was opened: while the person reads, before the turn.
+PREPARE_SECONDS: dict[str, list[float]] = {"RAM": [], "disk": []}
 
 
 def _ttft(runner: ModelRunner, messages: list[ChatMessage]) -> tuple[float, int, int, str]:
@@ -63,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     log = LlamaLog()
     words = NOTES.split()
     text = " ".join(words[i % len(words)] for i in range(args.words))
-    figures: dict[str, list[float]] = {k: [] for k in ("never", "ram", "again", "disk")}
+    figures: dict[str, list[float]] = {
+        k: [] for k in ("never", "ram", "ram_opened", "again", "disk", "disk_opened")
+    }
     evaluated: dict[str, list[int]] = {k: [] for k in figures}
     prompt_tokens = 0
     disk_bytes_per_token = 0.0
@@ -77,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
             reply, stats = runner.chat(a, SAMPLING, lambda: False, lambda _t: None)
             prompt_tokens = stats.prompt_tokens
             kv_bytes_per_token = runner.memory.kv_bytes_per_token
-            a_next = [*a, ChatMessage("assistant", reply), ChatMessage("user", "Summarise.")]
+            a_opened = [*a, ChatMessage("assistant", reply)]
+            a_next = [*a_opened, ChatMessage("user", "Summarise.")]
             b = [ChatMessage("user", "Something else: name three rivers.")]
 
             seconds, count, _, _ = _ttft(runner, a_next)
@@ -93,6 +101,18 @@ def main(argv: list[str] | None = None) -> int:
             figures["ram"].append(seconds)
             evaluated["ram"].append(count)
 
+            # The same, with the restore done as A is opened (the window's way).
+            runner.saved_states.clear()
+            runner.chat(a, SAMPLING, lambda: False, lambda _t: None)
+            _ttft(runner, b)
+            started = time.perf_counter()
+            runner.prepare(a_opened)
+            PREPARE_SECONDS["RAM"].append(time.perf_counter() - started)
+            seconds, count, restored, where = _ttft(runner, a_next)
+            assert where == "RAM" and restored, (where, restored)
+            figures["ram_opened"].append(seconds)
+            evaluated["ram_opened"].append(count)
+
             runner.saved_states.clear()
             _ttft(runner, b)
             runner.saved_states.clear()
@@ -101,18 +121,24 @@ def main(argv: list[str] | None = None) -> int:
             figures["again"].append(seconds)
             evaluated["again"].append(count)
 
-            # A's state at its length before the next turn, written as the runner closes.
-            runner.saved_states.clear()
-            runner.chat(a, SAMPLING, lambda: False, lambda _t: None)
-            runner.close()
-            files = list(Path(folder).glob("*.kvstate"))
-            size = max(f.stat().st_size for f in files)
-            disk_bytes_per_token = size / prompt_tokens
-            runner = ModelRunner(config, read_gguf(model), log)
-            seconds, count, restored, where = _ttft(runner, a_next)
-            assert where == "disk" and restored, (where, restored)
-            figures["disk"].append(seconds)
-            evaluated["disk"].append(count)
+            for opened in (False, True):
+                # A's state at its length before the next turn, written as the runner closes.
+                runner.saved_states.clear()
+                runner.chat(a, SAMPLING, lambda: False, lambda _t: None)
+                runner.close()
+                files = list(Path(folder).glob("*.kvstate"))
+                size = max(f.stat().st_size for f in files)
+                disk_bytes_per_token = size / prompt_tokens
+                runner = ModelRunner(config, read_gguf(model), log)
+                if opened:
+                    started = time.perf_counter()
+                    runner.prepare(a_opened)
+                    PREPARE_SECONDS["disk"].append(time.perf_counter() - started)
+                seconds, count, restored, where = _ttft(runner, a_next)
+                assert where == "disk" and restored, (where, restored)
+                key = "disk_opened" if opened else "disk"
+                figures[key].append(seconds)
+                evaluated[key].append(count)
             runner.close()
 
     def spread(values: list[float]) -> str:
@@ -122,22 +148,26 @@ def main(argv: list[str] | None = None) -> int:
     print(f"conversation A: {prompt_tokens} tokens; {args.runs} runs; first token of its next turn")
     names = {
         "never": "never left (live cache)",
-        "ram": "restored from RAM",
+        "ram": "restored from RAM at the turn",
+        "ram_opened": "restored from RAM as A opened",
         "again": "evaluated again",
-        "disk": "restored from disk (new runner)",
+        "disk": "restored from disk at the turn",
+        "disk_opened": "restored from disk as A opened",
     }
     for key, name in names.items():
-        print(f"{name:34} {spread(figures[key])}, evaluated {evaluated[key][-1]} tokens")
+        print(f"{name:32} {spread(figures[key])}, evaluated {evaluated[key][-1]} tokens")
     again = statistics.median(figures["again"])
     never = statistics.median(figures["never"])
-    for key in ("ram", "disk"):
+    for key in ("ram", "ram_opened", "disk", "disk_opened"):
         value = statistics.median(figures[key])
         print(
             f"{names[key]}: {value / again:.1%} of evaluating again, "
             f"{value / never:.2f}x never left"
         )
     for where, values in RESTORE_SECONDS.items():
-        print(f"of which bringing the state back from {where}: {spread(values)}")
+        print(f"bringing the state back from {where}: {spread(values)}")
+    for where, values in PREPARE_SECONDS.items():
+        print(f"opening A, its state in {where}: {spread(values)}, before the person's turn")
     print(
         f"on disk {disk_bytes_per_token / 1024:.1f} KiB per token; the KV panel's figure "
         f"{kv_bytes_per_token / 1024:.1f} KiB per token"

@@ -17,6 +17,8 @@ point:
     load      inside llama.cpp's model load, from its progress callback
     prefill   while the prompt is being evaluated, before its first batch
     decode    mid-reply, once a few pieces of text have been streamed
+    restore   while a conversation's saved keys and values are put back in
+              the cache (engine.kv_store), from RAM or from disk
 once_file:
     the fault strikes only if this file does not exist, and creates it as it
     strikes (before the crash), so a restarted host does not crash again and
@@ -33,9 +35,9 @@ from pathlib import Path
 from typing import Literal
 
 Kind = Literal["abort", "segfault", "stall"]
-Point = Literal["load", "prefill", "decode"]
+Point = Literal["load", "prefill", "decode", "restore"]
 KINDS: tuple[Kind, ...] = ("abort", "segfault", "stall")
-POINTS: tuple[Point, ...] = ("load", "prefill", "decode")
+POINTS: tuple[Point, ...] = ("load", "prefill", "decode", "restore")
 # Pieces of reply text streamed before a "decode" fault strikes.
 DECODE_PIECES = 3
 

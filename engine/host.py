@@ -39,6 +39,7 @@ from kvchat.engine.protocol import (
     LoadProgress,
     MemorySample,
     ModelLoaded,
+    Prepare,
     PromptEvaluated,
     Shutdown,
     TextDelta,
@@ -165,6 +166,9 @@ class _Host:
                 elif isinstance(command, ClearSavedStates) and self._runner is not None:
                     self._runner.clear_saved_states()
                     self.send_memory_sample()
+                elif isinstance(command, Prepare) and self._runner is not None:
+                    self._runner.prepare(command.messages)
+                    self.send_memory_sample()
             except Exception as exc:  # one bad command must not end the engine
                 traceback.print_exc()
                 self._report_failure(command, exc)
@@ -213,6 +217,7 @@ class _Host:
 
         try:
             self._runner = ModelRunner(command.config, gguf, self._log, on_progress)
+            self._runner.before_restore = lambda: self._strike("restore")
         except Error as exc:
             self.send(LoadFailed(path, str(exc)))
             return

@@ -19,13 +19,15 @@ import contextlib
 import hashlib
 import itertools
 import json
+import mmap
 import os
 import struct
 import time
-from collections.abc import Callable, Sequence
+import zlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, BinaryIO, Protocol, TypeVar
 
 # A state is worth saving, and worth restoring instead of the live cache,
 # only past this many tokens: below it, evaluating again costs less than the
@@ -86,8 +88,9 @@ def _holds(entries: Sequence[_Entry], tokens: Sequence[int]) -> bool:
 class SavedState:
     tokens: tuple[int, ...]
     # A bytearray, so that llama.cpp reads and writes it in place (no copies
-    # of what may be hundreds of MiB).
-    data: bytearray
+    # of what may be hundreds of MiB); a state from disk is a view of the
+    # file's mapping (DiskStates.opened).
+    data: bytearray | memoryview
     last_used: int = field(default_factory=lambda: next(_ages))
 
     @property
@@ -160,11 +163,12 @@ class KvStateStore:
 # On disk: a conversation's state outlives the engine and the app.
 
 MAGIC = b"KVCHATKV"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: CRC-32 of the data, not SHA-256
 SUFFIX = ".kvstate"
 DEFAULT_DISK_BUDGET_BYTES = 4 * 1024 * 1024 * 1024
 _HEADER_LENGTH = struct.Struct("<I")
 STALE_PARTIAL_S = 60.0
+RESTORING = ".restoring"  # a state file while llama.cpp reads it
 
 
 def cache_key(model_path: str, shape: dict[str, object]) -> str:
@@ -191,7 +195,7 @@ class DiskStates:
     """Saved states in a folder, one file each, for one cache key.
 
     A file holds a header (the format version, the key, the model's path,
-    the tokens, the data's SHA-256) and the state's bytes. A file that
+    the tokens, the data's CRC-32) and the state's bytes. A file that
     cannot be read, is of another format, or whose data does not match its
     checksum is deleted and logged, never handed to llama.cpp. Files of other
     keys are left alone (another model's, or other settings'), except those
@@ -228,6 +232,12 @@ class DiskStates:
             with contextlib.suppress(OSError):
                 if time.time() - partial.stat().st_mtime > STALE_PARTIAL_S:
                     partial.unlink()
+        # A state that was being restored when its engine ended: if it made
+        # llama.cpp crash, it would again, so it goes.
+        for restoring in folder.glob(f"*{RESTORING}"):
+            with contextlib.suppress(OSError):
+                if time.time() - restoring.stat().st_mtime > STALE_PARTIAL_S:
+                    self._drop(restoring, "its engine stopped while restoring it")
 
     def _give_up(self, exc: OSError) -> None:
         if not self.unusable:
@@ -268,7 +278,7 @@ class DiskStates:
     def holds(self, tokens: Sequence[int]) -> bool:
         return _holds(self._entries, tokens)
 
-    def put(self, tokens: Sequence[int], data: bytes | bytearray) -> bool:
+    def put(self, tokens: Sequence[int], data: bytes | bytearray | memoryview) -> bool:
         """Writes a state; False when it is not kept (too small, too large, a disk that fails)."""
         if self.unusable or len(tokens) < MIN_SAVED_TOKENS or len(data) > self.budget_bytes:
             return False
@@ -280,7 +290,7 @@ class DiskStates:
                 "model_path": self.model_path,
                 "model_mtime_ns": _mtime_ns(self.model_path),
                 "tokens": list(kept),
-                "sha256": hashlib.sha256(data).hexdigest(),
+                "crc32": zlib.crc32(data),
                 "data_bytes": len(data),
             }
         ).encode()
@@ -320,36 +330,59 @@ class DiskStates:
             self._drop(path, "the disk budget is full (least recently used)")
             total -= size
 
-    def load(self, entry: DiskState, keep: bool = False) -> bytearray | None:
-        """The state's bytes, checked against its checksum; None (and the file gone) if bad.
+    @contextlib.contextmanager
+    def opened(self, entry: DiskState, keep: bool = False) -> Iterator[SavedState | None]:
+        """The state, its data checked against its checksum; None (and the file gone) if bad.
 
-        Unless `keep` (only part of it is used), the file goes: the state moves
-        to the live cache.
+        The data is the file's mapping, not a copy: llama.cpp reads it
+        straight from the page cache, and the checksum is the only other
+        pass over it (CRC-32 catches a damaged or truncated file; a header's
+        key and tokens catch one of another model or conversation). It is
+        valid inside the `with` only. Unless `keep` (only part of it is
+        used), the file goes afterwards: the state moves to the live cache.
         """
+        # Under another name while llama.cpp reads it: if the engine crashes
+        # during the restore, the file is not restored again at its restart.
+        restoring = entry.path.with_suffix(RESTORING)
         try:
-            header = _read_header(entry.path)
-            with entry.path.open("rb") as file:
-                file.seek(len(MAGIC) + _HEADER_LENGTH.size + _header_size(entry.path))
-                data = bytearray(entry.size - file.tell())
-                read = file.readinto(data)
-                del data[read:]
+            os.replace(entry.path, restoring)
+            with restoring.open("rb") as file:
+                header, start = _read_header_from(file)
+                mapping = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY)
         except (OSError, ValueError) as exc:
-            self._drop(entry.path, f"unreadable ({exc})")
-            return None
-        if (
-            header["key"] != self.key
-            or tuple(header["tokens"]) != entry.tokens
-            or len(data) != header["data_bytes"]
-            or hashlib.sha256(data).hexdigest() != header["sha256"]
-        ):
-            self._drop(entry.path, "its data does not match its checksum")
-            return None
-        if keep:
+            self._forget(entry, restoring, f"unreadable ({exc})")
+            yield None
+            return
+        view = memoryview(mapping)[start:]
+        good = (
+            header["key"] == self.key
+            and tuple(header["tokens"]) == entry.tokens
+            and len(view) > 0
+            and len(view) == header.get("data_bytes")
+            and zlib.crc32(view) == header.get("crc32")
+        )
+        try:
+            yield SavedState(entry.tokens, view) if good else None
+        finally:
+            view.release()
+            mapping.close()
+            if not good:
+                self._forget(entry, restoring, "its data does not match its checksum")
+            elif keep:
+                with contextlib.suppress(OSError):
+                    os.replace(restoring, entry.path)
+                    os.utime(entry.path)  # recently used
+            else:
+                self._forget(entry, restoring)
+
+    def _forget(self, entry: DiskState, restoring: Path, why: str = "") -> None:
+        """Deletes a state being restored (logged with `why`, unless it moved to the live cache)."""
+        if why:
+            self._log(f"kv cache: deleted {entry.path.name}: {why}")
+        for path in (restoring, entry.path):
             with contextlib.suppress(OSError):
-                os.utime(entry.path)  # recently used
-        else:
-            self._drop_quietly(entry)
-        return data
+                path.unlink()
+        self._entries = [e for e in self._entries if e.path != entry.path]
 
     def _drop_quietly(self, entry: DiskState) -> None:
         with contextlib.suppress(OSError):
@@ -368,21 +401,20 @@ def _mtime_ns(path: str) -> int:
         return 0
 
 
-def _header_size(path: Path) -> int:
+def _read_header(path: Path) -> dict[str, Any]:
     with path.open("rb") as file:
-        start = file.read(len(MAGIC) + _HEADER_LENGTH.size)
+        return _read_header_from(file)[0]
+
+
+def _read_header_from(file: BinaryIO) -> tuple[dict[str, Any], int]:
+    """A file's header, and where its data starts; ValueError if it is not one of ours."""
+    start = file.read(len(MAGIC) + _HEADER_LENGTH.size)
     if len(start) < len(MAGIC) + _HEADER_LENGTH.size or not start.startswith(MAGIC):
         raise ValueError("not a kvchat cache file")
-    return int(_HEADER_LENGTH.unpack(start[len(MAGIC) :])[0])
-
-
-def _read_header(path: Path) -> dict[str, Any]:
-    size = _header_size(path)
+    size = int(_HEADER_LENGTH.unpack(start[len(MAGIC) :])[0])
     if size > 64 * 1024 * 1024:
         raise ValueError("header too large")
-    with path.open("rb") as file:
-        file.seek(len(MAGIC) + _HEADER_LENGTH.size)
-        raw = file.read(size)
+    raw = file.read(size)
     try:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -391,4 +423,4 @@ def _read_header(path: Path) -> dict[str, Any]:
         raise ValueError("another format version")
     if not isinstance(header.get("tokens"), list) or not isinstance(header.get("key"), str):
         raise ValueError("damaged header")
-    return header
+    return header, len(start) + size

@@ -114,11 +114,19 @@ class ClearSavedStates:
 
 
 @dataclass(frozen=True)
+class Prepare:
+    """A conversation was opened: bring its saved keys and values into the
+    cache now, while the person reads and types, not at their next message."""
+
+    messages: tuple[ChatMessage, ...]
+
+
+@dataclass(frozen=True)
 class Shutdown:
     pass
 
 
-Command = LoadModel | Chat | Complete | Cancel | ClearSavedStates | Shutdown
+Command = LoadModel | Chat | Complete | Cancel | ClearSavedStates | Prepare | Shutdown
 
 
 # Events: host -> GUI process.

@@ -314,6 +314,10 @@ class ModelRunner:
         # CPU). During decode one token's graph is short, and a Python call
         # per node would cost more than it saves.
         self._abort_check: Callable[[], bool] = lambda: False
+        # Called just before a saved state goes back into the cache; the
+        # host's fault injection (engine.faults) strikes there in tests.
+        self.before_restore: Callable[[], None] = lambda: None
+        self._prepared: _Reuse | None = None  # what `prepare` restored for the next turn
         self._abort_callback = llama_cpp.ggml_abort_callback(lambda _data: self._abort_check())
 
         # The model's own template runs in a worker process that can be stopped.
@@ -341,6 +345,23 @@ class ModelRunner:
             if control_texts
             else None
         )
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Evaluates one token and forgets it, as llama.cpp's own tools do at load.
+
+        The first evaluation in a new context maps the weights into this
+        process, touches the compute buffers and starts the threads: tens of
+        milliseconds here, seconds for a large model, which would otherwise
+        land on the person's first turn (or on the first turn restored from
+        disk after a restart).
+        """
+        token = int(llama_cpp.llama_vocab_bos(self._vocab))
+        if token < 0:
+            token = int(llama_cpp.llama_vocab_eos(self._vocab))
+        array = (llama_cpp.llama_token * 1)(max(token, 0))
+        llama_cpp.llama_decode(self._ctx, llama_cpp.llama_batch_get_one(array, 1))
+        llama_cpp.llama_memory_clear(self._memory, True)
 
     def _control_token_texts(self) -> set[str]:
         """The texts of the vocabulary's control tokens (`<|im_start|>` …)."""
@@ -548,6 +569,7 @@ class ModelRunner:
             # A state used whole moves to the live cache; one used in part (a
             # shared system prompt) stays, for its own conversation's return.
             whole = from_saved == len(saved.tokens)
+            self.before_restore()
             if self._restore(self.saved_states.take(saved) if whole else saved):
                 live, restored, source = from_saved, from_saved, "RAM"
             else:
@@ -555,8 +577,11 @@ class ModelRunner:
         elif on_disk is not None and from_disk >= live + MIN_SAVED_TOKENS:
             assert self.disk_states is not None
             self._save_live_state()
-            data = self.disk_states.load(on_disk, keep=from_disk < len(on_disk.tokens))
-            if data is not None and self._restore(SavedState(on_disk.tokens, data)):
+            with self.disk_states.opened(on_disk, keep=from_disk < len(on_disk.tokens)) as state:
+                if state is not None:
+                    self.before_restore()
+                loaded = state is not None and self._restore(state)
+            if loaded:
                 live, restored, source = from_disk, from_disk, "disk"
             else:
                 # A file that failed its check is gone; the prompt is evaluated.
@@ -716,6 +741,24 @@ class ModelRunner:
             template_notice,
         )
 
+    def prepare(self, messages: Sequence[ChatMessage]) -> None:
+        """Brings the best saved state for this conversation into the live cache.
+
+        Called as a conversation is opened, so that the restore (tens of
+        milliseconds from disk for a long conversation) happens while the
+        person reads, and their next turn starts as if the cache had never
+        left. The live conversation's state is saved first, as a turn would.
+        What was restored is reported with that next turn.
+        """
+        try:
+            prompt = self._render(messages, False)[0]
+        except ChatError:
+            return
+        if len(prompt) < 2 or len(prompt) >= self.n_ctx:
+            return
+        reuse = self._reuse_prefix(prompt)
+        self._prepared = reuse if reuse.restored else None
+
     def complete(
         self,
         prompt_text: str,
@@ -754,6 +797,14 @@ class ModelRunner:
         sampler = self._make_sampler(sampling)
         try:
             reuse = self._reuse_prefix(prompt)
+            prepared, self._prepared = self._prepared, None
+            if not reuse.restored and prepared is not None:
+                # Restored as the conversation opened (`prepare`), and still live.
+                reuse = reuse._replace(
+                    restored=min(prepared.restored, reuse.kept),
+                    source=prepared.source,
+                    seconds=prepared.seconds,
+                )
             reused = reuse.kept
             pending = prompt[reused:]
             stop_reason: StopReason | None = None

@@ -164,6 +164,7 @@ class ScriptedEngine(QObject):
         self._ids = itertools.count(1)
         self._streams: dict[int, _Stream] = {}
         self.cleared_saved_states = 0
+        self.prepared: list[tuple[ChatMessage, ...]] = []
         # Every stream ever started, so a test can check that none is left running.
         self.threads: list[_Stream] = []
         self._running = False
@@ -287,6 +288,10 @@ class ScriptedEngine(QObject):
         )
         text = "".join(stream.words[: stream.sent])
         self.turn_finished.emit(stream.request_id, text, stats)
+
+    def prepare(self, messages: Sequence[ChatMessage]) -> None:
+        """A scripted engine keeps no keys and values: it records what it was asked to prepare."""
+        self.prepared.append(tuple(messages))
 
     def clear_saved_states(self) -> None:
         """A scripted engine keeps no keys and values: it remembers that it was asked."""

@@ -77,7 +77,7 @@ def _stored_messages(data_dir: Path) -> list[tuple[str, str, str]]:
 
 
 @pytest.mark.parametrize("how", ["abort", "segfault", "sigkill"])
-@pytest.mark.parametrize("point", POINTS)
+@pytest.mark.parametrize("point", [p for p in POINTS if p != "restore"])
 def test_a_crashed_engine_keeps_the_window_and_what_was_said(
     qtbot: QtBot,
     data_dir: Path,
@@ -144,6 +144,67 @@ def test_a_crashed_engine_keeps_the_window_and_what_was_said(
     if point != "load":
         assert stored[1][2] == "interrupted"
         assert stored[1][1] == reply.content
+
+
+def _reply(qtbot: QtBot, window: MainWindow, controller: Controller, text: str) -> None:
+    with qtbot.waitSignal(controller.reply_finished, timeout=WAIT_MS):
+        window.composer.setPlainText(text)
+        window.send_button.click()
+
+
+LONG_QUESTION = "Tell me about the history of tea, in detail. " * 4
+
+
+@pytest.mark.parametrize("source", ["RAM", "disk"])
+def test_a_crash_while_restoring_a_saved_cache_is_a_crash_like_any_other(
+    qtbot: QtBot,
+    data_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    open_windows: list[MainWindow],
+    source: str,
+) -> None:
+    once_file = tmp_path / "struck"
+    if source == "RAM":
+        _inject(monkeypatch, Fault("abort", "restore", once_file))
+    window, controller = _start(data_dir, open_windows)
+    _wait_loaded(qtbot, controller)
+    _reply(qtbot, window, controller, LONG_QUESTION)
+    first = controller.history.conversation
+    assert first is not None
+    window.new_action.trigger()
+    _reply(qtbot, window, controller, "Name three birds. " * 6)  # the first is set aside
+    assert not once_file.exists()
+    if source == "disk":
+        window.close()  # the saved caches go to disk as the engine stops
+        _inject(monkeypatch, Fault("abort", "restore", once_file))
+        # The new window opens the newest conversation and restores it from
+        # disk once the model is loaded (its events reach this thread only
+        # while the test waits below, so none is missed).
+        window, controller = _start(data_dir, open_windows)
+    with qtbot.waitSignal(controller.engine.host_exited, timeout=WAIT_MS) as exited:
+        if source == "RAM":
+            # Opening it brings its cache back from RAM, before anything is sent.
+            controller.open_conversation(first.key)
+    assert once_file.exists()
+    assert exited.args[0].description.startswith("the engine crashed with SIGABRT")
+    assert "SIGABRT" in window.banner.text()
+    crashed = controller.history.conversation
+    assert crashed is not None
+    before = [(m.role, m.content) for m in controller.history.messages]
+    assert len(before) == 2 and before[1][1]  # nothing said is lost
+
+    # The engine comes back and the conversation goes on; the state that was
+    # being restored is not restored again (it could crash the engine again).
+    _wait_loaded(qtbot, controller)
+    with qtbot.waitSignal(controller.reply_finished, timeout=WAIT_MS) as finished:
+        window.composer.setPlainText("And coffee?")
+        window.send_button.click()
+    assert finished.args[0].restored_tokens == 0
+    assert controller.history.messages[-1].state == "done"
+    assert [(m.role, m.content) for m in controller.history.messages][:2] == before
+    if source == "disk":  # its file is set aside, and deleted at a later start
+        assert len(list((data_dir / "kv-cache").glob("*.restoring"))) == 1
 
 
 def test_restarts_back_off_then_the_person_is_asked(

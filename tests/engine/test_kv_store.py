@@ -11,6 +11,7 @@ import pytest
 
 from kvchat.engine.kv_store import (
     MIN_SAVED_TOKENS,
+    RESTORING,
     SUFFIX,
     DiskStates,
     KvStateStore,
@@ -101,9 +102,48 @@ def test_a_state_on_disk_comes_back_after_a_restart(tmp_path: Path, model_file: 
     again, lines = _disk(folder, model_file)  # a new engine, a new app
     entry, shared = again.best_match([*_tokens(0), 7])
     assert entry is not None and shared == LONG
-    assert again.load(entry) == b"state bytes"
+    with again.opened(entry) as state:
+        assert state is not None and bytes(state.data) == b"state bytes"
     assert len(again) == 0  # it moved to the live cache
     assert lines == []
+
+
+def test_a_state_used_in_part_stays_on_disk_under_its_name(
+    tmp_path: Path, model_file: Path
+) -> None:
+    folder = tmp_path / "kv"
+    disk, _ = _disk(folder, model_file)
+    disk.put(_tokens(0), b"system prompt state")
+    path = _only_file(folder)
+    entry, _ = disk.best_match(_tokens(0))
+    assert entry is not None
+    with disk.opened(entry, keep=True) as state:
+        assert state is not None and bytes(state.data) == b"system prompt state"
+        assert not path.exists()  # under another name while it is read
+    assert _only_file(folder) == path
+    assert not list(folder.glob("*" + RESTORING))
+    assert disk.best_match(_tokens(0))[0] is not None
+
+
+def test_a_state_whose_restore_ended_its_engine_is_not_restored_again(
+    tmp_path: Path, model_file: Path
+) -> None:
+    folder = tmp_path / "kv"
+    disk, _ = _disk(folder, model_file)
+    disk.put(_tokens(0), b"state that crashes llama.cpp")
+    entry, _ = disk.best_match(_tokens(0))
+    assert entry is not None
+    opened = disk.opened(entry)
+    opened.__enter__()  # and the engine dies inside: no __exit__
+    (restoring,) = folder.glob("*" + RESTORING)
+    again, lines = _disk(folder, model_file)  # its restart, at once
+    assert again.best_match(_tokens(0))[0] is None
+    assert restoring.exists() and lines == []  # perhaps another kvchat's restore under way
+    old = restoring.stat().st_mtime - 120
+    os.utime(restoring, (old, old))
+    _, lines = _disk(folder, model_file)  # a later start
+    assert not restoring.exists()
+    assert lines == [f"kv cache: deleted {restoring.name}: its engine stopped while restoring it"]
 
 
 def _only_file(folder: Path) -> Path:
@@ -118,7 +158,8 @@ def _only_file(folder: Path) -> Path:
         (lambda b: b[:-3] + b"xyz", "checksum"),  # a changed byte
         (lambda b: b[:20], "unreadable"),  # truncated inside the header
         (lambda b: b"NOTKVCHAT" + b[9:], "unreadable"),  # not ours at all
-        (lambda b: b.replace(b'"version": 1', b'"version": 9'), "unreadable"),  # a later kvchat
+        (lambda b: b.replace(b'"version": 2', b'"version": 9'), "unreadable"),  # a later kvchat
+        (lambda b: b.replace(b'"version": 2', b'"version": 1'), "unreadable"),  # an earlier one
     ],
 )
 def test_a_damaged_file_is_deleted_never_loaded(
@@ -132,7 +173,8 @@ def test_a_damaged_file_is_deleted_never_loaded(
     again, lines = _disk(folder, model_file)
     entry, _ = again.best_match(_tokens(0))
     if entry is not None:  # the header survived: the data is checked as it loads
-        assert again.load(entry) is None
+        with again.opened(entry) as state:
+            assert state is None
     assert not path.exists()
     assert any(why in line and path.name in line for line in lines)
 
