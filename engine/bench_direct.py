@@ -4,8 +4,8 @@ It is what a program calling llama.cpp's C API would do, in one process:
 `llama_decode` on the prompt in batches, a sampler chain in C (greedy), one
 `llama_decode` per generated token. No pipe, no threads of its own, no Qt.
 It loads the model with the settings kvchat's engine reported (context,
-batch, threads, layers; flash attention and K/V types at kvchat's defaults,
-which are llama.cpp's) and renders the same chat template the same way, so
+batch, threads, layers; flash attention and K/V types at kvchat's defaults)
+and renders the same chat template the same way, so
 both sides evaluate the same tokens and, sampling greedily, generate the same
 reply.
 
@@ -44,7 +44,8 @@ import psutil
 from kvchat.engine import vocab
 from kvchat.engine.chat_template import ChatTemplate, TemplateError
 from kvchat.engine.gguf_file import read_gguf
-from kvchat.engine.protocol import ChatMessage, Role
+from kvchat.engine.load_params import FLASH_ATTN_TYPES, resolve_load_params
+from kvchat.engine.protocol import ChatMessage, LoadConfig, Role
 
 
 class DirectError(Exception):
@@ -71,7 +72,11 @@ class DirectLoop:
         context_params.n_ubatch = n_batch
         context_params.n_threads = n_threads
         context_params.n_threads_batch = n_threads
-        context_params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO
+        # Flash attention as kvchat resolves its default for this load (off on the CPU).
+        resolved = resolve_load_params(
+            LoadConfig(model_path, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers), None, n_gpu_layers > 0
+        )
+        context_params.flash_attn_type = FLASH_ATTN_TYPES[resolved.flash_attention]
         context_params.no_perf = True
         ctx = llama_cpp.llama_init_from_model(model, context_params)
         if not ctx:
