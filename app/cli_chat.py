@@ -6,10 +6,10 @@ import os
 import sys
 from pathlib import Path
 
-from kvchat.app.formatting import format_stats
+from kvchat.app.formatting import format_stats, model_label
 from kvchat.app.paths import engine_log_path
 from kvchat.app.settings import EngineSettings
-from kvchat.engine.client import HostProcess
+from kvchat.engine.client import EngineHost, HostProcess
 from kvchat.engine.models import bundled_model_path, missing_model_message
 from kvchat.engine.protocol import (
     Cancel,
@@ -23,6 +23,7 @@ from kvchat.engine.protocol import (
     TextDelta,
     TurnFinished,
 )
+from kvchat.engine.remote import RemoteHost, is_remote
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -80,7 +81,9 @@ def run_chat(
     settings: EngineSettings,
     data_dir: Path,
     show_stats: bool = False,
+    api_key: str | None = None,
 ) -> int:
+    """Streams one reply; `model_path` may be a remote model's URL (engine.remote)."""
     if sys.stdout is None:
         return _fail("standard output is closed: there is nowhere to write the reply")
     if not question.strip():
@@ -102,7 +105,11 @@ def run_chat(
     messages = [ChatMessage("user", question)]
     if settings.system_prompt:
         messages.insert(0, ChatMessage("system", settings.system_prompt))
-    host = HostProcess(engine_log_path(data_dir))
+    host: EngineHost
+    if is_remote(model_path):
+        host = RemoteHost(engine_log_path(data_dir), api_key)
+    else:
+        host = HostProcess(engine_log_path(data_dir))
     if host.log_note:
         print(f"kvchat: {host.log_note}", file=sys.stderr)
     try:
@@ -120,7 +127,7 @@ def run_chat(
                 return 0
             elif isinstance(event, LoadFailed):
                 return _fail(
-                    f"could not load {Path(event.model_path).name}: {event.message}",
+                    f"could not load {model_label(event.model_path)}: {event.message}",
                     EXIT_BAD_INPUT,
                 )
             elif isinstance(event, ChatFailed):

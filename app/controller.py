@@ -17,7 +17,7 @@ from PySide6.QtCore import QObject, QTimer, Signal
 from kvchat.app import context_window
 from kvchat.app.engine_client import EngineClient
 from kvchat.app.export import ExportError, to_json, to_markdown, write_text
-from kvchat.app.formatting import describe_model, format_stats
+from kvchat.app.formatting import describe_model, format_stats, model_label
 from kvchat.app.history import History, stats_of
 from kvchat.app.instance_lock import InstanceLock
 from kvchat.app.load_marker import LoadMarker
@@ -33,6 +33,7 @@ from kvchat.engine.protocol import (
     PromptEvaluated,
     TurnStats,
 )
+from kvchat.engine.remote import is_remote
 from kvchat.ui.chat_view import MessageView
 from kvchat.ui.conversation_list import ConversationItem
 from kvchat.ui.main_window import MainWindow
@@ -196,7 +197,7 @@ class Controller(QObject):
         self._loading_path = path
         if self._marker is not None:
             self._marker.begin(path)
-        self.window.show_loading(Path(path).name)
+        self.window.show_loading(model_label(path))
 
     def switch_model(self, path: str, settings: EngineSettings | None = None) -> None:
         """Loads another model, or the same with other settings, in a fresh engine.
@@ -300,14 +301,18 @@ class Controller(QObject):
         fixed = self._system_tokens.get((model.path, system))
         if fixed is None:
             fixed = context_window.estimate_tokens(system, ratio) + TEMPLATE_PREAMBLE
-        first = context_window.first_in_view(
-            [self._cost(m, ratio) for m in messages],
-            [m.role == "user" for m in messages],
-            fixed,
-            model.n_ctx,
-            context_window.reply_budget(self.settings.max_tokens, model.n_ctx),
-            self.history.view_start,
-        )
+        if model.n_ctx:
+            first = context_window.first_in_view(
+                [self._cost(m, ratio) for m in messages],
+                [m.role == "user" for m in messages],
+                fixed,
+                model.n_ctx,
+                context_window.reply_budget(self.settings.max_tokens, model.n_ctx),
+                self.history.view_start,
+            )
+        else:
+            # A server that does not say its context: it decides what fits.
+            first = self.history.view_start
         view_before = self.history.view_start
         self._show_view_start(first)
         sent = [m for m in messages[first:] if m.content]
@@ -371,7 +376,7 @@ class Controller(QObject):
         self._load_stopped = False
         self.model = info
         bundled = bundled_model_path()
-        if bundled is None or Path(info.path) != bundled:
+        if not is_remote(info.path) and (bundled is None or Path(info.path) != bundled):
             # Open model and Browse… start beside the model in use.
             self.window.model_folder = str(Path(info.path).parent)
         self._loading_path = None
@@ -392,16 +397,16 @@ class Controller(QObject):
         if self._marker is not None:
             self._marker.finish()  # refused with a reason: no crash to guard against
         self.model = failure.loaded
-        message = f"Could not load {Path(failure.model_path).name}: {failure.message}"
+        message = f"Could not load {model_label(failure.model_path)}: {failure.message}"
         if self._load_stopped:
-            message = f"Stopped loading {Path(failure.model_path).name}"
+            message = f"Stopped loading {model_label(failure.model_path)}"
             self._load_stopped = False
         if self.model is None and self._fallback is not None:
             path, self.settings = self._fallback
             self._fallback = None
             self._begin_load(path)
             self.engine.load(self.settings.load_config(path))
-            self.window.show_error(f"{message}. Loading {Path(path).name} again.")
+            self.window.show_error(f"{message}. Loading {model_label(path)} again.")
             return
         if self.model is None:
             self.window.show_no_model()
@@ -410,14 +415,17 @@ class Controller(QObject):
         self.window.show_error(message)
 
     def _show_model(self, info: ModelInfo) -> None:
-        self.window.show_model(info.name, describe_model(info), f"context {info.n_ctx} tokens")
-        self.window.select_model_choice(info.path)
+        context = f"context {info.n_ctx} tokens" if info.n_ctx else "context not reported"
+        self.window.show_model(info.name, describe_model(info), context)
+        self.window.select_model_choice(info.path, info.name if is_remote(info.path) else "")
 
     def _on_prompt_evaluated(self, event: PromptEvaluated) -> None:
         """Learns what the prompt's parts cost, from the engine's own counts."""
         turn = self._turn
         if turn is None or event.request_id != turn.request_id or self.model is None:
             return
+        if is_remote(self.model.path):
+            return  # a server's counts do not split the prompt into its parts
         assert self.history.conversation is not None
         path = self.model.path
         self._system_tokens[(path, self.history.conversation.system_prompt)] = event.system_tokens
@@ -487,8 +495,9 @@ class Controller(QObject):
             previous = turn.previous
             self._finish_reply(previous.content, self._footer(previous), previous.state)
         else:
+            # The reply as far as it got is kept, marked with why it ended.
             before = turn.previous.content if turn.previous is not None else ""
-            self._finish_reply(before + turn.text, "")
+            self._finish_reply(before + turn.text, f"interrupted: {message}")
         self.window.show_error(message)
 
     def _take_back(self, reason: str) -> None:
@@ -741,7 +750,7 @@ class Controller(QObject):
         self.window.show_no_model()
         self._restart_target = target or crashed_load
         if target is None:
-            name = Path(crashed_load[0]).name if crashed_load else "the model"
+            name = model_label(crashed_load[0]) if crashed_load else "the model"
             self.window.offer_restart(f"{said} {name} was not loaded again.")
             return
         if self._restarts >= len(self.restart_delays_s):
@@ -754,7 +763,7 @@ class Controller(QObject):
         self._restarts += 1
         self._restart_timer.start(round(delay * 1000))
         self.window.show_error(
-            f"{said} Restarting it with {Path(target[0]).name} in {delay:g} s "
+            f"{said} Restarting it with {model_label(target[0])} in {delay:g} s "
             f"(attempt {self._restarts} of {len(self.restart_delays_s)})."
         )
 

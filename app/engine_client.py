@@ -16,7 +16,7 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject, QThread, QTimer, Signal
 
-from kvchat.engine.client import HostProcess
+from kvchat.engine.client import EngineHost, HostProcess
 from kvchat.engine.link import EngineState, Listener, Listeners
 from kvchat.engine.protocol import (
     Cancel,
@@ -40,6 +40,7 @@ from kvchat.engine.protocol import (
     TextDelta,
     TurnFinished,
 )
+from kvchat.engine.remote import RemoteHost, is_remote, split_model_url
 
 READER_JOIN_MS = 1000
 # How long a cancelled request may take to end before its host counts as
@@ -64,7 +65,7 @@ class EventReader(QThread):
 
     event_received = Signal(object)
 
-    def __init__(self, host: HostProcess, listeners: Listeners, parent: QObject) -> None:
+    def __init__(self, host: EngineHost, listeners: Listeners, parent: QObject) -> None:
         super().__init__(parent)
         self.setObjectName("kvchat-engine-reader")
         self._host = host
@@ -93,7 +94,7 @@ class WindowEngineLink:
 
     def __init__(self) -> None:
         self.listeners = Listeners(EngineState("stopped"))
-        self.host: HostProcess | None = None
+        self.host: EngineHost | None = None
 
     def state(self) -> EngineState:
         return self.listeners.state()
@@ -153,7 +154,9 @@ class EngineClient(QObject):
         super().__init__(parent)
         self._log_path = log_path
         self._kv_cache_dir = kv_cache_dir
-        self._host: HostProcess | None = None
+        self._host: EngineHost | None = None
+        # The API key for a server's base URL (a remote model), from the app's keyring.
+        self.server_key: Callable[[str], str | None] = lambda _base_url: None
         self._reader: EventReader | None = None
         self._request_ids = itertools.count(1)
         self._stopping = False
@@ -170,6 +173,7 @@ class EngineClient(QObject):
         self._load_watchdog.setSingleShot(True)
         self._load_watchdog.timeout.connect(self._end_stalled_load)
         self.link = WindowEngineLink()
+        self._host_for = ""
 
     @property
     def running(self) -> bool:
@@ -185,15 +189,29 @@ class EngineClient(QObject):
         """Why the engine's log is not where it belongs ("" when it is)."""
         return self._host.log_note if self._host is not None else ""
 
-    def start(self) -> None:
-        """Starts a host process and its reader; a no-op while one runs."""
-        if self.running:
+    @property
+    def remote(self) -> str:
+        """The server the engine talks to ("" for the engine process here)."""
+        return self._host_for if self._host is not None else ""
+
+    def start(self, model_path: str = "") -> None:
+        """Starts a host for `model_path` and its reader; a no-op while a fitting one runs.
+
+        A remote model's URL (engine.remote) gets a RemoteHost for its server,
+        anything else the engine host process.
+        """
+        server = split_model_url(model_path)[0] if is_remote(model_path) else ""
+        if self.running and (not model_path or server == self._host_for):
             return
         self._discard()
         self._stopping = False
         self._open_requests.clear()
         self._cancelled.clear()
-        self._host = HostProcess(self._log_path)
+        self._host_for = server
+        if server:
+            self._host = RemoteHost(self._log_path, self.server_key(server))
+        else:
+            self._host = HostProcess(self._log_path)
         self.link.host = self._host
         # Parented, so that dropping our reference inside a slot that this
         # reader's own signal invoked (a restart after a crash) does not
@@ -210,7 +228,10 @@ class EngineClient(QObject):
     def load(self, config: LoadConfig) -> None:
         if self._kv_cache_dir is not None and not config.kv_cache_dir:
             config = replace(config, kv_cache_dir=str(self._kv_cache_dir))
-        self.start()
+        server = split_model_url(config.model_path)[0] if is_remote(config.model_path) else ""
+        if self.running and server != self._host_for:
+            self.shutdown()  # another kind of engine: this one ends first
+        self.start(config.model_path)
         assert self._host is not None
         self._host.send(Cancel())
         self._host.send(LoadModel(config))
@@ -250,7 +271,7 @@ class EngineClient(QObject):
         the new model asks for memory.
         """
         self.shutdown()
-        self.start()
+        self.start(config.model_path)
         self.load(config)
 
     def chat(
@@ -331,7 +352,8 @@ class EngineClient(QObject):
                 self._watchdog.stop()
         if isinstance(event, TextDelta):
             self.text_received.emit(event.request_id, event.text)
-            self.cache_filled.emit(event.tokens_in_cache)
+            if event.tokens_in_cache >= 0:  # a server elsewhere does not say
+                self.cache_filled.emit(event.tokens_in_cache)
         elif isinstance(event, MemorySample):
             self.memory_sampled.emit(event)
         elif isinstance(event, PromptEvaluated):

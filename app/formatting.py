@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from kvchat.engine.protocol import ModelInfo, TurnStats
+from kvchat.engine.remote import describe_remote, is_remote
 
 _STOP_WORDS = {
     "eos": "",
@@ -19,9 +22,18 @@ def format_stats(stats: TurnStats) -> str:
         f"{stats.generated_tokens} tokens",
         f"{stats.decode_tokens_per_s:.1f} tok/s",
         f"first token {stats.time_to_first_token_s:.2f} s",
-        f"prompt {stats.prompt_tokens} tokens: {stats.reused_tokens} from cache, "
-        f"{stats.evaluated_tokens} evaluated at {stats.prefill_tokens_per_s:.0f} tok/s",
     ]
+    if stats.prompt_tokens:
+        prefill = (
+            f" at {stats.prefill_tokens_per_s:.0f} tok/s" if stats.prefill_tokens_per_s else ""
+        )
+        parts.append(
+            f"prompt {stats.prompt_tokens} tokens: {stats.reused_tokens} from cache, "
+            f"{stats.evaluated_tokens} evaluated{prefill}"
+        )
+    else:
+        # A server elsewhere that sent no usage: unknown, not zero.
+        parts.append("prompt tokens not reported by the server")
     if stats.restored_tokens:
         where = f" from {stats.restored_from}" if stats.restored_from else ""
         parts.append(
@@ -36,7 +48,25 @@ def format_stats(stats: TurnStats) -> str:
     return " · ".join(parts)
 
 
+def model_label(path: str) -> str:
+    """A model as a person names it: its file's name, or "<model> on <server>"."""
+    return describe_remote(path) if is_remote(path) else Path(path).name
+
+
 def describe_model(info: ModelInfo) -> str:
+    if is_remote(info.path):
+        # What the server says of it; its threads and layers are the server's business.
+        parts = [info.name]
+        if info.architecture:
+            parts.append(info.architecture)
+        if info.n_params:
+            parts.append(f"{info.n_params / 1e9:.1f}B parameters")
+        if info.size_bytes:
+            parts.append(f"{info.size_bytes / 2**30:.1f} GiB")
+        if info.n_ctx:
+            parts.append(f"context {info.n_ctx:,}")
+        parts.append(f"chat template: {info.chat_template_source}")
+        return " · ".join(parts)
     device = (
         f"{info.n_gpu_layers} of {info.n_layers} layers on the GPU"
         if info.n_gpu_layers

@@ -21,12 +21,14 @@ from kvchat.app.instance_lock import AlreadyRunningError, InstanceLock
 from kvchat.app.load_marker import LoadMarker
 from kvchat.app.paths import engine_log_path, kv_cache_path, rescue_folders
 from kvchat.app.saving import SaveQueue
+from kvchat.app.servers_flow import ServersFlow
 from kvchat.app.settings import EngineSettings, Settings
 from kvchat.app.settings_file import read_settings, settings_path, write_settings
 from kvchat.app.settings_flow import SettingsFlow
 from kvchat.app.store import open_store
 from kvchat.app.window_state import WindowKeeper
 from kvchat.engine.models import bundled_model_path
+from kvchat.engine.remote import is_remote, split_model_url
 from kvchat.ui.main_window import MainWindow
 from kvchat.ui.theme import apply_theme
 
@@ -39,12 +41,17 @@ EXIT_WHEN_READY_ENV = "KVCHAT_BENCH_EXIT_WHEN_READY"
 
 
 def build_window(
-    model_path: str | None, settings: EngineSettings, data_dir: Path
+    model_path: str | None,
+    settings: EngineSettings,
+    data_dir: Path,
+    api_key: str | None = None,
 ) -> tuple[MainWindow, Controller]:
     """The window and its controller, with the model starting to load.
 
     The window is shown before the model has loaded, so loading progress is
-    visible, with the conversation of the newest activity.
+    visible, with the conversation of the newest activity. `model_path` may
+    be a model on a server elsewhere (its URL, engine.remote), whose server
+    takes `api_key`.
 
     Raises:
         AlreadyRunningError: another kvchat uses this data folder.
@@ -53,6 +60,9 @@ def build_window(
     lock.acquire()
     window = MainWindow()
     engine = EngineClient(engine_log_path(data_dir), kv_cache_dir=kv_cache_path(data_dir))
+    if api_key and model_path and is_remote(model_path):
+        keyed = split_model_url(model_path)[0]
+        engine.server_key = lambda base_url: api_key if base_url == keyed else None
     saver = SaveQueue(lambda: open_store(data_dir), rescue_folders(data_dir))
     opened = saver.open()
     controller = Controller(
@@ -61,6 +71,16 @@ def build_window(
     flow = SettingsFlow(controller, data_dir)
     controller.settings_flow = flow
     window.settings_requested.connect(flow.open)
+    servers = ServersFlow(data_dir, window)
+    window.servers_requested.connect(lambda: servers.open(window))
+    servers.servers_changed.connect(flow.discover_remote)
+    flow.servers = lambda: [
+        (s.name, s.base_url, servers.key_for(s.base_url)) for s in servers.servers()
+    ]
+    cli_key = engine.server_key
+    engine.server_key = lambda base_url: cli_key(base_url) or servers.key_for(base_url)
+    if servers.load_notice:
+        window.chat_view.add_notice(servers.load_notice)
     keeper = WindowKeeper(window, controller, data_dir)
     window.show()
     controller.open_latest()
@@ -89,13 +109,21 @@ def missing_display() -> str:
     )
 
 
-def run_gui(model_path: str | None, settings: Settings, data_dir: Path, notice: str = "") -> int:
+def run_gui(
+    model_path: str | None,
+    settings: Settings,
+    data_dir: Path,
+    notice: str = "",
+    api_key: str | None = None,
+) -> int:
     """Runs the window until it closes.
 
     Args:
-        model_path: --model; else the model used last, else the bundled one.
+        model_path: --model (or --server's model URL); else the model used
+            last, else the bundled one.
         settings: from settings.json, with this run's command-line values.
         notice: what was wrong with settings.json, shown once in the chat.
+        api_key: --api-key, for the --server model's server.
     """
     problem = missing_display()
     if problem and QApplication.instance() is None:
@@ -108,7 +136,7 @@ def run_gui(model_path: str | None, settings: Settings, data_dir: Path, notice: 
     apply_theme(app)
     try:
         window, controller = build_window(
-            model_path or settings.model_path, settings.engine, data_dir
+            model_path or settings.model_path, settings.engine, data_dir, api_key
         )
     except AlreadyRunningError as exc:
         print(f"kvchat: {exc}", file=sys.stderr)

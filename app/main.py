@@ -56,6 +56,43 @@ def _add_shared(parser: argparse.ArgumentParser, names: Sequence[str], after: bo
         parser.add_argument(*flags, dest=name, default=default, **options)
 
 
+def _add_remote(parser: argparse.ArgumentParser, after: bool) -> None:
+    """A model on a server elsewhere (engine.remote): the window's and `kvchat chat`'s."""
+    default: Any = argparse.SUPPRESS if after else None
+    parser.add_argument(
+        "--server",
+        metavar="URL",
+        default=default,
+        help="chat with a model on this OpenAI-compatible server (llama-server, vLLM, "
+        "Ollama, LM Studio, another kvchat); --model then names the server's model "
+        "(default: the first it lists)",
+    )
+    parser.add_argument(
+        "--api-key",
+        dest="remote_api_key",
+        metavar="KEY",
+        default=default,
+        help="the server's API key (default: $KVCHAT_SERVER_KEY)",
+    )
+
+
+def _remote_model(args: argparse.Namespace) -> tuple[str | None, str | None, str]:
+    """With --server: the model's URL, the key, and what went wrong ("" when nothing)."""
+    if not args.server:
+        return None, None, ""
+    from kvchat.engine.remote import choose_model
+    from kvchat.engine.remote_servers import RemoteError, plain_http_key_warning
+
+    key = args.remote_api_key or os.environ.get("KVCHAT_SERVER_KEY") or None
+    warning = plain_http_key_warning(args.server, key)
+    if warning:
+        print(f"kvchat: {warning}", file=sys.stderr)
+    try:
+        return choose_model(args.server, args.model, key), key, ""
+    except RemoteError as exc:
+        return None, key, f"{args.server}: {exc}"
+
+
 def build_parser() -> CommandLine:
     """kvchat's one command line: the window, and its subcommands."""
     parser = CommandLine(
@@ -65,6 +102,7 @@ def build_parser() -> CommandLine:
     )
     parser.add_argument("--version", action="version", version=f"kvchat {_version()}")
     _add_shared(parser, list(SHARED_OPTIONS), after=False)
+    _add_remote(parser, after=False)
     commands = parser.add_subparsers(
         dest="command", metavar="COMMAND", parser_class=CommandLine, title="commands"
     )
@@ -74,6 +112,7 @@ def build_parser() -> CommandLine:
         description="Stream one reply to stdout, with no window.",
     )
     _add_shared(chat, COMMAND_OPTIONS["chat"], after=True)
+    _add_remote(chat, after=True)
     chat.add_argument("question", help="the message to send")
     chat.add_argument("--max-tokens", type=int, metavar="N")
     chat.add_argument("--temperature", type=float, metavar="T")
@@ -240,6 +279,10 @@ def _run(argv: list[str]) -> int:
             args.cors_origin,
             args.log_messages,
         )
+    remote, key, failure = _remote_model(args)
+    if failure:
+        print(f"kvchat: {failure}", file=sys.stderr)
+        return 2
     if command == "chat":
         if notice:
             print(f"kvchat: {notice}", file=sys.stderr)
@@ -247,14 +290,17 @@ def _run(argv: list[str]) -> int:
 
         return run_chat(
             args.question,
-            args.model or settings.model_path,
+            remote or args.model or settings.model_path,
             settings.engine,
             resolve_data_dir(args.data_dir),
             args.stats,
+            api_key=key,
         )
     from kvchat.app.gui import run_gui
 
-    return run_gui(args.model, settings, resolve_data_dir(args.data_dir), notice)
+    return run_gui(
+        remote or args.model, settings, resolve_data_dir(args.data_dir), notice, api_key=key
+    )
 
 
 if __name__ == "__main__":

@@ -13,8 +13,21 @@ import time
 from PySide6.QtCore import QObject
 
 from kvchat.app.engine_client import EngineClient
-from kvchat.engine.protocol import LoadMemory, MemorySample, PromptEvaluated, TurnStats
-from kvchat.ui.memory_panel import DeviceView, KvView, MemoryPanel, SpeedView, format_bytes
+from kvchat.engine.protocol import (
+    LoadMemory,
+    MemorySample,
+    PromptEvaluated,
+    ServerFigures,
+    TurnStats,
+)
+from kvchat.ui.memory_panel import (
+    DeviceView,
+    KvView,
+    MemoryPanel,
+    ServerView,
+    SpeedView,
+    format_bytes,
+)
 
 # A decode-speed point on the plot at most this often.
 SPEED_POINT_INTERVAL_S = 0.5
@@ -22,12 +35,12 @@ SPEED_POINT_INTERVAL_S = 0.5
 
 def device_note(sample: MemorySample) -> str:
     """Says plainly where the model runs when there is no GPU to show."""
-    notes = []
+    notes = [f"Reported by {sample.server.server}:"] if sample.server is not None else []
     if not sample.gpu_offload_supported:
         notes.append("CPU-only build: the model runs in RAM.")
     elif not any(device.kind != "cpu" for device in sample.devices):
         notes.append("No GPU found: the model runs in RAM.")
-    if sample.note:
+    if sample.note and sample.server is None:
         notes.append(sample.note)
     return " ".join(notes)
 
@@ -42,6 +55,38 @@ def saved_note(sample: MemorySample | None) -> str:
     if sample.disk_states:
         parts.append(f"{sample.disk_states} on disk, {format_bytes(sample.disk_state_bytes)}")
     return " · ".join(parts)
+
+
+def _figure_text(value: float | int | str, unit: str) -> str:
+    if isinstance(value, str):
+        return value
+    if unit == "bytes":
+        return format_bytes(value)
+    if unit == "%":
+        return f"{value:.1f}%"
+    if unit in ("tokens", "requests"):
+        return f"{int(value):,} {unit}"
+    return f"{value:,}" if isinstance(value, int) else f"{value:,.3g}"
+
+
+def server_view(figures: ServerFigures, local_kv: bool) -> ServerView:
+    """A server's own figures for the panel, each with where it came from."""
+    rows = tuple((f.label, _figure_text(f.value, f.unit), f.source) for f in figures.figures)
+    note = figures.note
+    if local_kv and not rows and not note:
+        note = "The KV cache and memory figures above are this server's own."
+    if figures.unavailable:
+        missing = "; ".join(figures.unavailable[:3])
+        note = f"{note} Not available: {missing}.".strip()
+    return ServerView(
+        server=figures.server,
+        rows=rows,
+        note=note,
+        kv_tokens=figures.kv_used_tokens,
+        n_ctx=figures.n_ctx,
+        kv_fraction=figures.kv_used_fraction,
+        local_kv=local_kv,
+    )
 
 
 def device_views(memory: LoadMemory, sample: MemorySample) -> list[DeviceView]:
@@ -140,6 +185,10 @@ class MemoryMonitor(QObject):
         self._n_ctx = int(getattr(info, "n_ctx", 0))
         self._loaded_at = time.monotonic()
         self.panel.reset()
+        self.panel.set_server(None)
+        if self.memory is not None and not self.memory.kv_caches:
+            # A model on a server elsewhere: its figures come with its first sample.
+            self.panel.kv_panel.show_empty("Asking the server about its KV cache…")
         self._show_kv()
 
     def _on_load_progress(self, _fraction: float) -> None:
@@ -176,7 +225,20 @@ class MemoryMonitor(QObject):
         self.sample = sample
         if self.memory is None:
             return
-        self.tokens = sample.tokens_in_cache
+        local_kv = bool(self.memory.kv_caches)
+        if sample.server is not None:
+            self.panel.set_server(server_view(sample.server, local_kv))
+            if not sample.devices:
+                self.panel.set_devices(
+                    [],
+                    f"The model runs on {sample.server.server}: its memory is that "
+                    "server's, as it reports it below.",
+                    self._seconds(),
+                    None,
+                )
+                return
+        if sample.tokens_in_cache >= 0:
+            self.tokens = sample.tokens_in_cache
         kv_device = next((d for d in sample.devices if d.name == self.memory.kv_device), None)
         engine_bytes = kv_device.process_bytes if kv_device else None
         self.panel.set_devices(
@@ -187,9 +249,9 @@ class MemoryMonitor(QObject):
     def _on_turn_finished(self, _request_id: int, _text: str, stats: TurnStats) -> None:
         if self.memory is None:
             return
-        if self._speed_mark is not None:
+        if stats.decode_tokens_per_s > 0:
             self.panel.add_speed_point(self._seconds(), stats.decode_tokens_per_s)
-            self._speed_mark = None
+        self._speed_mark = None
         kv_device = None
         if self.sample is not None:
             kv_device = next(

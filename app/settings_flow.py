@@ -10,6 +10,7 @@ dry run of the new settings replaces it.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields, replace
 from pathlib import Path
@@ -18,6 +19,8 @@ from pydantic import ValidationError
 from PySide6.QtCore import QObject, QTimer, Signal
 
 from kvchat.app.controller import Controller
+from kvchat.app.formatting import model_label
+from kvchat.app.remote_models import ServerAccess, list_remote_models
 from kvchat.app.settings import EngineSettings
 from kvchat.app.settings_file import read_settings, settings_path, write_settings
 from kvchat.engine.estimate import Error as EstimateError
@@ -25,6 +28,7 @@ from kvchat.engine.estimate import Estimate, estimate
 from kvchat.engine.gguf_file import ModelFileError
 from kvchat.engine.model_catalog import ModelEntry, describe, find_models
 from kvchat.engine.protocol import KvCache, LoadConfig
+from kvchat.engine.remote import is_remote
 from kvchat.engine.template_names import BUILTIN_PREFIX, BUILTIN_TEMPLATE_NAMES
 from kvchat.ui.memory_panel import format_bytes
 from kvchat.ui.settings_dialog import Choice, DeviceProjection, ModelRow, SettingsDialog
@@ -56,7 +60,7 @@ def model_row(entry: ModelEntry) -> ModelRow:
         architecture=entry.architecture,
         parameters=f"{entry.parameter_count / 1e9:.2f} B" if entry.parameter_count else "",
         quantization=entry.quantization,
-        size=format_bytes(entry.size_bytes),
+        size=format_bytes(entry.size_bytes) if entry.size_bytes else "",
         context_length=entry.context_length,
         problem=entry.problem,
     )
@@ -137,6 +141,8 @@ class SettingsFlow(QObject):
 
     Signals:
         models_found(object): list[ModelEntry], from the worker thread.
+        remote_models_found(object, object): the servers' models (list[ModelEntry])
+            and why a server could not say (list[str]), from the worker thread.
         model_described(object): the ModelEntry of a file picked with Browse….
         estimated(int, object): generation, Estimate or an error message.
         model_fit(str, str): a listed model's path and whether it fits, in words.
@@ -146,6 +152,7 @@ class SettingsFlow(QObject):
     """
 
     models_found = Signal(object)
+    remote_models_found = Signal(object, object)
     model_described = Signal(object)
     estimated = Signal(int, object)
     model_fit = Signal(str, str)
@@ -167,7 +174,12 @@ class SettingsFlow(QObject):
         self._timer.setInterval(DRY_RUN_DELAY_MS)
         self._timer.timeout.connect(self._dry_run)
         self.models_found.connect(self._on_models_found)
+        self.remote_models_found.connect(self._on_remote_models_found)
         self.model_described.connect(self._on_model_described)
+        # The person's servers (name, base URL, API key), whose models are listed too.
+        self.servers: Callable[[], list[ServerAccess]] = lambda: []
+        self._remote: dict[str, ModelEntry] = {}
+        self._remote_problems: list[str] = []
         # Files picked with Browse…: listed from then on, beside the ones found.
         self._browsed: dict[str, ModelEntry] = {}
         self._fits_generation = 0
@@ -183,6 +195,25 @@ class SettingsFlow(QObject):
         """Looks for models in the background; the toolbar's list and the dialog follow."""
         folders = read_settings(settings_path(self.data_dir)).settings.model_folders
         self._worker.submit(lambda: self.models_found.emit(find_models(folders)))
+        self.discover_remote()
+
+    def discover_remote(self) -> None:
+        """Asks each of the person's servers for its models, in the background."""
+        # On the worker: reading a key may wait on the system keyring.
+        self._worker.submit(lambda: self.remote_models_found.emit(*self._remote_models()))
+
+    def _remote_models(self) -> tuple[list[ModelEntry], list[str]]:
+        return list_remote_models(self.servers())
+
+    def _on_remote_models_found(self, entries: list[ModelEntry], problems: list[str]) -> None:
+        self._remote = {entry.path: entry for entry in entries}
+        for problem in problems:
+            if problem not in self._remote_problems:
+                self.controller.window.chat_view.add_notice(
+                    f"The models of {problem} are not listed."
+                )
+        self._remote_problems = problems
+        self._on_models_found([e for e in self._entries.values() if not is_remote(e.path)])
 
     def open(self) -> SettingsDialog:
         """Shows the dialog (non-modal) and starts looking for models."""
@@ -233,13 +264,17 @@ class SettingsFlow(QObject):
         self._on_models_found(list(self._entries.values()))
 
     def _on_models_found(self, entries: list[ModelEntry]) -> None:
-        found = {entry.path: entry for entry in entries}
-        entries = list({**self._browsed, **found}.values())
+        found = {entry.path: entry for entry in entries if not is_remote(entry.path)}
+        entries = list({**self._browsed, **found, **self._remote}.values())
         self._entries = {entry.path: entry for entry in entries}
         current = self.controller.model.path if self.controller.model else ""
         usable = [e for e in entries if not e.problem]
         self.controller.window.set_model_choices(
-            [(f"{e.name} · {format_bytes(e.size_bytes)}", e.path) for e in usable], current
+            [
+                (f"{e.name} · {format_bytes(e.size_bytes)}" if e.size_bytes else e.name, e.path)
+                for e in usable
+            ],
+            current,
         )
         if self.dialog is not None:
             selected = self.dialog.choice().model_path
@@ -261,7 +296,9 @@ class SettingsFlow(QObject):
         generation = self._fits_generation
         if self.dialog is not None:
             for entry in entries:
-                self.dialog.set_model_fit(entry.path, "…")
+                fits = "the server's" if is_remote(entry.path) else "…"
+                self.dialog.set_model_fit(entry.path, fits)
+        entries = [e for e in entries if not is_remote(e.path)]
 
         def run() -> None:
             for entry in entries:
@@ -316,6 +353,13 @@ class SettingsFlow(QObject):
             self._check_fits([e for e in self._entries.values() if not e.problem], settings)
         self._generation += 1
         generation = self._generation
+        if is_remote(choice.model_path):
+            dialog.show_projection(
+                [],
+                f"{model_label(choice.model_path)} runs on that server: its memory is the "
+                "server's, and the memory panels show what the server reports.",
+            )
+            return
         config = settings.load_config(choice.model_path)
 
         def run() -> None:
@@ -347,6 +391,9 @@ class SettingsFlow(QObject):
     def _estimate_loaded_model(self, info: object) -> None:
         """After a load, the estimate of the same load, to show beside what it took."""
         path = str(getattr(info, "path", ""))
+        if is_remote(path):
+            self.controller.memory_monitor.panel.set_estimate("")
+            return  # its memory is the server's, which reports it
         config = self.controller.settings.load_config(path)
 
         def run() -> None:

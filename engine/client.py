@@ -14,6 +14,7 @@ import signal
 import tempfile
 import threading
 from pathlib import Path
+from typing import Protocol
 
 from kvchat.engine import faults, host
 from kvchat.engine.protocol import Command, Event, HostExited, Shutdown
@@ -84,6 +85,29 @@ def usable_log_path(wanted: Path) -> tuple[Path, str]:
         elsewhere,
         f"The engine's log cannot be written to {wanted} ({reason}); it goes to {elsewhere}.",
     )
+
+
+class EngineHost(Protocol):
+    """What drives a model: the engine host process here, or a server
+    elsewhere (engine.remote.RemoteHost). Commands in, events out."""
+
+    log_path: Path
+    log_note: str
+
+    @property
+    def pid(self) -> int | None: ...
+
+    def is_alive(self) -> bool: ...
+
+    def send(self, command: Command) -> bool: ...
+
+    def receive(self, timeout: float | None = None) -> Event | None: ...
+
+    def kill(self, reason: str) -> None: ...
+
+    def stop(self, grace: float = SHUTDOWN_GRACE_S) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class HostProcess:

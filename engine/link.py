@@ -30,8 +30,10 @@ from kvchat.engine.protocol import (
     HostStarted,
     LoadConfig,
     LoadFailed,
+    LoadMemory,
     LoadModel,
     LoadProgress,
+    MemorySample,
     ModelInfo,
     ModelLoaded,
     Shutdown,
@@ -57,6 +59,10 @@ class EngineState:
     model: ModelInfo | None = None
     message: str = ""
     load_fraction: float = 0.0
+    # Where the loaded model's memory went, and the latest sample of the
+    # devices and the KV cache: what the memory panels show.
+    memory: LoadMemory | None = None
+    sample: MemorySample | None = None
 
     @property
     def ready(self) -> bool:
@@ -70,10 +76,13 @@ def next_state(state: EngineState, event: Event) -> EngineState:
     if isinstance(event, LoadProgress):
         return EngineState("loading", load_fraction=event.fraction)
     if isinstance(event, ModelLoaded):
-        return EngineState("ready", event.info)
+        return EngineState("ready", event.info, memory=event.memory)
+    if isinstance(event, MemorySample):
+        return replace(state, sample=event) if state.model is not None else state
     if isinstance(event, LoadFailed):
         if event.loaded is not None:
-            return EngineState("ready", event.loaded, event.message)
+            kept = state.memory if state.model == event.loaded else None
+            return EngineState("ready", event.loaded, event.message, memory=kept)
         return EngineState("failed", message=event.message)
     if isinstance(event, HostExited):
         return EngineState("restarting", message=event.description)

@@ -273,6 +273,34 @@ class ModelLoaded:
 
 
 @dataclass(frozen=True)
+class ServerFigure:
+    """One figure a server elsewhere reported, with where it came from ("GET /slots")."""
+
+    label: str
+    value: float | int | str
+    unit: str  # "tokens", "bytes", "%", "requests" or ""
+    source: str
+
+
+@dataclass(frozen=True)
+class ServerFigures:
+    """What a server that runs the model elsewhere says about its memory
+    (engine.remote): its own figures, never measured here. None where the
+    server does not say."""
+
+    server: str  # "llama-server at gpu-box:8080"
+    figures: tuple[ServerFigure, ...] = ()
+    n_ctx: int | None = None
+    kv_used_tokens: int | None = None
+    kv_used_fraction: float | None = None
+    running_requests: int | None = None
+    waiting_requests: int | None = None
+    note: str = ""
+    # The endpoints that did not answer, and why.
+    unavailable: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class MemorySample:
     """The devices' memory and the KV cache's fill, sent about once a second.
 
@@ -290,6 +318,9 @@ class MemorySample:
     saved_state_bytes: int = 0
     disk_states: int = 0
     disk_state_bytes: int = 0
+    # A model on a server elsewhere: what that server reported (then `devices`
+    # are the server's too, when it is another kvchat, and empty otherwise).
+    server: ServerFigures | None = None
 
 
 @dataclass(frozen=True)

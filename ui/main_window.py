@@ -56,6 +56,7 @@ class MainWindow(QMainWindow):
         stop_requested(): Stop was pressed (button or Esc).
         model_file_chosen(str): File > Open model, or the toolbar's model list, picked a file.
         settings_requested(): File > Settings (Ctrl+,).
+        servers_requested(): File > Servers: the servers whose models can be chosen.
         restart_requested(): the person asked for the engine to be started again.
         closing(): the window is about to close; the owner stops the engine.
         system_prompt_edited(str): the person changed this conversation's system prompt.
@@ -67,6 +68,7 @@ class MainWindow(QMainWindow):
     stop_requested = Signal()
     model_file_chosen = Signal(str)
     settings_requested = Signal()
+    servers_requested = Signal()
     restart_requested = Signal()
     closing = Signal()
     system_prompt_edited = Signal(str)
@@ -259,6 +261,13 @@ class MainWindow(QMainWindow):
         self.settings_action.setMenuRole(QAction.MenuRole.PreferencesRole)
         self.settings_action.triggered.connect(self.settings_requested)
         file_menu.addAction(self.settings_action)
+        self.servers_action = QAction("Ser&vers…", self)
+        self.servers_action.setToolTip(
+            "Servers elsewhere (llama-server, vLLM, Ollama, LM Studio, kvchat) whose models "
+            "you can chat with"
+        )
+        self.servers_action.triggered.connect(self.servers_requested)
+        file_menu.addAction(self.servers_action)
         self.serve_action = QAction("Serve on &localhost", self)
         self.serve_action.setCheckable(True)
         self.serve_action.setToolTip(
@@ -306,19 +315,26 @@ class MainWindow(QMainWindow):
 
     def set_model_choices(self, choices: list[tuple[str, str]], current: str) -> None:
         """The toolbar's model list: (label, path) pairs, the loaded one selected."""
-        self.model_switcher.blockSignals(True)
-        self.model_switcher.clear()
+        switcher = self.model_switcher
+        shown = {switcher.itemData(i): switcher.itemText(i) for i in range(switcher.count())}
+        switcher.blockSignals(True)
+        switcher.clear()
         for label, path in choices:
             if self._model_choice_index(path) < 0:
-                self.model_switcher.addItem(label, path)
-        self.select_model_choice(current)
-        self.model_switcher.blockSignals(False)
+                switcher.addItem(label, path)
+        # The model in use keeps its entry and label (a server's model not in the list).
+        listed = {path for _label, path in choices}
+        self.select_model_choice(current, "" if current in listed else shown.get(current, ""))
+        switcher.blockSignals(False)
 
-    def select_model_choice(self, path: str) -> None:
+    def select_model_choice(self, path: str, label: str = "") -> None:
+        """Selects the model in the list, adding it (as `label`) if it is not there."""
         index = self._model_choice_index(path)
         if index < 0 and path:
-            self.model_switcher.addItem(path.rsplit("/", 1)[-1], path)
+            self.model_switcher.addItem(label or path.rsplit("/", 1)[-1], path)
             index = self.model_switcher.count() - 1
+        elif index >= 0 and label:
+            self.model_switcher.setItemText(index, label)
         self.model_switcher.setCurrentIndex(index)
 
     def _model_choice_index(self, path: str) -> int:

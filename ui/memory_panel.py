@@ -8,6 +8,7 @@ a second: the cost of the panels does not grow with the decode speed.
 
 from __future__ import annotations
 
+import html
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -317,6 +318,24 @@ class KvCachePanel(QGroupBox):
                 f"{view.evaluated_tokens:,} evaluated"
             )
 
+    def show_server_kv(self, view: ServerView) -> None:
+        """The cache of a model on a server elsewhere, as far as that server says."""
+        if view.kv_tokens is not None and view.n_ctx:
+            fraction = view.kv_tokens / view.n_ctx
+            text = f"{view.kv_tokens:,} of {view.n_ctx:,} tokens ({fraction:.0%}), the server says"
+        elif view.kv_fraction is not None:
+            fraction = view.kv_fraction
+            text = f"{fraction:.0%} full, the server says"
+        else:
+            self.show_empty("Not reported by the server.")
+            return
+        self.fill_label.setText(text)
+        self.fill_bar.set_segments([(fraction, CURRENT, text)], 1.0)
+        self.bytes_label.setText("Its bytes are the server's: see the figures below.")
+        for label in (self.types_label, self.turn_label, self.view_label):
+            label.setText("")
+        self.warning_label.hide()
+
     def show_empty(self, text: str) -> None:
         """No cache exists (the engine is not running): say so instead of figures."""
         self.fill_label.setText(text)
@@ -405,6 +424,55 @@ class DeviceMemoryPanel(QGroupBox):
         return [row for row in self._rows if not row.isHidden()]
 
 
+@dataclass(frozen=True)
+class ServerView:
+    """What a server that runs the model elsewhere reports about its memory.
+
+    `rows` are (figure, value, where it came from); `kv_tokens`, `n_ctx` and
+    `kv_fraction` fill the KV cache panel when the server says them and the
+    model's own KV figures are not known here (None: not reported).
+    """
+
+    server: str
+    rows: tuple[tuple[str, str, str], ...]
+    note: str = ""
+    kv_tokens: int | None = None
+    n_ctx: int | None = None
+    kv_fraction: float | None = None
+    # Whether the KV cache panel shows the server's own kvchat figures.
+    local_kv: bool = False
+
+
+class ServerPanel(QGroupBox):
+    """The figures a server elsewhere reports, each with its source; hidden for a local model."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__("Server", parent)
+        self.server_label = _value_label()
+        self.rows_label = _value_label()
+        self.rows_label.setTextFormat(Qt.TextFormat.RichText)
+        self.note_label = _value_label()
+        layout = QVBoxLayout(self)
+        _tight(layout)
+        layout.addWidget(self.server_label)
+        layout.addWidget(self.rows_label)
+        layout.addWidget(self.note_label)
+
+    def show_server(self, view: ServerView) -> None:
+        # In a label that wraps, not the title: a long address must not widen the column.
+        self.server_label.setText(f"Reported by {view.server}")
+        muted = self.palette().color(QPalette.ColorRole.PlaceholderText).name()
+        lines = [
+            f"{html.escape(label)}: <b>{html.escape(value)}</b> "
+            f"<span style='color:{muted}'>({html.escape(source)})</span>"
+            for label, value, source in view.rows
+        ]
+        self.rows_label.setText("<br>".join(lines))
+        self.rows_label.setVisible(bool(lines))
+        self.note_label.setText(view.note)
+        self.note_label.setVisible(bool(view.note))
+
+
 class SpeedPanel(QGroupBox):
     """The figures that matter instead of a "GPU utilisation %" gauge."""
 
@@ -432,7 +500,9 @@ class SpeedPanel(QGroupBox):
         grid.setColumnStretch(3, 1)
 
     def show_speed(self, view: SpeedView) -> None:
-        self.labels["prefill"].setText(f"{view.prefill_tokens_per_s:,.0f} tokens/s")
+        self.labels["prefill"].setText(
+            f"{view.prefill_tokens_per_s:,.0f} tokens/s" if view.prefill_tokens_per_s else "–"
+        )
         self.labels["ttft"].setText(f"{view.time_to_first_token_s * 1000:,.0f} ms")
         if view.decode_tokens_per_s <= 0:
             # A reply of one token has no time between tokens to measure.
@@ -440,6 +510,10 @@ class SpeedPanel(QGroupBox):
             self.labels["bandwidth"].setText("–")
             return
         self.labels["decode"].setText(f"{view.decode_tokens_per_s:,.1f} tokens/s")
+        if not view.bytes_read_per_token:
+            # A model on a server elsewhere: its weights' size is the server's to say.
+            self.labels["bandwidth"].setText("– (the model runs on another server)")
+            return
         achieved = view.bytes_read_per_token * view.decode_tokens_per_s
         text = (
             # One unit system on the line: decimal, as bandwidth is quoted.
@@ -661,6 +735,8 @@ class MemoryPanel(QScrollArea):
         self.setFrameShape(QFrame.Shape.NoFrame)
         self.kv_panel = KvCachePanel()
         self.device_panel = DeviceMemoryPanel()
+        self.server_panel = ServerPanel()
+        self.server_panel.hide()
         self.speed_panel = SpeedPanel()
         self.plot = LivePlot()
         self.estimate_label = _value_label()
@@ -671,6 +747,7 @@ class MemoryPanel(QScrollArea):
         layout.setSpacing(3)
         layout.addWidget(self.kv_panel)
         layout.addWidget(self.device_panel)
+        layout.addWidget(self.server_panel)
         layout.addWidget(self.estimate_label)
         layout.addWidget(self.speed_panel)
         # The plots take the height the figures above leave, down to their minimum.
@@ -681,6 +758,7 @@ class MemoryPanel(QScrollArea):
         self._kv: KvView | None = None
         self._devices: tuple[Sequence[DeviceView], str] | None = None
         self._speed: SpeedView | None = None
+        self._server: ServerView | None = None
         self._plot_dirty = False
         self._refreshes = 0
         self._timer = QTimer(self)
@@ -708,6 +786,12 @@ class MemoryPanel(QScrollArea):
     def set_speed(self, view: SpeedView) -> None:
         self._speed = view
 
+    def set_server(self, view: ServerView | None) -> None:
+        """A server's own figures (None: the model runs here, and the panel goes)."""
+        self._server = view
+        if view is None:
+            self.server_panel.hide()
+
     def add_speed_point(self, seconds: float, tokens_per_s: float) -> None:
         self.plot.add_speed(seconds, tokens_per_s)
         self._plot_dirty = True
@@ -725,6 +809,8 @@ class MemoryPanel(QScrollArea):
         """The engine has ended: the figures it reported are gone with it."""
         self._kv = None
         self._devices = None
+        self._server = None
+        self.server_panel.hide()
         self.kv_panel.show_empty(text)
         self.device_panel.show_devices([], text)
 
@@ -741,6 +827,12 @@ class MemoryPanel(QScrollArea):
         if self._speed is not None:
             self.speed_panel.show_speed(self._speed)
             self._speed = None
+        if self._server is not None:
+            self.server_panel.show_server(self._server)
+            self.server_panel.show()
+            if not self._server.local_kv:
+                self.kv_panel.show_server_kv(self._server)
+            self._server = None
         self._refreshes += 1
         if self._plot_dirty and self._refreshes % PLOT_EVERY == 0:
             self.plot.redraw()

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import importlib.metadata
 import ipaddress
 import json
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -211,8 +212,8 @@ class Gateway:
         self.max_queue = max_queue
         self._lock = threading.Lock()
         self._open: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Queue[Event]]] = {}
-        self._unsubscribe = link.subscribe(self._on_event)
         self.on_activity: Callable[[Activity], None] = lambda _activity: None
+        self._unsubscribe = link.subscribe(self._on_event)
 
     def close(self) -> None:
         self._unsubscribe()
@@ -249,6 +250,13 @@ class Gateway:
             self._open.pop(request_id, None)
         if not finished:
             self.link.cancel(request_id)
+
+
+def kvchat_version() -> str:
+    try:
+        return importlib.metadata.version("kvchat")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def model_id(info: ModelInfo) -> str:
@@ -454,6 +462,24 @@ def create_app(
                 }
             )
         return JSONResponse({"object": "list", "data": data})
+
+    @api.get("/kvchat/memory")
+    async def memory() -> JSONResponse:
+        """What this kvchat's memory panels show, for a kvchat elsewhere that
+        chats with this one (engine.remote): the model, where its memory went
+        at load, and the latest sample of the devices and the KV cache."""
+        state = link.state()
+        model = state.model
+        return JSONResponse(
+            {
+                "kvchat": True,
+                "version": kvchat_version(),
+                "model_id": model_id(model) if model is not None else None,
+                "model": asdict(model) if model is not None else None,
+                "memory": asdict(state.memory) if state.memory is not None else None,
+                "sample": asdict(state.sample) if state.sample is not None else None,
+            }
+        )
 
     @api.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request) -> Response:

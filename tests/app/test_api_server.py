@@ -95,6 +95,20 @@ def test_models_lists_the_loaded_model_with_its_context(served: Served) -> None:
     assert meta["size_bytes"] > 50_000_000
 
 
+def test_the_memory_report_is_what_the_panels_show(served: Served) -> None:
+    _chat(served, "Say one word.", max_tokens=4)
+    report = httpx.get(served.url + "/kvchat/memory").json()
+    assert report["kvchat"] is True and report["model_id"] == served.model
+    assert report["model"]["n_ctx"] == 2048
+    memory = report["memory"]
+    assert memory["kv_device"] == "CPU"
+    assert sum(b["weights_bytes"] for b in memory["buffers"]) > 50_000_000
+    assert memory["kv_caches"][0]["cells"] == 2048
+    sample = report["sample"]  # the engine samples about once a second
+    assert sample is not None and sample["devices"][0]["total_bytes"] > 0
+    assert sample["tokens_in_cache"] > 0
+
+
 def test_health_says_ok_once_loaded(served: Served) -> None:
     response = httpx.get(served.url + "/health")
     assert response.status_code == 200

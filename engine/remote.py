@@ -1,0 +1,629 @@
+"""A model served elsewhere, driven as the engine host is: commands in, events out.
+
+kvchat does not run a remote model; it talks to the server that does
+(llama-server, vLLM, Ollama, LM Studio, another kvchat) through its
+OpenAI-compatible API, and reads what that server says about its memory
+(engine.remote_servers). `RemoteHost` has the engine host's interface
+(`send`, `receive`, `kill`, `stop`, `close`), so the window's engine client
+and `kvchat chat` drive it unchanged:
+
+- `LoadModel` asks the server which models it has; the model is "loaded"
+  when the server lists it (a server loads its models itself).
+- `Chat` streams a chat completion. The first token's time and the decode
+  speed are measured here, as the bytes arrive; prompt and cached tokens
+  come from the server's `usage` (and llama-server's `timings`) when it
+  sends them. `Cancel` closes the stream, which ends the generation on the
+  server.
+- While a model is chosen, a sampler thread asks the server for its memory
+  figures every `SAMPLE_INTERVAL_S` and sends them as `MemorySample`s with
+  their source, never as local measurements.
+
+A remote model's "path" is its URL, `<server>/v1/models/<model id>`: what
+the settings, the history and the model list store for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, fields, is_dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import quote, unquote
+
+import httpx
+
+from kvchat.engine import remote_servers
+from kvchat.engine.client import usable_log_path
+from kvchat.engine.protocol import (
+    Cancel,
+    Chat,
+    ChatFailed,
+    ChatMessage,
+    ClearSavedStates,
+    Command,
+    Complete,
+    DeviceBuffers,
+    DeviceSample,
+    Event,
+    HostExited,
+    HostStarted,
+    KvCache,
+    LoadConfig,
+    LoadFailed,
+    LoadMemory,
+    LoadModel,
+    LoadProgress,
+    MemorySample,
+    ModelInfo,
+    ModelLoaded,
+    Prepare,
+    PromptEvaluated,
+    Sampling,
+    ServerFigure,
+    ServerFigures,
+    Shutdown,
+    StopReason,
+    TextDelta,
+    TurnFinished,
+    TurnStats,
+)
+from kvchat.engine.remote_servers import Identity, RemoteError, ServerMemory
+
+MODELS_PATH = "/v1/models/"
+SAMPLE_INTERVAL_S = 2.0
+CONNECT_TIMEOUT_S = 5.0
+# Questions about models and memory get an answer within this, or fail.
+READ_TIMEOUT_S = 30.0
+# A reply that sends nothing for this long has stopped. Servers send nothing
+# while they evaluate the prompt, which takes minutes for a long prompt and
+# a large model on a slow machine; Stop ends a wait at any time.
+REPLY_TIMEOUT_S = 300.0
+# Text deltas go to the window at most this often, as the local host's do.
+FLUSH_INTERVAL_S = 0.03
+
+
+def is_remote(model_path: str) -> bool:
+    """Whether a model "path" names a model on a server (its URL)."""
+    return model_path.startswith(("http://", "https://")) and MODELS_PATH in model_path
+
+
+def model_url(base_url: str, model_id: str) -> str:
+    return f"{remote_servers.normalise_base_url(base_url)}{MODELS_PATH}{quote(model_id, safe='')}"
+
+
+def split_model_url(url: str) -> tuple[str, str]:
+    """The server's base URL and the model's id, from a remote model's URL."""
+    base, _, model = url.partition(MODELS_PATH)
+    return base, unquote(model)
+
+
+def describe_remote(url: str) -> str:
+    """ "Qwen3-32B on gpu-box:8080", for a person."""
+    base, model = split_model_url(url)
+    return f"{model} on {remote_servers.where(base)}"
+
+
+def choose_model(base_url: str, model_id: str | None, api_key: str | None) -> str:
+    """The URL of `model_id` on the server (None: the first it lists).
+
+    Raises:
+        RemoteError: the server cannot be reached, refuses the key, or does
+            not have the model (the message names the models it has).
+    """
+    with httpx.Client(timeout=httpx.Timeout(15.0, connect=CONNECT_TIMEOUT_S)) as client:
+        identity = remote_servers.identify(client, base_url, api_key)
+    offered = [m.id for m in identity.models]
+    if model_id is None:
+        if not offered:
+            where = remote_servers.where(base_url)
+            raise RemoteError(f"{identity.label} at {where} offers no model")
+        model_id = offered[0]
+    elif model_id not in offered:
+        raise RemoteError(
+            f"{identity.label} at {remote_servers.where(base_url)} has no model {model_id!r} "
+            f"(it offers: {', '.join(offered) or 'none'})"
+        )
+    return model_url(identity.base_url or base_url, model_id)
+
+
+_T = TypeVar("_T")
+
+
+def _rebuild(kind: type[_T], data: Any) -> _T:
+    """A frozen dataclass of plain values (engine.protocol's), from its JSON form."""
+    assert is_dataclass(kind)
+    values = {}
+    hints = {f.name: f for f in fields(kind)}
+    nested: dict[str, type[Any]] = {
+        "buffers": DeviceBuffers,
+        "kv_caches": KvCache,
+        "devices": DeviceSample,
+    }
+    for name in hints:
+        if name not in data:
+            continue
+        value = data[name]
+        if name in nested and isinstance(value, list):
+            value = tuple(_rebuild(nested[name], item) for item in value)
+        values[name] = value
+    return kind(**values)
+
+
+class RemoteHost:
+    """One server, for one chosen model, behind the engine host's interface.
+
+    `send` never blocks: commands go to a worker thread, in order, except
+    `Cancel`, which closes the stream under way at once. `receive` is for one
+    thread only.
+    """
+
+    def __init__(self, log_path: Path, api_key: str | None = None) -> None:
+        self.log_path, self.log_note = usable_log_path(log_path)
+        self.api_key = api_key or None
+        self.reply_timeout_s = REPLY_TIMEOUT_S
+        self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        self._commands: queue.SimpleQueue[Command | None] = queue.SimpleQueue()
+        self._client = httpx.Client(
+            timeout=httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
+            follow_redirects=False,
+        )
+        self._lock = threading.Lock()
+        self._response: httpx.Response | None = None
+        self._running_request: int | None = None
+        self._cancelled: set[int] = set()
+        self._identity: Identity | None = None
+        self._model_id = ""
+        self._loaded_at = 0.0
+        self._stopping = threading.Event()
+        self._exited = False
+        self._kill_reason = ""
+        self._events.put(HostStarted(0, "", False))
+        self._worker = threading.Thread(target=self._serve, name="kvchat-remote", daemon=True)
+        self._worker.start()
+        self._sampler = threading.Thread(
+            target=self._sample_memory, name="kvchat-remote-memory", daemon=True
+        )
+        self._sampler.start()
+
+    # The engine host's interface.
+
+    @property
+    def pid(self) -> int | None:
+        return None
+
+    def is_alive(self) -> bool:
+        return self._worker.is_alive()
+
+    def send(self, command: Command) -> bool:
+        if self._stopping.is_set():
+            return False
+        if isinstance(command, Cancel):
+            self._cancel(command.request_id)
+            return True
+        self._commands.put(command)
+        return True
+
+    def receive(self, timeout: float | None = None) -> Event | None:
+        if self._exited:
+            return None
+        try:
+            event = self._events.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if isinstance(event, HostExited):
+            self._exited = True
+        return event
+
+    def kill(self, reason: str) -> None:
+        """Gives up on the server now: the stream under way is closed."""
+        self._kill_reason = reason
+        self._finish(reason)
+
+    def stop(self, grace: float = 1.0) -> None:
+        self._finish("")
+        self._worker.join(grace)
+
+    def close(self) -> None:
+        self.stop()
+        self._sampler.join(1.0)
+        self._client.close()
+
+    def _finish(self, reason: str) -> None:
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        self._cancel(None)
+        self._commands.put(None)
+        self._events.put(HostExited(0 if not reason else None, reason or "stopped", ""))
+
+    # The worker.
+
+    def _log(self, line: str) -> None:
+        with contextlib.suppress(OSError), self.log_path.open("a", encoding="utf-8") as log:
+            log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+
+    def _serve(self) -> None:
+        while True:
+            command = self._commands.get()
+            if command is None or isinstance(command, Shutdown):
+                self._finish("")
+                return
+            if isinstance(command, LoadModel):
+                self._load(command.config)
+            elif isinstance(command, Chat):
+                self._chat(command)
+            elif isinstance(command, Complete):
+                self._events.put(
+                    ChatFailed(
+                        command.request_id,
+                        "a model on another server takes chat requests only",
+                        by_request=True,
+                    )
+                )
+            elif isinstance(command, ClearSavedStates | Prepare):
+                pass  # the server keeps its own caches
+
+    def _load(self, config: LoadConfig) -> None:
+        base, model_id = split_model_url(config.model_path)
+        started = time.perf_counter()
+        self._events.put(LoadProgress(0.0))
+        try:
+            identity = remote_servers.identify(self._client, base, self.api_key)
+        except RemoteError as exc:
+            self._log(f"load {model_id} from {base}: {exc}")
+            self._events.put(LoadFailed(config.model_path, str(exc)))
+            return
+        offered = {m.id: m for m in identity.models}
+        model = offered.get(model_id)
+        if model is None:
+            names = ", ".join(sorted(offered)) or "none"
+            self._events.put(
+                LoadFailed(
+                    config.model_path,
+                    f"{identity.label} at {remote_servers.where(base)} has no model "
+                    f"{model_id!r} (it offers: {names})",
+                )
+            )
+            return
+        self._identity, self._model_id = identity, model_id
+        self._loaded_at = time.perf_counter()
+        self._log(f"chose {model_id} on {identity.label} at {base}")
+        info = ModelInfo(
+            path=config.model_path,
+            name=describe_remote(config.model_path),
+            architecture=model.details,
+            n_params=model.n_params or 0,
+            size_bytes=model.size_bytes or 0,
+            n_ctx=model.context_length or 0,
+            n_ctx_train=model.context_length or 0,
+            n_threads=0,
+            n_gpu_layers=0,
+            n_layers=0,
+            gpu_offload_supported=False,
+            chat_template_source=f"the server's ({identity.label})",
+            load_seconds=time.perf_counter() - started,
+        )
+        memory = LoadMemory((), (), "")
+        if identity.kind == "kvchat":
+            # Another kvchat reports where its model's memory went, as its panels show it.
+            with contextlib.suppress(RemoteError, TypeError, KeyError, ValueError):
+                report = remote_servers.sample_memory(self._client, identity, model_id)
+                loaded = (report.kvchat_report or {}).get("memory")
+                if isinstance(loaded, dict):
+                    memory = _rebuild(LoadMemory, loaded)
+        self._events.put(LoadProgress(1.0))
+        self._events.put(ModelLoaded(info, memory))
+
+    def _cancel(self, request_id: int | None) -> None:
+        """Stops a request (None: the one running): a running stream is closed now."""
+        with self._lock:
+            running = self._running_request
+            if request_id is None:
+                if running is None:
+                    return
+                request_id = running
+            self._cancelled.add(request_id)
+            response = self._response if request_id == running else None
+        if response is not None:
+            with contextlib.suppress(Exception):
+                response.close()
+
+    def _chat(self, command: Chat) -> None:
+        request_id = command.request_id
+        with self._lock:
+            if request_id in self._cancelled:
+                self._cancelled.discard(request_id)
+                self._events.put(TurnFinished(request_id, "", _empty_stats("cancelled")))
+                return
+            self._running_request = request_id
+        identity = self._identity
+        if identity is None:
+            self._events.put(ChatFailed(request_id, "no model is chosen on the server"))
+            return
+        started = time.perf_counter()
+        turn = _Turn(request_id, started)
+        body = _request_body(identity, self._model_id, command)
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        try:
+            with self._client.stream(
+                "POST",
+                identity.base_url + "/v1/chat/completions",
+                json=body,
+                headers=headers,
+                timeout=httpx.Timeout(self.reply_timeout_s, connect=CONNECT_TIMEOUT_S),
+            ) as response:
+                with self._lock:
+                    self._response = response
+                    stopped_already = request_id in self._cancelled
+                if stopped_already:  # Stop came while the request was on its way
+                    response.close()
+                if not response.is_success:
+                    response.read()
+                    raise remote_servers.status_error(
+                        response, "POST /v1/chat/completions", self.api_key
+                    )
+                for payload in _events_of(response):
+                    self._take(turn, payload)
+        except (httpx.TransportError, httpx.StreamError, RemoteError, _BadStreamError) as exc:
+            # A stream closed by Cancel ends here too.
+            if self._was_cancelled(request_id):
+                self._end(turn, "cancelled")
+                return
+            if isinstance(exc, httpx.TransportError):
+                exc = remote_servers.transport_error(exc, identity.base_url, self._client)
+            message = str(exc) or type(exc).__name__
+            if turn.text:
+                message = f"the server stopped mid-reply: {message}"
+            self._log(f"chat {request_id}: {message}")
+            self._flush(turn)
+            self._events.put(ChatFailed(request_id, message, by_request=not turn.text))
+            return
+        finally:
+            with self._lock:
+                self._response = None
+                self._running_request = None
+        if self._was_cancelled(request_id):
+            self._end(turn, "cancelled")
+        elif not turn.finish_reason:
+            self._flush(turn)
+            self._events.put(
+                ChatFailed(request_id, "the server ended the reply without finishing it")
+            )
+        else:
+            self._end(turn, turn.finish_reason)
+
+    def _was_cancelled(self, request_id: int) -> bool:
+        with self._lock:
+            if request_id in self._cancelled:
+                self._cancelled.discard(request_id)
+                return True
+            return False
+
+    def _take(self, turn: _Turn, payload: dict[str, Any]) -> None:
+        usage = payload.get("usage")
+        if isinstance(usage, dict):
+            turn.usage = usage
+        timings = payload.get("timings")
+        if isinstance(timings, dict):
+            turn.timings = timings
+        for choice in payload.get("choices") or ():
+            if not isinstance(choice, dict):
+                continue
+            delta = choice.get("delta") or {}
+            text = delta.get("content") if isinstance(delta, dict) else None
+            if isinstance(text, str) and text:
+                now = time.perf_counter()
+                if not turn.pieces:
+                    turn.first_at = now
+                turn.pieces += 1
+                turn.last_at = now
+                turn.text += text
+                turn.pending += text
+                if now - turn.flushed_at >= FLUSH_INTERVAL_S:
+                    self._flush(turn)
+            reason = choice.get("finish_reason")
+            if isinstance(reason, str) and reason:
+                turn.finish_reason = reason
+
+    def _flush(self, turn: _Turn) -> None:
+        if turn.pending:
+            self._events.put(TextDelta(turn.request_id, turn.pending, -1))
+            turn.pending = ""
+        turn.flushed_at = time.perf_counter()
+
+    def _end(self, turn: _Turn, reason: str) -> None:
+        self._flush(turn)
+        stats = turn.stats(reason)
+        if stats.prompt_tokens:
+            # What the server said of the prompt, for the KV panel: only once it said it.
+            self._events.put(
+                PromptEvaluated(
+                    turn.request_id,
+                    stats.prompt_tokens,
+                    0,
+                    0,
+                    stats.reused_tokens,
+                    stats.evaluated_tokens,
+                )
+            )
+        self._events.put(TurnFinished(turn.request_id, turn.text, stats))
+
+    # Memory figures.
+
+    def _sample_memory(self) -> None:
+        while not self._stopping.wait(SAMPLE_INTERVAL_S):
+            identity, model_id = self._identity, self._model_id
+            if identity is None:
+                continue
+            try:
+                memory = remote_servers.sample_memory(self._client, identity, model_id)
+            except RemoteError as exc:
+                memory = ServerMemory(identity.kind, note=f"no figures: {exc}")
+            self._events.put(self._memory_sample(identity, memory))
+
+    def _memory_sample(self, identity: Identity, memory: ServerMemory) -> MemorySample:
+        label = f"{identity.label} at {remote_servers.where(identity.base_url)}"
+        seconds = time.perf_counter() - self._loaded_at
+        figures = ServerFigures(
+            label,
+            tuple(ServerFigure(f.label, f.value, f.unit, f.source) for f in memory.figures),
+            memory.n_ctx,
+            memory.kv_used_tokens,
+            memory.kv_used_fraction,
+            memory.running_requests,
+            memory.waiting_requests,
+            memory.note,
+            memory.unavailable,
+        )
+        report = memory.kvchat_report
+        if report is not None and isinstance(report.get("sample"), dict):
+            # Another kvchat: its own panels' figures, devices and all.
+            sample = _rebuild(MemorySample, report["sample"])
+            return MemorySample(
+                seconds,
+                sample.devices,
+                sample.tokens_in_cache,
+                sample.gpu_offload_supported,
+                f"reported by {label}",
+                sample.saved_states,
+                sample.saved_state_bytes,
+                sample.disk_states,
+                sample.disk_state_bytes,
+                server=figures,
+            )
+        return MemorySample(
+            seconds,
+            (),
+            memory.kv_used_tokens if memory.kv_used_tokens is not None else -1,
+            False,
+            memory.note or f"reported by {label}",
+            server=figures,
+        )
+
+
+class _BadStreamError(Exception):
+    """The server's answer is not a stream of server-sent events."""
+
+
+def _events_of(response: httpx.Response) -> Iterator[dict[str, Any]]:
+    """The JSON payloads of a server-sent event stream, until `[DONE]`."""
+    kind = response.headers.get("content-type", "")
+    if "text/event-stream" not in kind:
+        raise _BadStreamError(
+            f"the server did not answer with a stream of events (it sent {kind or 'no type'})"
+        )
+    for line in response.iter_lines():
+        if not line.startswith("data:"):
+            continue  # comments, event names, keep-alives
+        data = line[5:].strip()
+        if data == "[DONE]":
+            return
+        try:
+            payload = json.loads(data)
+        except json.JSONDecodeError:
+            raise _BadStreamError("the server sent an event that is not JSON") from None
+        if isinstance(payload, dict):
+            error = payload.get("error")
+            if error:
+                message = error.get("message") if isinstance(error, dict) else str(error)
+                raise _BadStreamError(f"the server reported an error: {message}")
+            yield payload
+
+
+@dataclass
+class _Turn:
+    request_id: int
+    started: float
+    text: str = ""
+    pending: str = ""
+    pieces: int = 0
+    first_at: float = 0.0
+    last_at: float = 0.0
+    flushed_at: float = 0.0
+    finish_reason: str = ""
+    usage: dict[str, Any] | None = None
+    timings: dict[str, Any] | None = None
+
+    def stats(self, reason: str) -> TurnStats:
+        usage = self.usage or {}
+        prompt = _int(usage.get("prompt_tokens"))
+        generated = _int(usage.get("completion_tokens")) or self.pieces
+        details = usage.get("prompt_tokens_details")
+        cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
+        timings = self.timings or {}
+        if "cache_n" in timings:
+            cached = _int(timings.get("cache_n"))
+        prefill_rate = float(timings.get("prompt_per_second") or 0.0)
+        decode_seconds = self.last_at - self.first_at
+        return TurnStats(
+            prompt_tokens=prompt,
+            system_tokens=0,
+            history_tokens=0,
+            reused_tokens=cached,
+            evaluated_tokens=max(prompt - cached, 0),
+            generated_tokens=generated,
+            time_to_first_token_s=(self.first_at - self.started) if self.pieces else 0.0,
+            prefill_tokens_per_s=prefill_rate,
+            decode_tokens_per_s=(generated - 1) / decode_seconds if decode_seconds > 0 else 0.0,
+            stop_reason=_stop_reason(reason),
+        )
+
+
+def _stop_reason(reason: str) -> StopReason:
+    if reason == "length":
+        return "length"
+    if reason == "cancelled":
+        return "cancelled"
+    if reason == "stop":
+        return "eos"
+    return "eos"
+
+
+def _empty_stats(reason: StopReason) -> TurnStats:
+    return TurnStats(0, 0, 0, 0, 0, 0, 0.0, 0.0, 0.0, reason)
+
+
+def _int(value: object) -> int:
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
+
+
+def _request_body(identity: Identity, model_id: str, command: Chat) -> dict[str, Any]:
+    """The chat completion request for `command`, in the server's dialect."""
+    sampling: Sampling = command.sampling
+    messages: list[ChatMessage] = list(command.messages)
+    body: dict[str, Any] = {
+        "model": model_id,
+        "messages": [{"role": m.role, "content": m.content} for m in messages],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "max_tokens": sampling.max_tokens,
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+    }
+    if sampling.seed is not None:
+        body["seed"] = sampling.seed
+    if sampling.stop:
+        body["stop"] = list(sampling.stop)
+    if sampling.presence_penalty:
+        body["presence_penalty"] = sampling.presence_penalty
+    if sampling.frequency_penalty:
+        body["frequency_penalty"] = sampling.frequency_penalty
+    # Sampling beyond OpenAI's, where the server is known to take it.
+    if identity.kind in ("kvchat", "llama-server", "vllm"):
+        body["top_k"] = sampling.top_k
+        body["min_p"] = sampling.min_p
+    if identity.kind == "llama-server":
+        body["repeat_penalty"] = sampling.repeat_penalty
+        body["cache_prompt"] = True
+    elif identity.kind == "vllm":
+        body["repetition_penalty"] = sampling.repeat_penalty
+    if command.continue_last and identity.kind == "vllm":
+        # vLLM's own switch; llama.cpp's servers continue a last assistant message by themselves.
+        body["continue_final_message"] = True
+        body["add_generation_prompt"] = False
+    return body
