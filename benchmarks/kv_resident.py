@@ -50,6 +50,8 @@ class Context:
         params.n_ubatch = 512
         params.n_seq_max = n_seq
         params.kv_unified = True
+        # As kvchat loads on the CPU (engine.load_params): flash attention off.
+        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         params.n_threads = params.n_threads_batch = 2
         params.no_perf = True
         self.ctx = llama_cpp.llama_init_from_model(model, params)

@@ -104,8 +104,19 @@ def main(argv: list[str] | None = None) -> int:
 
     from kvchat.app.gui import build_window
     from kvchat.app.settings import EngineSettings
-    from kvchat.engine.protocol import Cancel, Chat, ChatMessage, LoadConfig, LoadModel, Sampling
-    from kvchat.engine.remote import RemoteHost, choose_model, model_url
+    from kvchat.engine.protocol import (
+        Cancel,
+        Chat,
+        ChatFailed,
+        ChatMessage,
+        LoadConfig,
+        LoadFailed,
+        LoadModel,
+        Sampling,
+        TextDelta,
+        TurnFinished,
+    )
+    from kvchat.engine.remote import RemoteHost, choose_model, model_url, split_model_url
 
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
@@ -119,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                 except httpx.HTTPError:
                     time.sleep(0.2)
             url = choose_model(base, None, None)
-            model = url.rsplit("/", 1)[-1]
+            model = split_model_url(url)[1]
             app = QApplication.instance() or QApplication([])
             settings = EngineSettings(temperature=0.0, max_tokens=args.tokens)
             window, controller = build_window(url, settings, Path(folder) / "window")
@@ -150,16 +161,19 @@ def main(argv: list[str] | None = None) -> int:
             # Stop: how soon the server is free again.
             usual = statistics.median(_first_token_s(base, model) for _ in range(3))
             waits = []
-            for _ in range(args.runs):
+            for run in range(args.runs):
+                print(f"stop {run + 1} of {args.runs}", file=sys.stderr)
                 host = RemoteHost(Path(folder) / "stop.log")
                 host.send(LoadModel(LoadConfig(model_url(base, model))))
                 long = Sampling(temperature=0.0, max_tokens=1000)
                 host.send(Chat(1, (ChatMessage("user", PROMPT),), long))
-                pieces = 0
-                while pieces < 20:
+                text = ""
+                while len(text) < 80:  # some 20 tokens
                     event = host.receive(timeout=30)
-                    if type(event).__name__ == "TextDelta":
-                        pieces += 1
+                    if isinstance(event, TextDelta):
+                        text += event.text
+                    elif isinstance(event, ChatFailed | TurnFinished | LoadFailed):
+                        raise SystemExit(f"the long reply ended early: {event}")
                 stopped = time.perf_counter()
                 host.send(Cancel(1))
                 _first_token_s(base, model)  # waits while the server still generates
