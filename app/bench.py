@@ -165,13 +165,15 @@ def _notes(words: int) -> str:
     return " ".join(source[i % len(source)] for i in range(words))
 
 
-def prefill_messages(words: int) -> list[ChatMessage]:
+def prefill_messages(words: int, run: int = 0) -> list[ChatMessage]:
     """A long prompt. kvchat's turn before it is always the decode prompt,
     whose system prompt (the template's default) differs from this one's from
     the first word on, so kvchat's cache keeps only the template's opening
-    tokens and evaluates the rest."""
+    tokens and evaluates the rest. Each run's system prompt differs from the
+    first word too (`run`), or kvchat would restore the last run's saved keys
+    and values (engine.kv_store) and evaluate one token."""
     return [
-        ChatMessage("system", "You summarise a lighthouse keeper's notes."),
+        ChatMessage("system", f"Run {run + 1}: you summarise a lighthouse keeper's notes."),
         ChatMessage("user", f"Notes: {_notes(words)}\nSummarise the notes in one sentence."),
     ]
 
@@ -474,24 +476,24 @@ def measure_speed(
     prompt_tokens = 0
     replies: set[str] = set()
 
-    def kvchat_side() -> None:
+    def kvchat_side(run: int) -> None:
         turn = kvchat.turn(decode_prompt, sizes.decode_tokens)
         rates["kv_decode"].append(_decode_rate(turn.stats.generated_tokens, turn.stream_s))
         rates["kv_decode_engine"].append(turn.stats.decode_tokens_per_s)
         decode_tokens.append(turn.stats.generated_tokens)
         replies.add(turn.text)
-        turn = kvchat.turn(prefill_messages(sizes.notes_words), 1)
+        turn = kvchat.turn(prefill_messages(sizes.notes_words, run), 1)
         rates["kv_prefill"].append(turn.stats.evaluated_tokens / turn.first_text_s)
         rates["kv_prefill_engine"].append(turn.stats.prefill_tokens_per_s)
         evaluated.append(turn.stats.evaluated_tokens)
 
-    def direct_side() -> None:
+    def direct_side(run: int) -> None:
         nonlocal prompt_tokens
         turn = direct.run(decode_prompt, sizes.decode_tokens)
         rates["direct_decode"].append(_decode_rate(turn.generated_tokens, turn.decode_s))
         decode_tokens.append(turn.generated_tokens)
         replies.add(turn.text)
-        turn = direct.run(prefill_messages(sizes.notes_words), 1)
+        turn = direct.run(prefill_messages(sizes.notes_words, run), 1)
         rates["direct_prefill"].append(turn.prompt_tokens / turn.prefill_s)
         prompt_tokens = turn.prompt_tokens
 
@@ -501,8 +503,8 @@ def measure_speed(
     for run in range(sizes.runs):
         say(f"decode and prefill: run {run + 1} of {sizes.runs}")
         first, second = (kvchat_side, direct_side) if run % 2 == 0 else (direct_side, kvchat_side)
-        first()
-        second()
+        first(run)
+        second(run)
 
     def side_by_side(kind: str) -> SideBySide:
         kv, dr = rates[f"kv_{kind}"], rates[f"direct_{kind}"]
