@@ -11,22 +11,18 @@ from __future__ import annotations
 import contextlib
 import errno
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QObject, Signal
 
-from kvchat.app.api.background import BackgroundServer
-from kvchat.app.api.server import (
-    Activity,
-    Gateway,
-    ServeOptions,
-    api_sampling,
-    create_app,
-    model_id,
-)
 from kvchat.app.engine_client import EngineClient
 from kvchat.app.settings import EngineSettings, Settings
 from kvchat.app.settings_file import read_settings, settings_path, write_settings
 from kvchat.ui.main_window import MainWindow
+
+if TYPE_CHECKING:
+    from kvchat.app.api.background import BackgroundServer
+    from kvchat.app.api.server import Activity, Gateway
 
 DEFAULT_PORT = 8080
 
@@ -78,6 +74,11 @@ class ApiService(QObject):
         """Starts serving on 127.0.0.1; False (and `stopped` says why) if it cannot."""
         if self._server is not None:
             return True
+        # Imported here: FastAPI and uvicorn take a quarter of a second to load,
+        # which the window's launch need not wait for when nothing is served.
+        from kvchat.app.api.background import BackgroundServer
+        from kvchat.app.api.server import ServeOptions, api_sampling, create_app
+
         options = ServeOptions(port=port, sampling=api_sampling(self._settings.sampling()))
         app, gateway = create_app(self._engine.link, options, self.logged.emit)
         try:
@@ -131,7 +132,7 @@ def attach_serving(
 
     def current_model() -> str:
         model = engine.link.state().model
-        return model_id(model) if model is not None else "MODEL"
+        return Path(model.path).stem if model is not None else "MODEL"
 
     def on_started(url: str) -> None:
         window.show_serving(url, examples(url, current_model()))

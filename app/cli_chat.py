@@ -23,7 +23,8 @@ from kvchat.engine.protocol import (
     TextDelta,
     TurnFinished,
 )
-from kvchat.engine.remote import RemoteHost, is_remote
+from kvchat.engine.remote import RemoteHost
+from kvchat.engine.remote_address import is_remote
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1

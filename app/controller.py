@@ -33,7 +33,7 @@ from kvchat.engine.protocol import (
     PromptEvaluated,
     TurnStats,
 )
-from kvchat.engine.remote import is_remote
+from kvchat.engine.remote_address import is_remote
 from kvchat.ui.chat_view import MessageView
 from kvchat.ui.conversation_list import ConversationItem
 from kvchat.ui.main_window import MainWindow

@@ -40,7 +40,7 @@ from kvchat.engine.protocol import (
     TextDelta,
     TurnFinished,
 )
-from kvchat.engine.remote import RemoteHost, is_remote, split_model_url
+from kvchat.engine.remote_address import is_remote, split_model_url
 
 READER_JOIN_MS = 1000
 # How long a cancelled request may take to end before its host counts as
@@ -209,6 +209,9 @@ class EngineClient(QObject):
         self._cancelled.clear()
         self._host_for = server
         if server:
+            # Imported here: httpx and the server code load only for a remote model.
+            from kvchat.engine.remote import RemoteHost
+
             self._host = RemoteHost(self._log_path, self.server_key(server))
         else:
             self._host = HostProcess(self._log_path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kvchat.engine.protocol import ModelInfo, TurnStats
-from kvchat.engine.remote import describe_remote, is_remote
+from kvchat.engine.remote_address import describe_remote, is_remote
 
 _STOP_WORDS = {
     "eos": "",

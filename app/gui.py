@@ -28,7 +28,7 @@ from kvchat.app.settings_flow import SettingsFlow
 from kvchat.app.store import open_store
 from kvchat.app.window_state import WindowKeeper
 from kvchat.engine.models import bundled_model_path
-from kvchat.engine.remote import is_remote, split_model_url
+from kvchat.engine.remote_address import is_remote, split_model_url
 from kvchat.ui.main_window import MainWindow
 from kvchat.ui.theme import apply_theme
 

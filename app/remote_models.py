@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 import httpx
 
 from kvchat.engine.model_catalog import ModelEntry
-from kvchat.engine.remote import model_url
+from kvchat.engine.remote_address import model_url
 from kvchat.engine.remote_servers import RemoteError, identify
 
 # (the server's name, its base URL, its API key)

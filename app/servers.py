@@ -18,7 +18,7 @@ import secrets
 import stat
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from keyring.backends import fail, null
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kvchat.app.settings_file import write_atomically
-from kvchat.engine.remote_servers import RemoteError, normalise_base_url
+from kvchat.engine.remote_address import RemoteError, normalise_base_url
 
 SERVERS_FILE = "servers.json"
 KEYS_FILE = "server-keys.json"
@@ -295,18 +295,35 @@ class ServerKeys:
     Thread-safe: the flow's worker and the engine may ask at once.
     """
 
-    def __init__(self, data_dir: Path, backend: KeyringBackend | None) -> None:
-        """Keeps keys in `backend`, or only in the file when it is None (see `system`)."""
+    def __init__(
+        self,
+        data_dir: Path,
+        backend: KeyringBackend | None,
+        find_backend: Callable[[], KeyringBackend | None] | None = None,
+    ) -> None:
+        """Keeps keys in `backend`, or only in the file when it is None; with
+        `find_backend`, the backend is what it finds when a key is first needed."""
         self.path = data_dir / KEYS_FILE
-        self._backend = usable_backend(backend)
+        self._found: KeyringBackend | None = usable_backend(backend)
+        self._find_backend = find_backend
+        self._finding = threading.Lock()
         self._lock = threading.Lock()
         # What went wrong last, for a person; "" when nothing did.
         self.notice = ""
 
     @classmethod
     def system(cls, data_dir: Path) -> ServerKeys:
-        """Keys in the system keyring, where there is one (may wait for it to start)."""
-        return cls(data_dir, system_backend())
+        """Keys in the system keyring, where there is one. Finding it (which may
+        wait for the keyring to start) waits until a key is first asked for, so
+        the window does not wait for it as it opens."""
+        return cls(data_dir, None, system_backend)
+
+    @property
+    def _backend(self) -> KeyringBackend | None:
+        with self._finding:
+            if self._find_backend is not None:
+                self._found, self._find_backend = self._find_backend(), None
+            return self._found
 
     def where(self, base_url: str | None = None) -> str:
         """Where keys go, for a person; with `base_url`, where that server's key is now."""

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import httpx
 from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtWidgets import QWidget
 
@@ -29,8 +29,13 @@ from kvchat.app.servers import (
     read_servers,
     write_servers,
 )
-from kvchat.engine.remote_servers import Identity, RemoteError, identify, plain_http_key_warning
+from kvchat.engine.remote_address import RemoteError, plain_http_key_warning
 from kvchat.ui.servers_dialog import SavedServer, ServerRow, ServersDialog
+
+if TYPE_CHECKING:
+    import httpx
+
+    from kvchat.engine.remote_servers import Identity
 
 # Model names listed in a test's result before "and N more".
 MODELS_SHOWN = 5
@@ -38,6 +43,8 @@ MODELS_SHOWN = 5
 
 def default_client() -> httpx.Client:
     """The client a test connection asks through: no redirects, so the key goes nowhere else."""
+    import httpx  # here: the window's launch does not wait for it
+
     return httpx.Client(timeout=httpx.Timeout(10, connect=5), follow_redirects=False)
 
 
@@ -188,6 +195,8 @@ class ServersFlow(QObject):
             key = typed_key or (self._keys.get(kept_key_of) if kept_key_of else None)
             try:
                 with self._client_factory() as client:
+                    from kvchat.engine.remote_servers import identify
+
                     text, ok = describe_identity(identify(client, base_url, key)), True
             except RemoteError as exc:
                 text, ok = str(exc), False

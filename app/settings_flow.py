@@ -20,7 +20,6 @@ from PySide6.QtCore import QObject, QTimer, Signal
 
 from kvchat.app.controller import Controller
 from kvchat.app.formatting import model_label
-from kvchat.app.remote_models import ServerAccess, list_remote_models
 from kvchat.app.settings import EngineSettings
 from kvchat.app.settings_file import read_settings, settings_path, write_settings
 from kvchat.engine.estimate import Error as EstimateError
@@ -28,7 +27,7 @@ from kvchat.engine.estimate import Estimate, estimate
 from kvchat.engine.gguf_file import ModelFileError
 from kvchat.engine.model_catalog import ModelEntry, describe, find_models
 from kvchat.engine.protocol import KvCache, LoadConfig
-from kvchat.engine.remote import is_remote
+from kvchat.engine.remote_address import is_remote
 from kvchat.engine.template_names import BUILTIN_PREFIX, BUILTIN_TEMPLATE_NAMES
 from kvchat.ui.memory_panel import format_bytes
 from kvchat.ui.settings_dialog import Choice, DeviceProjection, ModelRow, SettingsDialog
@@ -177,7 +176,7 @@ class SettingsFlow(QObject):
         self.remote_models_found.connect(self._on_remote_models_found)
         self.model_described.connect(self._on_model_described)
         # The person's servers (name, base URL, API key), whose models are listed too.
-        self.servers: Callable[[], list[ServerAccess]] = lambda: []
+        self.servers: Callable[[], list[tuple[str, str, str | None]]] = lambda: []
         self._remote: dict[str, ModelEntry] = {}
         self._remote_problems: list[str] = []
         # Files picked with Browse…: listed from then on, beside the ones found.
@@ -203,6 +202,9 @@ class SettingsFlow(QObject):
         self._worker.submit(lambda: self.remote_models_found.emit(*self._remote_models()))
 
     def _remote_models(self) -> tuple[list[ModelEntry], list[str]]:
+        # Imported here, on the worker: the window's launch does not wait for httpx.
+        from kvchat.app.remote_models import list_remote_models
+
         return list_remote_models(self.servers())
 
     def _on_remote_models_found(self, entries: list[ModelEntry], problems: list[str]) -> None:

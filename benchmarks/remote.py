@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         TextDelta,
         TurnFinished,
     )
-    from kvchat.engine.remote import RemoteHost, choose_model, model_url, split_model_url
+    from kvchat.engine.remote import RemoteHost, choose_model
+    from kvchat.engine.remote_address import model_url, split_model_url
 
     port = _free_port()
     base = f"http://127.0.0.1:{port}"

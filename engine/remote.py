@@ -18,8 +18,7 @@ and `kvchat chat` drive it unchanged:
   figures every `SAMPLE_INTERVAL_S` and sends them as `MemorySample`s with
   their source, never as local measurements.
 
-A remote model's "path" is its URL, `<server>/v1/models/<model id>`: what
-the settings, the history and the model list store for it.
+A remote model's "path" is its URL (engine.remote_address).
 """
 
 from __future__ import annotations
@@ -33,7 +32,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote, unquote
 
 import httpx
 
@@ -72,9 +70,16 @@ from kvchat.engine.protocol import (
     TurnFinished,
     TurnStats,
 )
+from kvchat.engine.remote_address import (
+    describe_remote,
+    model_url,
+    split_model_url,
+)
 from kvchat.engine.remote_servers import Identity, RemoteError, ServerMemory
 
-MODELS_PATH = "/v1/models/"
+# The servers that continue a conversation's last assistant message rather
+# than start a new one after it (vLLM with its own switch, set below).
+CONTINUES = frozenset({"kvchat", "llama-server", "vllm"})
 SAMPLE_INTERVAL_S = 2.0
 CONNECT_TIMEOUT_S = 5.0
 # Questions about models and memory get an answer within this, or fail.
@@ -85,27 +90,6 @@ READ_TIMEOUT_S = 30.0
 REPLY_TIMEOUT_S = 300.0
 # Text deltas go to the window at most this often, as the local host's do.
 FLUSH_INTERVAL_S = 0.03
-
-
-def is_remote(model_path: str) -> bool:
-    """Whether a model "path" names a model on a server (its URL)."""
-    return model_path.startswith(("http://", "https://")) and MODELS_PATH in model_path
-
-
-def model_url(base_url: str, model_id: str) -> str:
-    return f"{remote_servers.normalise_base_url(base_url)}{MODELS_PATH}{quote(model_id, safe='')}"
-
-
-def split_model_url(url: str) -> tuple[str, str]:
-    """The server's base URL and the model's id, from a remote model's URL."""
-    base, _, model = url.partition(MODELS_PATH)
-    return base, unquote(model)
-
-
-def describe_remote(url: str) -> str:
-    """ "Qwen3-32B on gpu-box:8080", for a person."""
-    base, model = split_model_url(url)
-    return f"{model} on {remote_servers.where(base)}"
 
 
 def choose_model(base_url: str, model_id: str | None, api_key: str | None) -> str:
@@ -344,6 +328,16 @@ class RemoteHost:
         identity = self._identity
         if identity is None:
             self._events.put(ChatFailed(request_id, "no model is chosen on the server"))
+            return
+        if command.continue_last and identity.kind not in CONTINUES:
+            self._events.put(
+                ChatFailed(
+                    request_id,
+                    f"{identity.label} cannot go on with a reply it cut short: regenerate "
+                    "it, or ask for the rest in a new message",
+                    by_request=True,
+                )
+            )
             return
         started = time.perf_counter()
         turn = _Turn(request_id, started)

@@ -18,7 +18,6 @@ type.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import math
 import re
 import socket
@@ -30,6 +29,14 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
+
+from kvchat.engine.remote_address import BadAddressError as BadAddressError
+from kvchat.engine.remote_address import RemoteError as RemoteError
+from kvchat.engine.remote_address import is_this_machine as is_this_machine
+from kvchat.engine.remote_address import normalise_base_url as normalise_base_url
+from kvchat.engine.remote_address import plain_http_key_warning as plain_http_key_warning
+from kvchat.engine.remote_address import where as _where
+from kvchat.engine.remote_address import where as where
 
 ServerKind = Literal["kvchat", "llama-server", "vllm", "ollama", "lmstudio", "openai"]
 Unit = Literal["tokens", "bytes", "%", "requests", ""]
@@ -44,18 +51,6 @@ _LABELS: dict[ServerKind, str] = {
     "lmstudio": "LM Studio",
     "openai": "an OpenAI-compatible server",
 }
-
-
-class RemoteError(Exception):
-    """A server could not be asked, or did not answer as it should; the text is for a person."""
-
-    @property
-    def message(self) -> str:
-        return str(self)
-
-
-class BadAddressError(RemoteError):
-    """What was typed is not an http or https address."""
 
 
 class UnreachableError(RemoteError):
@@ -172,70 +167,6 @@ class ServerMemory:
 # Addresses and the plain-http warning.
 
 
-def normalise_base_url(text: str) -> str:
-    """The server's root from what a person typed: "gpu-box:8080/v1/" -> "http://gpu-box:8080".
-
-    Raises BadAddressError when it is not an http(s) address with a host.
-    """
-    url = text.strip()
-    if "://" not in url:
-        url = "http://" + url
-    url = url.rstrip("/")
-    if url.endswith("/v1"):
-        url = url[: -len("/v1")].rstrip("/")
-    try:
-        parts = urlsplit(url)
-        _ = parts.port  # urlsplit checks the port only when it is asked for it
-    except ValueError as exc:
-        raise BadAddressError(f"{text.strip()!r} is not a web address ({exc})") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise BadAddressError(f"{text.strip()!r} is not an http:// or https:// address with a host")
-    if parts.query or parts.fragment:
-        raise BadAddressError(f"{text.strip()!r}: a server address has no ? or # part")
-    return url
-
-
-def is_this_machine(host: str) -> bool:
-    """True for localhost and the loopback addresses (127.0.0.0/8, ::1)."""
-    name = host.strip("[]").lower().rstrip(".")
-    if name == "localhost" or name.endswith(".localhost"):
-        return True
-    try:
-        address = ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped.is_loopback
-    return address.is_loopback
-
-
-def plain_http_key_warning(base_url: str, api_key: str | None) -> str:
-    """A warning for a person when the key would cross the network unencrypted; "" otherwise."""
-    if not api_key:
-        return ""
-    try:
-        parts = urlsplit(normalise_base_url(base_url))
-    except BadAddressError:
-        return ""
-    host = parts.hostname or ""
-    if parts.scheme != "http" or is_this_machine(host):
-        return ""
-    return (
-        f"The API key would go to {host} over plain http, unencrypted: anyone on the "
-        "network between here and there can read it. Use an https:// address, or an "
-        "SSH tunnel to the server."
-    )
-
-
-def _where(base_url: str) -> str:
-    """host:port for messages, without any user name or password in the address."""
-    parts = urlsplit(base_url)
-    host = parts.hostname or base_url
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{host}:{parts.port}" if parts.port is not None else host
-
-
 # Requests.
 
 
@@ -318,11 +249,6 @@ def _error_detail(response: httpx.Response) -> str:
         if isinstance(error, str):
             return error[:200]
     return ""
-
-
-def where(base_url: str) -> str:
-    """host:port of a server, for a person (no user name or password from the address)."""
-    return _where(base_url)
 
 
 def transport_error(exc: httpx.TransportError, base_url: str, client: httpx.Client) -> RemoteError:

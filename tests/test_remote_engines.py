@@ -38,7 +38,8 @@ from kvchat.engine.protocol import (
     TextDelta,
     TurnFinished,
 )
-from kvchat.engine.remote import RemoteHost, choose_model, model_url
+from kvchat.engine.remote import RemoteHost, choose_model
+from kvchat.engine.remote_address import model_url
 from kvchat.engine.remote_servers import RemoteError
 from tests import conftest
 
@@ -402,3 +403,26 @@ def test_a_servers_models_join_the_model_list_and_one_is_chosen_there(
         window.close()
         window.deleteLater()
         qtbot.wait(1)
+
+
+def test_continue_goes_on_with_the_reply_where_the_server_can(
+    kvchat_server: Server, llama_cpp_server: Server, tmp_path: Path
+) -> None:
+    cut = (*QUESTION, ChatMessage("assistant", "Three rivers are the Nile,"))
+    host = _loaded_host(tmp_path / "kv", kvchat_server)
+    try:
+        host.send(Chat(1, cut, GREEDY, continue_last=True))
+        events = _events(host, TurnFinished)
+    finally:
+        host.close()
+    finished = events[-1]
+    assert isinstance(finished, TurnFinished)
+    assert finished.text and not finished.text.lstrip().startswith("Three rivers")
+    host = _loaded_host(tmp_path / "lcp", llama_cpp_server)
+    try:
+        host.send(Chat(2, cut, GREEDY, continue_last=True))
+        refused = _events(host, TurnFinished)[-1]
+    finally:
+        host.close()
+    assert isinstance(refused, ChatFailed) and refused.by_request
+    assert "cannot go on with a reply it cut short" in refused.message

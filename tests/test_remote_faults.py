@@ -31,7 +31,8 @@ from kvchat.engine.protocol import (
     TextDelta,
     TurnFinished,
 )
-from kvchat.engine.remote import RemoteHost, model_url
+from kvchat.engine.remote import RemoteHost
+from kvchat.engine.remote_address import model_url
 
 WAIT_S = 30.0
 SEEN_KEYS: list[str | None] = []

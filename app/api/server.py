@@ -493,7 +493,10 @@ def create_app(
             ChatMessage("system" if m.role == "developer" else m.role, m.text())
             for m in body.messages
         )
-        command = Chat(link.new_request_id(), messages, sampling)
+        # A conversation that ends with the assistant's words is continued from
+        # them (a prefill, as llama-server does): the reply goes on where they end.
+        continued = len(messages) > 1 and messages[-1].role == "assistant"
+        command = Chat(link.new_request_id(), messages, sampling, continue_last=continued)
         return await _answer(context, request, body, command, "chat.completion")
 
     @api.post("/v1/completions")
