@@ -62,7 +62,6 @@ from kvchat.engine.protocol import (
     Prepare,
     PromptEvaluated,
     Sampling,
-    ServerFigure,
     ServerFigures,
     Shutdown,
     StopReason,
@@ -465,7 +464,7 @@ class RemoteHost:
         seconds = time.perf_counter() - self._loaded_at
         figures = ServerFigures(
             label,
-            tuple(ServerFigure(f.label, f.value, f.unit, f.source) for f in memory.figures),
+            memory.figures,
             memory.n_ctx,
             memory.kv_used_tokens,
             memory.kv_used_fraction,

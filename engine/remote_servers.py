@@ -30,6 +30,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from kvchat.engine.protocol import ServerFigure
 from kvchat.engine.remote_address import BadAddressError as BadAddressError
 from kvchat.engine.remote_address import RemoteError as RemoteError
 from kvchat.engine.remote_address import is_this_machine as is_this_machine
@@ -115,14 +116,9 @@ class Identity:
         return next((m for m in self.models if m.id == model_id), None)
 
 
-@dataclass(frozen=True)
-class Figure:
-    """One thing a server reported, for a person: `source` is the request it came from."""
-
-    label: str
-    value: float | int | str
-    unit: Unit
-    source: str
+# One thing a server reported, for a person; `source` is the request it came from.
+# The protocol's own type, so that the figures go to the window as they are.
+Figure = ServerFigure
 
 
 @dataclass(frozen=True)

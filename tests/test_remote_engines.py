@@ -42,6 +42,7 @@ from kvchat.engine.remote import RemoteHost, choose_model
 from kvchat.engine.remote_address import model_url
 from kvchat.engine.remote_servers import RemoteError
 from tests import conftest
+from tests.remote_events import events_until
 
 WAIT_S = 120.0
 WAIT_MS = 60_000
@@ -123,17 +124,7 @@ def llama_cpp_server(model_path: Path) -> Iterator[Server]:
 
 
 def _events(host: RemoteHost, until: type, timeout: float = WAIT_S) -> list[Event]:
-    """Events up to the first of type `until` (or a failure)."""
-    got: list[Event] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        event = host.receive(timeout=1.0)
-        if event is None:
-            continue
-        got.append(event)
-        if isinstance(event, until | ChatFailed | LoadFailed):
-            return got
-    raise AssertionError(f"no {until.__name__} within {timeout:g} s: {got}")
+    return events_until(host, until, timeout)
 
 
 def _loaded_host(tmp_path: Path, server: Server, key: str | None = None) -> RemoteHost:

@@ -6,7 +6,6 @@ to fail these ways, so this one is written to, over real HTTP."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -24,7 +23,6 @@ from kvchat.engine.protocol import (
     ChatMessage,
     Event,
     LoadConfig,
-    LoadFailed,
     LoadModel,
     ModelLoaded,
     Sampling,
@@ -33,6 +31,7 @@ from kvchat.engine.protocol import (
 )
 from kvchat.engine.remote import RemoteHost
 from kvchat.engine.remote_address import model_url
+from tests.remote_events import events_until
 
 WAIT_S = 30.0
 SEEN_KEYS: list[str | None] = []
@@ -99,16 +98,7 @@ def misbehaving() -> Iterator[str]:
 
 
 def _events(host: RemoteHost, until: type) -> list[Event]:
-    got: list[Event] = []
-    deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
-        event = host.receive(timeout=0.5)
-        if event is None:
-            continue
-        got.append(event)
-        if isinstance(event, until | ChatFailed | LoadFailed):
-            return got
-    raise AssertionError(f"no {until.__name__}: {got}")
+    return events_until(host, until, WAIT_S)
 
 
 def _ask(url: str, tmp_path: Path, mode: str, key: str | None = None) -> list[Event]:
