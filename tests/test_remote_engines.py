@@ -417,3 +417,46 @@ def test_continue_goes_on_with_the_reply_where_the_server_can(
         host.close()
     assert isinstance(refused, ChatFailed) and refused.by_request
     assert "cannot go on with a reply it cut short" in refused.message
+
+
+# llama.cpp's own llama-server, when `make llama-server` has built it.
+
+LLAMA_SERVER = (
+    Path(__file__).resolve().parent.parent / "build" / "llama.cpp" / "bin" / "llama-server"
+)
+
+
+@pytest.fixture(scope="module")
+def llama_server(model_path: Path) -> Iterator[Server]:
+    if not LLAMA_SERVER.exists():
+        pytest.skip("llama.cpp's llama-server is not built here (make llama-server)")
+    port = _free_port()
+    command = [str(LLAMA_SERVER), "-m", str(model_path), "--host", "127.0.0.1"]
+    command += ["--port", str(port), "-c", "2048", "--metrics", "--slots", "-a", "smollm2"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(f"http://127.0.0.1:{port}/health", process)
+        yield Server(f"http://127.0.0.1:{port}", "smollm2")
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def test_llama_server_is_told_apart_and_reports_its_slots_and_counters(
+    llama_server: Server, tmp_path: Path
+) -> None:
+    host = _loaded_host(tmp_path, llama_server)
+    try:
+        host.send(Chat(1, QUESTION, GREEDY))
+        finished = _events(host, TurnFinished)[-1]
+        sample = _events(host, MemorySample, timeout=30)[-1]
+    finally:
+        host.close()
+    assert isinstance(finished, TurnFinished) and finished.text.strip()
+    assert finished.stats.prompt_tokens > 10  # from its usage and timings
+    assert isinstance(sample, MemorySample) and sample.server is not None
+    assert sample.server.server.startswith("llama-server")
+    assert sample.server.n_ctx == 2048
+    sources = {figure.source for figure in sample.server.figures}
+    assert any("/slots" in source for source in sources)
+    assert any("/metrics" in source for source in sources)
