@@ -131,8 +131,10 @@ def attach_serving(
     port = settings.serve_port
 
     def current_model() -> str:
+        from kvchat.app.api.server import model_id  # loaded by now: the server runs
+
         model = engine.link.state().model
-        return Path(model.path).stem if model is not None else "MODEL"
+        return model_id(model) if model is not None else "MODEL"
 
     def on_started(url: str) -> None:
         window.show_serving(url, examples(url, current_model()))

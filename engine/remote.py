@@ -29,7 +29,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import dataclass, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -106,12 +106,15 @@ def choose_model(base_url: str, model_id: str | None, api_key: str | None) -> st
             where = remote_servers.where(base_url)
             raise RemoteError(f"{identity.label} at {where} offers no model")
         model_id = offered[0]
-    elif model_id not in offered:
-        raise RemoteError(
-            f"{identity.label} at {remote_servers.where(base_url)} has no model {model_id!r} "
-            f"(it offers: {', '.join(offered) or 'none'})"
-        )
+    elif identity.model(model_id) is None:
+        raise RemoteError(_no_such_model(identity, base_url, model_id))
     return model_url(identity.base_url or base_url, model_id)
+
+
+def _no_such_model(identity: Identity, base_url: str, model_id: str) -> str:
+    names = ", ".join(m.id for m in identity.models) or "none"
+    where = remote_servers.where(base_url)
+    return f"{identity.label} at {where} has no model {model_id!r} (it offers: {names})"
 
 
 _T = TypeVar("_T")
@@ -121,13 +124,12 @@ def _rebuild(kind: type[_T], data: Any) -> _T:
     """A frozen dataclass of plain values (engine.protocol's), from its JSON form."""
     assert is_dataclass(kind)
     values = {}
-    hints = {f.name: f for f in fields(kind)}
     nested: dict[str, type[Any]] = {
         "buffers": DeviceBuffers,
         "kv_caches": KvCache,
         "devices": DeviceSample,
     }
-    for name in hints:
+    for name in (f.name for f in fields(kind)):
         if name not in data:
             continue
         value = data[name]
@@ -164,7 +166,6 @@ class RemoteHost:
         self._loaded_at = 0.0
         self._stopping = threading.Event()
         self._exited = False
-        self._kill_reason = ""
         self._events.put(HostStarted(0, "", False))
         self._worker = threading.Thread(target=self._serve, name="kvchat-remote", daemon=True)
         self._worker.start()
@@ -204,7 +205,6 @@ class RemoteHost:
 
     def kill(self, reason: str) -> None:
         """Gives up on the server now: the stream under way is closed."""
-        self._kill_reason = reason
         self._finish(reason)
 
     def stop(self, grace: float = 1.0) -> None:
@@ -261,17 +261,10 @@ class RemoteHost:
             self._log(f"load {model_id} from {base}: {exc}")
             self._events.put(LoadFailed(config.model_path, str(exc)))
             return
-        offered = {m.id: m for m in identity.models}
-        model = offered.get(model_id)
+        model = identity.model(model_id)
         if model is None:
-            names = ", ".join(sorted(offered)) or "none"
-            self._events.put(
-                LoadFailed(
-                    config.model_path,
-                    f"{identity.label} at {remote_servers.where(base)} has no model "
-                    f"{model_id!r} (it offers: {names})",
-                )
-            )
+            message = _no_such_model(identity, base, model_id)
+            self._events.put(LoadFailed(config.model_path, message))
             return
         self._identity, self._model_id = identity, model_id
         self._loaded_at = time.perf_counter()
@@ -477,18 +470,7 @@ class RemoteHost:
         if report is not None and isinstance(report.get("sample"), dict):
             # Another kvchat: its own panels' figures, devices and all.
             sample = _rebuild(MemorySample, report["sample"])
-            return MemorySample(
-                seconds,
-                sample.devices,
-                sample.tokens_in_cache,
-                sample.gpu_offload_supported,
-                f"reported by {label}",
-                sample.saved_states,
-                sample.saved_state_bytes,
-                sample.disk_states,
-                sample.disk_state_bytes,
-                server=figures,
-            )
+            return replace(sample, seconds=seconds, note=f"reported by {label}", server=figures)
         return MemorySample(
             seconds,
             (),
@@ -568,13 +550,8 @@ class _Turn:
 
 
 def _stop_reason(reason: str) -> StopReason:
-    if reason == "length":
-        return "length"
-    if reason == "cancelled":
-        return "cancelled"
-    if reason == "stop":
-        return "eos"
-    return "eos"
+    """OpenAI's finish_reason as kvchat's: "stop" (and anything else) is the model's own end."""
+    return "length" if reason == "length" else "cancelled" if reason == "cancelled" else "eos"
 
 
 def _empty_stats(reason: StopReason) -> TurnStats:
