@@ -177,6 +177,11 @@ class TurnStats:
     # Where they came from ("RAM" or "disk"), and how long bringing them back took.
     restored_from: str = ""
     restore_seconds: float = 0.0
+    # The threads decode ended the reply with (0: not known, as from a server
+    # elsewhere), and how they came to differ from the machine's default,
+    # "2 → 1: another process is using a core" (engine.threads); "" if not.
+    decode_threads: int = 0
+    threads_note: str = ""
 
 
 @dataclass(frozen=True)

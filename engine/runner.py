@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import llama_cpp
+import numpy as np
 import psutil
 
 from kvchat.engine import vocab
@@ -56,6 +57,7 @@ from kvchat.engine.protocol import (
 from kvchat.engine.template_names import BUILTIN_PREFIX
 from kvchat.engine.template_worker import IsolatedTemplate, TemplateWorker
 from kvchat.engine.text_stream import StopWords, Utf8Stream
+from kvchat.engine.threads import CpuLoad, ThreadTuner
 
 PENALTY_LAST_N = 64
 # llama_decode's status when the abort callback stopped it.
@@ -262,6 +264,11 @@ class ModelRunner:
         self.n_layers = int(llama_cpp.llama_model_n_layer(model))
 
         self.n_threads = config.n_threads or physical_cores()
+        # With no thread count of the person's, decode and prefill take fewer
+        # threads while other processes hold cores (engine.threads).
+        self.cpu_load = None if config.n_threads else CpuLoad()
+        self.tuner = ThreadTuner(self.n_threads, self.cpu_load)
+        self._threads_set = (self.n_threads, self.n_threads)
         self.n_batch = params.n_batch
         context_params = llama_cpp.llama_context_default_params()
         for name, value in params.context_fields().items():
@@ -282,6 +289,9 @@ class ModelRunner:
         # llama.cpp caps the batch at a small requested context (and pads the
         # context itself); a larger batch than it kept aborts the process.
         self.n_batch = min(self.n_batch, int(llama_cpp.llama_n_batch(ctx)))
+        self._n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
+        self._pieces: dict[int, bytes] = {}
+        self._one_token = (llama_cpp.llama_token * 1)()
         self._cached: list[int] = []
         # Conversations moved out of the live cache, to be restored on return:
         # in RAM, and on disk (where they outlive the engine) when RAM is full
@@ -428,7 +438,13 @@ class ModelRunner:
 
     def piece(self, token: int, special: bool = False) -> bytes:
         """The bytes of one token (special tokens render as nothing unless `special`)."""
-        return vocab.token_bytes(self._vocab, token, special)
+        if special:
+            return vocab.token_bytes(self._vocab, token, special)
+        # Kept: a reply asks for the same few thousand tokens again and again.
+        known = self._pieces.get(token)
+        if known is None:
+            known = self._pieces[token] = vocab.token_bytes(self._vocab, token)
+        return known
 
     def tokenize(self, text: str, add_special: bool) -> list[int]:
         """The tokens of a rendered prompt: the template's special tokens are parsed."""
@@ -513,7 +529,11 @@ class ModelRunner:
 
     def _decode(self, tokens: Sequence[int]) -> bool:
         """Evaluates `tokens`; False when the abort callback stopped it."""
-        array = (llama_cpp.llama_token * len(tokens))(*tokens)
+        if len(tokens) == 1:
+            array = self._one_token  # decode's one token a step: no new array each time
+            array[0] = tokens[0]
+        else:
+            array = (llama_cpp.llama_token * len(tokens))(*tokens)
         status = llama_cpp.llama_decode(
             self._ctx, llama_cpp.llama_batch_get_one(array, len(tokens))
         )
@@ -539,6 +559,11 @@ class ModelRunner:
         finally:
             llama_cpp.llama_set_abort_callback(self._ctx, llama_cpp.ggml_abort_callback(), None)
             self._abort_check = lambda: False
+
+    def _set_threads(self, decode: int, batch: int) -> None:
+        if (decode, batch) != self._threads_set:
+            llama_cpp.llama_set_n_threads(self._ctx, decode, batch)
+            self._threads_set = (decode, batch)
 
     def _memory_end(self) -> int:
         return int(llama_cpp.llama_memory_seq_pos_max(self._memory, 0)) + 1
@@ -635,6 +660,26 @@ class ModelRunner:
             return False
         self._cached = list(state.tokens)
         return True
+
+    @staticmethod
+    def _plain_greedy(sampling: Sampling) -> bool:
+        """Whether the reply is the most likely token each time and nothing else."""
+        return (
+            sampling.temperature <= 0
+            and not sampling.json_mode
+            and sampling.repeat_penalty == 1.0
+            and sampling.frequency_penalty == 0.0
+            and sampling.presence_penalty == 0.0
+        )
+
+    def _most_likely(self) -> int:
+        """The token of the highest logit, the first of equals, as llama.cpp's
+        greedy sampler picks it, without the sampler's copy of the whole
+        vocabulary into candidates (0.2 ms a token for a 49k vocabulary)."""
+        logits = llama_cpp.llama_get_logits_ith(self._ctx, -1)
+        if not logits:
+            raise ChatError("llama.cpp gave no logits for the last token")
+        return int(np.ctypeslib.as_array(logits, shape=(self._n_vocab,)).argmax())
 
     def _make_sampler(self, sampling: Sampling) -> llama_cpp.llama_sampler_p:
         params = llama_cpp.llama_sampler_chain_default_params()
@@ -794,7 +839,8 @@ class ModelRunner:
     ) -> tuple[str, TurnStats]:
         """Evaluates the prompt's new tokens and samples the reply."""
         system_tokens, history_tokens = parts_before
-        sampler = self._make_sampler(sampling)
+        sampler = None if self._plain_greedy(sampling) else self._make_sampler(sampling)
+        tuner = self.tuner
         try:
             reuse = self._reuse_prefix(prompt)
             prepared, self._prepared = self._prepared, None
@@ -809,6 +855,7 @@ class ModelRunner:
             pending = prompt[reused:]
             stop_reason: StopReason | None = None
 
+            self._set_threads(tuner.threads, tuner.start_turn())
             prefill_started = time.perf_counter()
             if not self._prefill(pending, should_stop):
                 stop_reason = "cancelled"
@@ -844,10 +891,18 @@ class ModelRunner:
                 if should_stop():
                     stop_reason = "cancelled"
                     break
-                token = llama_cpp.llama_sampler_sample(sampler, self._ctx, -1)
-                last_token_at = time.perf_counter()
-                if not generated:
-                    first_token_at = last_token_at
+                if sampler is None:
+                    token = self._most_likely()
+                else:
+                    token = llama_cpp.llama_sampler_sample(sampler, self._ctx, -1)
+                now = time.perf_counter()
+                if generated:
+                    threads = tuner.after_token(now - last_token_at)
+                    if threads is not None:
+                        self._set_threads(threads, self._threads_set[1])
+                else:
+                    first_token_at = now
+                last_token_at = now
                 if llama_cpp.llama_vocab_is_eog(self._vocab, token):
                     stop_reason = "eos"
                     break
@@ -864,7 +919,8 @@ class ModelRunner:
                 else:
                     self._decode([token])
         finally:
-            llama_cpp.llama_sampler_free(sampler)
+            if sampler is not None:
+                llama_cpp.llama_sampler_free(sampler)
         emit(stream.finish())
         rest = stops.finish()
         if rest:
@@ -887,5 +943,7 @@ class ModelRunner:
             restored_tokens=reuse.restored,
             restored_from=reuse.source,
             restore_seconds=reuse.seconds,
+            decode_threads=tuner.threads,
+            threads_note=tuner.note,
         )
         return "".join(parts), stats
