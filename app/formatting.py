@@ -42,6 +42,8 @@ def format_stats(stats: TurnStats) -> str:
     stop = _STOP_WORDS[stats.stop_reason]
     if stop:
         parts.append(stop)
+    if stats.threads_note:
+        parts.append(f"threads {stats.threads_note}")
     if stats.template_notice:
         # Stats stored before the field existed load with the default "".
         parts.append(stats.template_notice)

@@ -270,5 +270,7 @@ class MemoryMonitor(QObject):
                 if kv_device
                 else None,
                 device_kind=kv_device.kind if kv_device else "cpu",
+                decode_threads=stats.decode_threads,
+                threads_note=stats.threads_note,
             )
         )

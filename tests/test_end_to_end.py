@@ -227,7 +227,12 @@ def test_memory_panels_follow_a_streamed_reply(
     used = memory.kv_bytes_used(tokens)
     assert used == tokens * memory.kv_bytes_per_token
     assert panel.plot.kv_points[-1][1] == used / 2**20
-    assert panel.speed_panel.labels["decode"].text() == f"{stats.decode_tokens_per_s:,.1f} tokens/s"
+    assert (
+        panel.speed_panel.labels["decode"]
+        .text()
+        .startswith(f"{stats.decode_tokens_per_s:,.1f} tokens/s · {stats.decode_threads} thread")
+    )
+    assert stats.decode_threads >= 1
     panel.refresh()
     (host_row,) = panel.device_panel.rows()
     assert host_row.title.text().startswith("<b>CPU</b> RAM")

@@ -123,6 +123,10 @@ class SpeedView:
     bytes_read_per_token: int
     peak_bandwidth_bytes_per_s: float | None
     device_kind: str
+    # The CPU threads decode ended with (0: not known, a server elsewhere),
+    # and why they differ from the machine's default ("" when they do not).
+    decode_threads: int = 0
+    threads_note: str = ""
 
 
 class SegmentBar(QWidget):
@@ -509,7 +513,7 @@ class SpeedPanel(QGroupBox):
             self.labels["decode"].setText("– (one token: nothing to time)")
             self.labels["bandwidth"].setText("–")
             return
-        self.labels["decode"].setText(f"{view.decode_tokens_per_s:,.1f} tokens/s")
+        self.labels["decode"].setText(f"{view.decode_tokens_per_s:,.1f} tokens/s{_threads(view)}")
         if not view.bytes_read_per_token:
             # A model on a server elsewhere: its weights' size is the server's to say.
             self.labels["bandwidth"].setText("– (the model runs on another server)")
@@ -529,6 +533,15 @@ class SpeedPanel(QGroupBox):
         else:
             text += f"; the {view.device_kind.upper()}'s peak is not known"
         self.labels["bandwidth"].setText(text)
+
+
+def _threads(view: SpeedView) -> str:
+    """ " · 2 threads", and why they were fewer: the line takes a second line then."""
+    count = view.decode_threads
+    if not count:
+        return ""  # a server elsewhere keeps its threads to itself
+    text = f" · {count} thread{'' if count == 1 else 's'}"
+    return f"{text} ({view.threads_note})" if view.threads_note else text
 
 
 # The least an axis shows, so an empty or flat plot has a sensible scale.

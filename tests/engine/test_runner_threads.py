@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from kvchat.app.formatting import format_stats
 from kvchat.engine.bench_direct import DirectLoop
 from kvchat.engine.gguf_file import read_gguf
 from kvchat.engine.protocol import ChatMessage, LoadConfig, Sampling
@@ -35,9 +36,7 @@ def _load(model_path: Path, log: LlamaLog, threads: int | None = None) -> ModelR
 def burners() -> Iterator[None]:
     """Other processes busy on all CPUs but one, for as long as the test runs."""
     count = max((CpuLoad().cpus or 1) - 1, 1)
-    started = [
-        subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)
-    ]
+    started = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
     time.sleep(0.5)  # long enough for the kernel's counters to show them
     yield
     for burner in started:
@@ -76,6 +75,7 @@ def test_decode_gives_up_a_thread_to_a_busy_neighbour(model_path: Path, log: Lla
     assert stats.decode_threads < physical_cores()
     assert stats.threads_note.startswith(f"{physical_cores()} → ")
     assert "using" in stats.threads_note
+    assert f"threads {stats.threads_note}" in format_stats(stats)
 
 
 @pytest.mark.usefixtures("burners")

@@ -1,4 +1,5 @@
 import math
+from dataclasses import replace
 
 import pyqtgraph as pg
 from pytestqt.qtbot import QtBot
@@ -114,6 +115,25 @@ def test_speed_panel_shows_bandwidth_against_peak(qtbot: QtBot) -> None:
     panel.refresh()
     assert labels["decode"].text() == "– (one token: nothing to time)"
     assert labels["bandwidth"].text() == "–"
+
+
+def test_speed_panel_says_how_many_threads_decoded_and_why(qtbot: QtBot) -> None:
+    panel = MemoryPanel()
+    qtbot.addWidget(panel)
+    panel.show()
+    view = SpeedView(500.0, 50.0, 0.1, 10**8, None, "cpu", decode_threads=2)
+    panel.set_speed(view)
+    panel.refresh()
+    decode = panel.speed_panel.labels["decode"]
+    assert decode.text() == "50.0 tokens/s · 2 threads"
+    panel.set_speed(
+        replace(view, decode_threads=1, threads_note="2 → 1: another process is using a core")
+    )
+    panel.refresh()
+    assert decode.text() == "50.0 tokens/s · 1 thread (2 → 1: another process is using a core)"
+    panel.set_speed(replace(view, decode_threads=0))  # a server elsewhere
+    panel.refresh()
+    assert decode.text() == "50.0 tokens/s"
 
 
 def test_hidden_panel_does_no_work(qtbot: QtBot) -> None:
