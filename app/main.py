@@ -167,6 +167,13 @@ def build_parser() -> CommandLine:
     measure.add_argument(
         "--quick", action="store_true", help="tiny sizes that check the benchmark runs"
     )
+    measure.add_argument(
+        "--llama-bench",
+        type=Path,
+        metavar="FILE",
+        help="llama.cpp's llama-bench, for its decode figure beside kvchat's "
+        "(default: build/llama.cpp/bin/llama-bench here, which `make llama-bench` builds)",
+    )
     serve = commands.add_parser(
         "serve",
         help="an OpenAI-compatible API on the model, with no window",

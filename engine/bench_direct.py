@@ -16,13 +16,21 @@ stderr. It first answers {"ready": true, "rss_before_model_bytes": N} (or
 {"error": ...}): its RSS with llama.cpp imported but no model yet, so that
 what the model itself takes in memory can be measured. Requests:
 
-    {"op": "run", "messages": [[role, content], ...], "max_tokens": N, "cached": C}
+    {"op": "run", "messages": [[role, content], ...], "max_tokens": N, "cached": C,
+     "threads": T}
         A turn on a cache that holds the prompt's first C tokens (the cache is
         cleared and those are evaluated first, untimed; C is 0 for a fresh
-        turn). Answers prompt_tokens, evaluated_tokens, prefill_s (from the
+        turn), on T threads (optional: the count it was started with).
+        Answers prompt_tokens, evaluated_tokens, prefill_s (from the
         first llama_decode of the rest of the prompt to the first token
         sampled), decode_s (from the first token sampled to the last),
-        generated_tokens and text.
+        generated_tokens, tokens (their ids) and text.
+    {"op": "bare", "messages": [...], "tokens": [...], "threads": T}
+        llama.cpp's bare decode, the floor of any loop around it: after the
+        prompt (untimed), each of the reply's tokens but the last evaluated
+        one by one, with nothing sampled, detokenized or sent. Given a
+        reply's tokens, it evaluates exactly what that reply did. Answers
+        decode_s and decoded_tokens.
     {"op": "count", "text": "..."}
         Answers tokens: how many tokens the text is on its own.
 """
@@ -84,6 +92,7 @@ class DirectLoop:
         self._ctx = ctx
         self._memory = llama_cpp.llama_get_memory(ctx)
         self._n_batch = n_batch
+        self._n_threads = n_threads
 
         chain_params = llama_cpp.llama_sampler_chain_default_params()
         self._sampler = llama_cpp.llama_sampler_chain_init(chain_params)
@@ -127,6 +136,11 @@ class DirectLoop:
             )
         ]
 
+    def use_threads(self, threads: int | None) -> None:
+        """Computes on `threads` from now on (None: the count it started with)."""
+        count = threads or self._n_threads
+        llama_cpp.llama_set_n_threads(self._ctx, count, count)
+
     def run(
         self, messages: Sequence[ChatMessage], max_tokens: int, cached: int
     ) -> dict[str, object]:
@@ -141,6 +155,7 @@ class DirectLoop:
             self._decode(batch, len(batch))
         llama_cpp.llama_sampler_reset(self._sampler)
         reply = bytearray()
+        tokens: list[int] = []
         generated = 0
 
         started = time.perf_counter()
@@ -150,6 +165,7 @@ class DirectLoop:
         first = last = time.perf_counter()
         while not llama_cpp.llama_vocab_is_eog(self._vocab, token):
             generated += 1
+            tokens.append(token)
             reply += vocab.token_bytes(self._vocab, token)
             if generated >= max_tokens:
                 break
@@ -164,8 +180,22 @@ class DirectLoop:
             "prefill_s": first - started,
             "decode_s": last - first,
             "generated_tokens": generated,
+            "tokens": tokens,
             "text": reply.decode("utf-8", "replace"),
         }
+
+    def bare(self, messages: Sequence[ChatMessage], tokens: Sequence[int]) -> dict[str, object]:
+        """The reply's decode steps alone: no sampling, no text (see the module's "bare")."""
+        llama_cpp.llama_memory_clear(self._memory, True)
+        for batch in self._batches(self.prompt(messages)):
+            self._decode(batch, len(batch))
+        one = (llama_cpp.llama_token * 1)()
+        steps = list(tokens[:-1])  # the last token's logits were never needed
+        started = time.perf_counter()
+        for token in steps:
+            one[0] = token
+            self._decode(one, 1)
+        return {"decode_s": time.perf_counter() - started, "decoded_tokens": len(steps)}
 
 
 def _messages(raw: object) -> list[ChatMessage]:
@@ -177,11 +207,16 @@ def _serve(loop: DirectLoop, requests: TextIO, replies: TextIO) -> None:
     for line in requests:
         request = cast(dict[str, object], json.loads(line))
         try:
+            loop.use_threads(cast(int | None, request.get("threads")))
             if request["op"] == "run":
                 reply = loop.run(
                     _messages(request["messages"]),
                     cast(int, request["max_tokens"]),
                     cast(int, request["cached"]),
+                )
+            elif request["op"] == "bare":
+                reply = loop.bare(
+                    _messages(request["messages"]), cast(list[int], request["tokens"])
                 )
             elif request["op"] == "count":
                 text = cast(str, request["text"])

@@ -9,15 +9,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import time
 import types
 import typing
 from pathlib import Path
 
+import psutil
 from PySide6.QtGui import QImage
 from PySide6.QtWidgets import QApplication
 from pytestqt.qtbot import QtBot
 
 from kvchat.app import bench
+from kvchat.app.bench_busy import Burner, recovery_tokens
 from kvchat.app.bench_chart import HEIGHT, WIDTH
 from kvchat.app.main import main
 
@@ -76,6 +79,8 @@ def test_bench_writes_every_field_and_a_chart(
     assert written["decode_ratio"] > 0 and written["prefill_ratio"] > 0
     assert written["quick"] is True
     assert set(written["goals"]) == {
+        "decode_over_bare",
+        "busy_decode_ratio",
         "decode_ratio",
         "prefill_ratio",
         "ttft_turn20_over_turn1",
@@ -101,3 +106,29 @@ def test_a_cpu_figure_that_cannot_be_measured_is_none_never_negative(qtbot: QtBo
     swamped = bench._stream_once(window, 40, heartbeat_cpu_per_s=1e6)
     assert swamped.gui_cpu_us_per_token is None
     assert swamped.append_cpu_us_per_token >= 0
+
+
+def test_recovery_counts_tokens_from_the_stop_to_idle_speed() -> None:
+    # Idle: 100 tokens/s throughout. Busy: 25 tokens/s until token 150, then
+    # 60 tokens/s for 40 tokens (threads coming back), then idle speed.
+    idle = [(n / 100, n) for n in range(0, 400)]
+    busy, now = [], 0.0
+    for n in range(0, 400):
+        busy.append((now, n))
+        now += 1 / 25 if n < 150 else 1 / 60 if n < 190 else 1 / 100
+    tokens = recovery_tokens(busy, idle, stopped_at=150, window=32)
+    # From token 188, two slow tokens and 30 at idle speed average 96 tokens/s.
+    assert tokens == 38
+    # A reply that ends before decode is back has no recovery figure.
+    assert recovery_tokens(busy[:180], idle, stopped_at=150, window=32) is None
+
+
+def test_the_burner_keeps_a_cpu_busy_until_stopped() -> None:
+    with Burner() as burner:
+        assert burner.running
+        process = psutil.Process(burner._process.pid)  # type: ignore[union-attr]
+        process.cpu_percent()
+        time.sleep(0.5)
+        assert process.cpu_percent() > 50
+    assert not burner.running
+    assert not psutil.pid_exists(process.pid) or process.status() == psutil.STATUS_ZOMBIE
