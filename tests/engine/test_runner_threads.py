@@ -1,21 +1,31 @@
-"""The runner's decode loop with the real model: its greedy pick against
-llama.cpp's greedy sampler, and its thread count beside real busy processes."""
+"""The runner's decode loop with real llama.cpp: its greedy pick and its
+penalties against llama.cpp's own samplers, and its thread count beside real
+busy processes."""
 
 from __future__ import annotations
 
+import ctypes
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import llama_cpp
+import numpy as np
 import pytest
 
 from kvchat.app.formatting import format_stats
 from kvchat.engine.bench_direct import DirectLoop
 from kvchat.engine.gguf_file import read_gguf
 from kvchat.engine.protocol import ChatMessage, LoadConfig, Sampling
-from kvchat.engine.runner import LlamaLog, ModelRunner, physical_cores
+from kvchat.engine.runner import (
+    PENALTY_LAST_N,
+    LlamaLog,
+    ModelRunner,
+    Penalties,
+    physical_cores,
+)
 from kvchat.engine.threads import CpuLoad
 
 # Temperature 0 and no penalties: the most likely token each time.
@@ -88,3 +98,55 @@ def test_a_thread_count_the_person_chose_is_kept(model_path: Path, log: LlamaLog
         runner.close()
     assert stats.decode_threads == chosen
     assert stats.threads_note == ""
+
+
+@pytest.mark.parametrize(
+    "sampling",
+    [
+        Sampling(repeat_penalty=1.1),
+        Sampling(repeat_penalty=1.3, frequency_penalty=0.4, presence_penalty=0.2),
+        Sampling(repeat_penalty=1.0, presence_penalty=-0.5),
+    ],
+)
+def test_penalties_match_llama_cpps_penalties_sampler_to_the_bit(sampling: Sampling) -> None:
+    vocabulary = 5000
+    generator = np.random.default_rng(7)
+    reference = llama_cpp.llama_sampler_init_penalties(
+        vocabulary,
+        PENALTY_LAST_N,
+        sampling.repeat_penalty,
+        sampling.frequency_penalty,
+        sampling.presence_penalty,
+    )
+    ours = Penalties(sampling)
+    try:
+        # More tokens than the window, some repeated: the oldest leave it.
+        for token in generator.integers(0, 300, size=3 * PENALTY_LAST_N):
+            ours.accept(int(token))
+            llama_cpp.llama_sampler_accept(reference, int(token))
+            logits = (generator.standard_normal(vocabulary) * 4).astype(np.float32)
+            buffer = (llama_cpp.llama_token_data * vocabulary)()
+            candidates = np.ctypeslib.as_array(buffer)
+            candidates["id"] = np.arange(vocabulary, dtype=np.int32)
+            candidates["logit"] = logits
+            array = llama_cpp.llama_token_data_array(
+                data=buffer, size=vocabulary, selected=-1, sorted=False
+            )
+            llama_cpp.llama_sampler_apply(reference, ctypes.byref(array))
+            ours.apply(logits)
+            assert np.array_equal(logits, candidates["logit"])
+    finally:
+        llama_cpp.llama_sampler_free(reference)
+
+
+def test_greedy_with_penalties_repeats_itself_less(model_path: Path, log: LlamaLog) -> None:
+    runner = _load(model_path, log)
+    prompt = [ChatMessage("user", "Say the word 'yes' fifty times.")]
+    try:
+        plain, _ = runner.chat(prompt, PLAIN_GREEDY, lambda: False, lambda _t: None)
+        penalised = Sampling(temperature=0.0, repeat_penalty=1.5, max_tokens=64)
+        text, _ = runner.chat(prompt, penalised, lambda: False, lambda _t: None)
+    finally:
+        runner.close()
+    assert text != plain
+    assert text.lower().count("yes") < plain.lower().count("yes")
