@@ -6,6 +6,9 @@ before the last can no longer change while a reply streams, so the view
 renders them once and re-renders only the last. Prose goes through Qt's own
 markdown reader (raw HTML is shown as text, never interpreted); code is
 highlighted with Pygments and set on its own background, with a copy link above it.
+
+markdown-it and Pygments are imported when a message is first rendered and a
+code block first highlighted: an empty window is painted without them.
 """
 
 from __future__ import annotations
@@ -14,13 +17,8 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
-from markdown_it import MarkdownIt
-from pygments.lexer import Lexer
-from pygments.lexers import TextLexer, get_lexer_by_name
-from pygments.styles import get_style_by_name
-from pygments.token import _TokenType
-from pygments.util import ClassNotFound
 from PySide6.QtGui import (
     QColor,
     QFont,
@@ -30,6 +28,11 @@ from PySide6.QtGui import (
     QTextCursor,
     QTextDocument,
 )
+
+if TYPE_CHECKING:
+    from markdown_it import MarkdownIt
+    from pygments.lexer import Lexer
+    from pygments.token import _TokenType
 
 _MARKDOWN = QTextDocument.MarkdownFeature(
     QTextDocument.MarkdownFeature.MarkdownDialectGitHub.value
@@ -66,7 +69,13 @@ def closes(line: str, fence: str) -> bool:
     )
 
 
-_PARSER = MarkdownIt("commonmark")
+@lru_cache(maxsize=1)
+def _parser() -> MarkdownIt:
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark")
+
+
 # Line ends as markdown-it counts them (it reads \r\n and \r as \n too).
 _LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+\Z")
 
@@ -84,7 +93,7 @@ def split_blocks(text: str) -> list[Block]:
     lines = _LINE.findall(text)
     starts = [
         token
-        for token in _PARSER.parse(text)
+        for token in _parser().parse(text)
         if token.level == 0 and token.map is not None and token.nesting >= 0
     ]
     if not starts:  # blank lines only
@@ -142,6 +151,9 @@ def _hard_breaks(text: str) -> str:
 
 @lru_cache(maxsize=64)
 def _lexer(language: str) -> Lexer:
+    from pygments.lexers import TextLexer, get_lexer_by_name
+    from pygments.util import ClassNotFound
+
     if language:
         try:
             lexer: Lexer = get_lexer_by_name(language, stripnl=False, ensurenl=False)
@@ -155,6 +167,8 @@ def _lexer(language: str) -> Lexer:
 @lru_cache(maxsize=4)
 def _style(dark: bool) -> tuple[QColor, dict[_TokenType, QTextCharFormat]]:
     """The code background, and a monospace format per token type."""
+    from pygments.styles import get_style_by_name
+
     style = get_style_by_name(DARK_STYLE if dark else LIGHT_STYLE)
     mono = QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont)
     formats: dict[_TokenType, QTextCharFormat] = {}
