@@ -1077,8 +1077,9 @@ def measure_gui(sizes: Sizes, say: Callable[[str], None]) -> GuiResult:
 
 @dataclass(frozen=True)
 class StartupResult:
-    """Seconds from starting `python -m kvchat.app` to the window shown (the event
-    loop running with it) and to the model ready for the first message."""
+    """Seconds from starting `python -m kvchat.app` to the window shown (its
+    first paint ended: MainWindow.first_painted) and to the model ready for
+    the first message."""
 
     window_shown_s: Spread
     ready_s: Spread
@@ -1427,7 +1428,8 @@ def format_tables(result: BenchResult) -> str:
         f"{busy.ratio.text(3)} | {result.goals['busy_decode_ratio'].target} |",
         "",
         f"Beside the busy process kvchat ended its replies on "
-        f"{', '.join(str(t) for t in busy.threads)} threads"
+        f"{', '.join(str(t) for t in busy.threads)} "
+        f"thread{'' if set(busy.threads) == {1} else 's'}"
         + (f" ({busy.note})" if busy.note else "")
         + ". "
         + _recovery_text(result.recovery),

@@ -150,6 +150,8 @@ def _panel(
 def _goals(painter: QPainter, rect: QRectF, result: BenchResult) -> None:
     _title(painter, rect, "Goals")
     names = {
+        "decode_over_bare": "decode, kvchat / bare llama_decode",
+        "busy_decode_ratio": "decode, a core busy: kvchat / best fixed",
         "decode_ratio": "decode, kvchat / direct",
         "prefill_ratio": "prefill, kvchat / direct",
         "ttft_turn20_over_turn1": "first token, turn 20 / turn 1",

@@ -7,10 +7,10 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-import psutil
-from PySide6.QtCore import QTimer
+from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QApplication, QMessageBox
 
 from kvchat.app.api_service import attach_serving
@@ -21,22 +21,21 @@ from kvchat.app.instance_lock import AlreadyRunningError, InstanceLock
 from kvchat.app.load_marker import LoadMarker
 from kvchat.app.paths import engine_log_path, kv_cache_path, rescue_folders
 from kvchat.app.saving import SaveQueue
-from kvchat.app.servers_flow import ServersFlow
 from kvchat.app.settings import EngineSettings, Settings
 from kvchat.app.settings_file import read_settings, settings_path, write_settings
-from kvchat.app.settings_flow import SettingsFlow
 from kvchat.app.store import open_store
 from kvchat.app.window_state import WindowKeeper
 from kvchat.engine.models import bundled_model_path
 from kvchat.engine.remote_address import is_remote, split_model_url
+from kvchat.ui.background_import import import_then
 from kvchat.ui.main_window import MainWindow
 from kvchat.ui.theme import apply_theme
 
 # `kvchat bench` times the launch with this set to "1": once the model is ready,
 # the app prints one JSON line to stdout and quits. The line holds time.time()
-# when the window was shown (the event loop running with it) and when the
-# model was ready for the first message, the process's RSS then, and "error"
-# when the model failed to load.
+# when the window was shown (its first paint had ended: MainWindow.first_painted,
+# before anything that waits for it starts) and when the model was ready for the
+# first message, the process's RSS then, and "error" when the model failed to load.
 EXIT_WHEN_READY_ENV = "KVCHAT_BENCH_EXIT_WHEN_READY"
 
 
@@ -46,12 +45,14 @@ def build_window(
     data_dir: Path,
     api_key: str | None = None,
 ) -> tuple[MainWindow, Controller]:
-    """The window and its controller, with the model starting to load.
+    """The window and its controller; the model starts to load once the window is painted.
 
     The window is shown before the model has loaded, so loading progress is
     visible, with the conversation of the newest activity. `model_path` may
     be a model on a server elsewhere (its URL, engine.remote), whose server
-    takes `api_key`.
+    takes `api_key`. What the first paint does not need waits for it
+    (`after_first_paint`): the servers and settings flows (`controller.settings_flow`
+    is None until then), the engine, and the search for models.
 
     Raises:
         AlreadyRunningError: another kvchat uses this data folder.
@@ -68,19 +69,6 @@ def build_window(
     controller = Controller(
         window, engine, settings, history=History(saver), lock=lock, marker=LoadMarker(data_dir)
     )
-    flow = SettingsFlow(controller, data_dir)
-    controller.settings_flow = flow
-    window.settings_requested.connect(flow.open)
-    servers = ServersFlow(data_dir, window)
-    window.servers_requested.connect(lambda: servers.open(window))
-    servers.servers_changed.connect(flow.discover_remote)
-    flow.servers = lambda: [
-        (s.name, s.base_url, servers.key_for(s.base_url)) for s in servers.servers()
-    ]
-    cli_key = engine.server_key
-    engine.server_key = lambda base_url: cli_key(base_url) or servers.key_for(base_url)
-    if servers.load_notice:
-        window.chat_view.add_notice(servers.load_notice)
     keeper = WindowKeeper(window, controller, data_dir)
     window.show()
     controller.open_latest()
@@ -88,9 +76,92 @@ def build_window(
     keeper.restore_first_draft(current.key if current is not None else "")
     if opened is not None and opened.notice:
         window.chat_view.add_notice(opened.notice)
-    controller.start(model_path)
-    flow.discover()
+    after_first_paint(window, lambda: _start_the_rest(controller, data_dir, model_path))
     return window, controller
+
+
+# The most that work waits for the window's first paint: a window opened
+# minimized, or on another desktop, is not painted until it is looked at.
+FIRST_PAINT_WAIT_MS = 2000
+
+
+def after_first_paint(
+    window: MainWindow, work: Callable[[], None], wait_ms: int = FIRST_PAINT_WAIT_MS
+) -> None:
+    """Runs `work` once, after the window's first paint, or after `wait_ms` for a
+    window that is not painted by then; never once the window has closed.
+
+    Queued after the signal, so that it runs after all that waits for the
+    paint itself (the launch's timing, `kvchat bench`).
+    """
+    done = False
+
+    def run() -> None:
+        nonlocal done
+        if not done:
+            done = True
+            work()
+
+    def cancel() -> None:
+        nonlocal done
+        done = True
+
+    window.closing.connect(cancel)
+    window.first_painted.connect(run, Qt.ConnectionType.QueuedConnection)
+    QTimer.singleShot(wait_ms, window, run)
+
+
+# What the servers and settings flows import: the keyring, llama.cpp's GGUF
+# reader and NumPy, which the first paint does not need.
+FLOW_MODULES = ("kvchat.app.servers_flow", "kvchat.app.settings_flow")
+
+
+def _start_the_rest(controller: Controller, data_dir: Path, model_path: str | None) -> None:
+    """The engine (its load takes longest), then the servers and settings flows
+    once their modules have been imported in the background, and the search for
+    models.
+
+    The flows are made by the time the engine host says it started, at the
+    latest: the settings flow shows the loaded model's estimate, so it must be
+    there before the load ends. A server's model waits for them instead: its
+    key is the servers flow's.
+    """
+    made = False
+
+    def make_flows() -> None:
+        nonlocal made
+        if not made:
+            made = True
+            _make_flows(controller, data_dir)
+
+    if model_path is not None and is_remote(model_path):
+        make_flows()
+        controller.start(model_path)
+        return
+    controller.engine.host_started.connect(lambda _event: make_flows())
+    controller.start(model_path)
+    import_then(FLOW_MODULES, controller, make_flows)
+
+
+def _make_flows(controller: Controller, data_dir: Path) -> None:
+    from kvchat.app.servers_flow import ServersFlow
+    from kvchat.app.settings_flow import SettingsFlow
+
+    window, engine = controller.window, controller.engine
+    servers = ServersFlow(data_dir, window)
+    window.servers_requested.connect(lambda: servers.open(window))
+    cli_key = engine.server_key
+    engine.server_key = lambda base_url: cli_key(base_url) or servers.key_for(base_url)
+    if servers.load_notice:
+        window.chat_view.add_notice(servers.load_notice)
+    flow = SettingsFlow(controller, data_dir)
+    controller.settings_flow = flow
+    window.settings_requested.connect(flow.open)
+    servers.servers_changed.connect(flow.discover_remote)
+    flow.servers = lambda: [
+        (s.name, s.base_url, servers.key_for(s.base_url)) for s in servers.servers()
+    ]
+    flow.discover()
 
 
 def missing_display() -> str:
@@ -145,11 +216,16 @@ def run_gui(
     if notice:
         window.chat_view.add_notice(notice)
     controller.engine.model_loaded.connect(lambda info: _remember_model(data_dir, info.path))
-    attach_serving(window, controller.engine, settings, data_dir)
+    # Serving imports FastAPI and uvicorn when it starts at once (it served last time).
+    after_first_paint(window, lambda: _serve(window, controller, settings, data_dir))
     if os.environ.get(EXIT_WHEN_READY_ENV) == "1":
         _exit_when_ready(window, controller)
     app.styleHints().colorSchemeChanged.connect(lambda _scheme: window.refresh_theme())
     return app.exec()
+
+
+def _serve(window: MainWindow, controller: Controller, settings: Settings, data_dir: Path) -> None:
+    attach_serving(window, controller.engine, settings, data_dir)
 
 
 def _remember_model(data_dir: Path, path: str) -> None:
@@ -169,12 +245,15 @@ def _exit_when_ready(window: MainWindow, controller: Controller) -> None:
     times: dict[str, object] = {}
 
     def report(error: str | None) -> None:
+        import psutil  # here: the launch being timed does not wait for it
+
         times.update(ready=time.time(), rss_bytes=psutil.Process().memory_info().rss)
         if error is not None:
             times["error"] = error
         print(json.dumps(times), flush=True)
         window.close()
 
-    QTimer.singleShot(0, lambda: times.setdefault("window_shown", time.time()))
+    # Direct, where what waits for the first paint is queued (after_first_paint).
+    window.first_painted.connect(lambda: times.setdefault("window_shown", time.time()))
     controller.engine.model_loaded.connect(lambda _info: report(None))
     controller.engine.load_failed.connect(lambda failure: report(failure.message))

@@ -6,7 +6,7 @@ import os
 import time
 from pathlib import Path
 
-from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtCore import QEvent, QObject, Qt, QTimer, Signal
 from PySide6.QtGui import (
     QAction,
     QCloseEvent,
@@ -60,6 +60,8 @@ class MainWindow(QMainWindow):
         restart_requested(): the person asked for the engine to be started again.
         closing(): the window is about to close; the owner stops the engine.
         system_prompt_edited(str): the person changed this conversation's system prompt.
+        first_painted(): the window has been drawn for the first time, all of it;
+            what it did not need for that can start now.
     """
 
     message_submitted = Signal(str)
@@ -73,6 +75,7 @@ class MainWindow(QMainWindow):
     closing = Signal()
     system_prompt_edited = Signal(str)
     serve_toggled = Signal(bool)
+    first_painted = Signal()
 
     def __init__(self) -> None:
         super().__init__()
@@ -209,6 +212,7 @@ class MainWindow(QMainWindow):
         self._build_menu()
         self._build_toolbar()
         self._sync_buttons(busy=False)
+        self.installEventFilter(self)
 
     def show_serving(self, url: str, examples: str) -> None:
         """The API server runs at `url`; `examples` say how to call it."""
@@ -553,6 +557,20 @@ class MainWindow(QMainWindow):
             sizes.append(max(memory_min, min(memory.width(), room)))
         if docks and sum(d.width() for d in docks) > sum(sizes):
             self.resizeDocks(docks, sizes, Qt.Orientation.Horizontal)
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        if watched is self and event.type() == QEvent.Type.Paint:
+            self.removeEventFilter(self)
+            # The window is painted before what it holds, all in this one event:
+            # a timer of 0 ms runs once the whole of it has been drawn.
+            QTimer.singleShot(0, self, self._after_first_paint)
+        return super().eventFilter(watched, event)
+
+    def _after_first_paint(self) -> None:
+        self.first_painted.emit()
+        # pyqtgraph takes a quarter of a second to import, which the first
+        # paint did not wait for.
+        self.memory_panel.plot.build_soon()
 
     def showEvent(self, event: QShowEvent) -> None:
         super().showEvent(event)

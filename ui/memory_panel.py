@@ -12,12 +12,14 @@ import html
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import pyqtgraph as pg
 from PySide6.QtCore import QRectF, QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QPainter, QPaintEvent, QPalette, QResizeEvent
 from PySide6.QtWidgets import (
     QFrame,
+    QGraphicsScene,
+    QGraphicsView,
     QGridLayout,
     QGroupBox,
     QLabel,
@@ -29,6 +31,11 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
+
+from kvchat.ui.background_import import import_then
+
+if TYPE_CHECKING:
+    import pyqtgraph as pg
 
 # Numbers repaint four times a second and the plot once: on a machine whose
 # cores all decode, every repaint takes time from llama.cpp's threads.
@@ -569,12 +576,38 @@ def _tick_step(span: float) -> float:
 
 def _plot(background: QColor) -> pg.PlotWidget:
     """A plot that asks for its minimum height and takes whatever is left over."""
+    import pyqtgraph as pg  # here: the window's first paint does not wait for it
+
     plot = pg.PlotWidget(background=background)
     # Not Expanding: QGraphicsView's own hints are the scene's size and its scroll
     # bars', and a layout that heeded them would scroll the column rather than
     # let the plots shrink. Ignored leaves the minimum and the stretch to decide.
     plot.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Ignored)
     return plot
+
+
+class _PlotStandIn(QGraphicsView):
+    """Where a plot stands until pyqtgraph is loaded: its background, and its size hints.
+
+    A pyqtgraph plot is a QGraphicsView whose scene follows the view's size, and
+    QGraphicsView asks for its scene's size; this one does the same, so the dock
+    is laid out alike before and after the plots arrive.
+    """
+
+    def __init__(self, background: QColor) -> None:
+        super().__init__()
+        self.setScene(QGraphicsScene(self))
+        self.setBackgroundBrush(background)
+        self.setFrameShape(QFrame.Shape.NoFrame)
+        self.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+        self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Ignored)
+        self.setSceneRect(QRectF(self.rect()))
+
+    def resizeEvent(self, event: QResizeEvent) -> None:
+        super().resizeEvent(event)
+        self.setSceneRect(QRectF(self.rect()))
 
 
 class LivePlot(QWidget):
@@ -584,45 +617,27 @@ class LivePlot(QWidget):
     share one time axis, drawn under the bottom one. Where it does not (a small
     window, a second device, the estimate shown), they go into tabs, one plot
     at a time with its own time axis, rather than make the column scroll.
+
+    The plots themselves (pyqtgraph) are made by `build`, or by `build_soon`,
+    which the window calls after its first paint; until then stand-ins of the
+    same size hold their places, and the points that arrive are kept and drawn
+    once the plots are made.
     """
 
     TAB_NAMES = ("KV cache", "Engine memory", "Decode speed")
+    TITLES = (
+        ("KV cache used, MiB", KV),
+        ("engine memory on the device, MiB", WEIGHTS),
+        ("decode, tokens/s", COMPUTE),
+    )
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        background = self.palette().color(QPalette.ColorRole.Base)
-        foreground = self.palette().color(QPalette.ColorRole.Text)
         self.plots: list[pg.PlotWidget] = []
-        curves = []
-        rows = (
-            ("KV cache used, MiB", KV),
-            ("engine memory on the device, MiB", WEIGHTS),
-            ("decode, tokens/s", COMPUTE),
-        )
-        title_height = self.fontMetrics().height() + 3
-        for title, color in rows:
-            plot = _plot(background)
-            plot.setMenuEnabled(False)
-            plot.setMouseEnabled(x=False, y=False)
-            plot.hideButtons()
-            item = plot.getPlotItem()
-            item.setTitle(title, color=foreground.name(), size="9pt")
-            # pyqtgraph keeps 30 px for a title; one line of text needs less.
-            item.layout.setRowFixedHeight(0, title_height)
-            item.titleLabel.setMaximumHeight(title_height)
-            for axis in ("bottom", "left"):
-                item.getAxis(axis).setTextPen(foreground)
-            # Seconds stay seconds: no "(x0.001)" on an empty plot's axis.
-            item.getAxis("bottom").enableAutoSIPrefix(False)
-            if self.plots:
-                plot.setXLink(self.plots[0])
-            curves.append(plot.plot(pen=pg.mkPen(color, width=2)))
-            self.plots.append(plot)
-            # Sizes and rates start at zero: an axis that zooms to the data's
-            # own span makes noise of a few KiB look like a climb.
-            item.enableAutoRange(y=False)
-            item.setLabel("bottom", "s since load")
-        self.kv_curve, self.process_curve, self.speed_curve = curves
+        self._curves: list[pg.PlotDataItem] = []
+        background = self.palette().color(QPalette.ColorRole.Base)
+        # What the column and the tabs hold: the stand-ins, then the plots.
+        self._views: list[QGraphicsView] = [_PlotStandIn(background) for _ in self.TITLES]
 
         self._column = QWidget()
         self._column_layout = QVBoxLayout(self._column)
@@ -641,21 +656,105 @@ class LivePlot(QWidget):
         self._arrange(tabbed=False)
         self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Expanding)
         self.clear()
+        self._importing = False
+        # The plots made so far by `build_soon`, with their curves.
+        self._made: list[tuple[pg.PlotWidget, pg.PlotDataItem]] = []
+
+    def build_soon(self) -> None:
+        """Builds the plots once pyqtgraph has been imported on a thread of its own.
+
+        The import takes a quarter of a second or more, and the window answers
+        the person meanwhile; the plots are then made here, on the GUI thread,
+        one per turn of the event loop, so that input is answered between them.
+        """
+        if not self.plots and not self._importing:
+            self._importing = True
+            import_then(["pyqtgraph"], self, self._make_next)
+
+    def _make_next(self) -> None:
+        if self.plots:
+            return  # `build` came first
+        self._made.append(self._make_plot(len(self._made)))
+        if len(self._made) < len(self.TITLES):
+            QTimer.singleShot(0, self, self._make_next)
+        else:
+            self._place()
+
+    def build(self) -> None:
+        """Makes the plots in the stand-ins' places and draws the points kept so far."""
+        if self.plots:
+            return
+        while len(self._made) < len(self.TITLES):
+            self._made.append(self._make_plot(len(self._made)))
+        self._place()
+
+    def _make_plot(self, index: int) -> tuple[pg.PlotWidget, pg.PlotDataItem]:
+        import pyqtgraph as pg
+
+        title, color = self.TITLES[index]
+        foreground = self.palette().color(QPalette.ColorRole.Text)
+        title_height = self.fontMetrics().height() + 3
+        plot = _plot(self.palette().color(QPalette.ColorRole.Base))
+        plot.setMenuEnabled(False)
+        plot.setMouseEnabled(x=False, y=False)
+        plot.hideButtons()
+        item = plot.getPlotItem()
+        item.setTitle(title, color=foreground.name(), size="9pt")
+        # pyqtgraph keeps 30 px for a title; one line of text needs less.
+        item.layout.setRowFixedHeight(0, title_height)
+        item.titleLabel.setMaximumHeight(title_height)
+        for axis in ("bottom", "left"):
+            item.getAxis(axis).setTextPen(foreground)
+        # Seconds stay seconds: no "(x0.001)" on an empty plot's axis.
+        item.getAxis("bottom").enableAutoSIPrefix(False)
+        if self._made:
+            plot.setXLink(self._made[0][0])
+        curve = plot.plot(pen=pg.mkPen(color, width=2))
+        # Sizes and rates start at zero: an axis that zooms to the data's
+        # own span makes noise of a few KiB look like a climb.
+        item.enableAutoRange(y=False)
+        item.setLabel("bottom", "s since load")
+        return plot, curve
+
+    def _place(self) -> None:
+        """Puts the plots made in the stand-ins' places, all at once."""
+        self.plots = [plot for plot, _curve in self._made]
+        self._curves = [curve for _plot, curve in self._made]
+        for stand_in, plot in zip(self._views, self.plots, strict=True):
+            plot.setMinimumHeight(stand_in.minimumHeight())
+            if self._tabbed:
+                index = self.tabs.indexOf(stand_in)
+                current = self.tabs.currentIndex()
+                self.tabs.removeTab(index)
+                self.tabs.insertTab(index, plot, self.TAB_NAMES[index])
+                self.tabs.setCurrentIndex(current)
+            else:
+                self._column_layout.replaceWidget(stand_in, plot)
+                plot.show()
+            stand_in.hide()
+            stand_in.deleteLater()
+        self._views = list(self.plots)
+        self._style_axes()
         self.redraw()
+
+    def curves(self) -> list[pg.PlotDataItem]:
+        """The KV cache's, the engine's memory's and the decode speed's lines (none
+        before `build`)."""
+        return list(self._curves)
 
     def sizeHint(self) -> QSize:
         # No more height than the minimum: the plots take what is left over, and
         # what is left never makes the column scroll. The width is a plot's,
         # whichever the arrangement, so the dock keeps its width.
-        return QSize(self.plots[0].sizeHint().width(), self.minimumHeight())
+        return QSize(self._views[0].sizeHint().width(), self.minimumHeight())
 
     def minimumSizeHint(self) -> QSize:
         return QSize(super().minimumSizeHint().width(), self.minimumHeight())
 
     def stacked_height(self) -> int:
         """The least height that shows the three plots one above the other."""
-        spacing = self._column_layout.spacing() * (len(self.plots) - 1)
-        return PLOT_MIN_HEIGHT * len(self.plots) + TIME_AXIS_HEIGHT + spacing
+        spacing = self._column_layout.spacing() * (len(self._views) - 1)
+        return PLOT_MIN_HEIGHT * len(self._views) + TIME_AXIS_HEIGHT + spacing
 
     def is_tabbed(self) -> bool:
         return bool(self._tabbed)
@@ -672,27 +771,32 @@ class LivePlot(QWidget):
         self._tabbed = tabbed
         current = self.tabs.currentIndex()
         self.tabs.clear()
-        for index, plot in enumerate(self.plots):
-            last = index == len(self.plots) - 1
+        for index, view in enumerate(self._views):
+            last = index == len(self._views) - 1
             # Stacked, the plots share the time axis under the last one; in a
             # tab, each plot is alone and reads its own.
             own_axis = tabbed or last
+            view.setMinimumHeight(PLOT_MIN_HEIGHT + (TIME_AXIS_HEIGHT if own_axis else 0))
+            if tabbed:
+                self.tabs.addTab(view, self.TAB_NAMES[index])
+            else:
+                # Shares in proportion, so the three data areas come out about as tall.
+                self._column_layout.addWidget(view, 4 if last else 3)
+                # A tab that was not current left its plot hidden.
+                view.show()
+        self._style_axes()
+        if tabbed:
+            self.tabs.setCurrentIndex(max(current, 0))
+        self._stack.setCurrentWidget(self.tabs if tabbed else self._column)
+
+    def _style_axes(self) -> None:
+        for index, plot in enumerate(self.plots):
+            own_axis = bool(self._tabbed) or index == len(self.plots) - 1
             axis = plot.getPlotItem().getAxis("bottom")
             axis.setStyle(showValues=own_axis)
             axis.showLabel(own_axis)
             # Without values, room for the lower half of the left axis's "0".
             axis.setHeight(None if own_axis else self.fontMetrics().height() // 2 + 2)
-            plot.setMinimumHeight(PLOT_MIN_HEIGHT + (TIME_AXIS_HEIGHT if own_axis else 0))
-            if tabbed:
-                self.tabs.addTab(plot, self.TAB_NAMES[index])
-            else:
-                # Shares in proportion, so the three data areas come out about as tall.
-                self._column_layout.addWidget(plot, 4 if last else 3)
-                # A tab that was not current left its plot hidden.
-                plot.show()
-        if tabbed:
-            self.tabs.setCurrentIndex(max(current, 0))
-        self._stack.setCurrentWidget(self.tabs if tabbed else self._column)
 
     def clear(self) -> None:
         self.kv_points: list[tuple[float, float]] = []
@@ -712,13 +816,17 @@ class LivePlot(QWidget):
         del self.speed_points[:-PLOT_POINTS]
 
     def redraw(self) -> None:
+        """Draws the points kept so far (nothing before `build`: it draws them then)."""
+        if not self.plots:
+            return
         rows = (
-            (self.kv_curve, self.kv_points, MIN_SPAN_MIB, None),
-            (self.process_curve, self.process_points, MIN_SPAN_MIB, None),
+            (self.kv_points, MIN_SPAN_MIB, None),
+            (self.process_points, MIN_SPAN_MIB, None),
             # Decode speed exists only while a reply is written: idle time is a gap.
-            (self.speed_curve, self.speed_points, MIN_SPAN_TOKENS_PER_S, SPEED_GAP_S),
+            (self.speed_points, MIN_SPAN_TOKENS_PER_S, SPEED_GAP_S),
         )
-        for plot, (curve, points, min_span, gap) in zip(self.plots, rows, strict=True):
+        lines = zip(self.plots, self._curves, rows, strict=True)
+        for plot, curve, (points, min_span, gap) in lines:
             xs: list[float] = []
             ys: list[float] = []
             for x, y in points:

@@ -95,6 +95,8 @@ def test_apply_saves_and_reloads_with_the_choice(
 
 def test_panel_shows_estimate_beside_actual_after_load(qtbot: QtBot, data_dir: Path) -> None:
     window, controller = build_window(None, EngineSettings(), data_dir)
+    # Made once the window has been painted, before the engine starts.
+    qtbot.waitUntil(lambda: controller.settings_flow is not None)
     flow = controller.settings_flow
     assert isinstance(flow, SettingsFlow)
     try:

@@ -1,7 +1,7 @@
 from pathlib import Path
 
 import pytest
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QEvent, QObject, Qt
 from PySide6.QtWidgets import QFileDialog
 from pytestqt.qtbot import QtBot
 
@@ -149,3 +149,40 @@ def test_one_model_file_is_one_entry_in_the_toolbar(qtbot: QtBot, tmp_path: Path
     window.select_model_choice(str(model))
     assert window.model_switcher.count() == 1
     assert window.model_switcher.currentText() == "a · 4 B"
+
+
+class _Paints(QObject):
+    """Counts the paint events a widget receives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        if event.type() == QEvent.Type.Paint:
+            self.count += 1
+        return False
+
+
+def test_first_painted_follows_the_first_paint_and_the_plots_follow_it(qtbot: QtBot) -> None:
+    window = MainWindow()
+    qtbot.addWidget(window)
+    painted, chat_painted = _Paints(), _Paints()
+    window.installEventFilter(painted)
+    window.chat_view.viewport().installEventFilter(chat_painted)
+    seen: list[tuple[bool, bool, int]] = []
+    window.first_painted.connect(
+        lambda: seen.append(
+            (painted.count > 0, chat_painted.count > 0, len(window.memory_panel.plot.plots))
+        )
+    )
+    window.show()
+    with qtbot.waitSignal(window.first_painted):
+        pass
+    # The window and what it holds had been drawn; the plots were not waited for.
+    assert seen == [(True, True, 0)]
+    qtbot.waitUntil(lambda: len(window.memory_panel.plot.plots) == 3)
+    before = painted.count
+    window.update()
+    qtbot.waitUntil(lambda: painted.count > before)
+    assert len(seen) == 1  # once

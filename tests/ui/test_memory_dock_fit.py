@@ -52,6 +52,8 @@ def _window(qtbot: QtBot, width: int, height: int, gpu: bool, estimate: bool) ->
     window.resize(width, height)
     window.show()
     qtbot.waitExposed(window)
+    # The plots are made after the first paint.
+    qtbot.waitUntil(lambda: len(window.memory_panel.plot.plots) == 3)
     _fill(window.memory_panel, gpu, estimate)
     for _ in range(3):
         QApplication.processEvents()

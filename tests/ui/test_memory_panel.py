@@ -2,9 +2,12 @@ import math
 from dataclasses import replace
 
 import pyqtgraph as pg
+import pytest
+from PySide6.QtWidgets import QApplication, QGraphicsView
 from pytestqt.qtbot import QtBot
 
 from kvchat.ui.memory_panel import (
+    PLOT_EVERY,
     DeviceView,
     KvView,
     LivePlot,
@@ -150,6 +153,7 @@ def test_hidden_panel_does_no_work(qtbot: QtBot) -> None:
 def test_plots_start_at_zero_keep_gaps_and_name_their_units(qtbot: QtBot) -> None:
     plot = LivePlot()
     qtbot.addWidget(plot)
+    plot.build()
     plot.redraw()
     for each in plot.plots:
         low, high = each.getPlotItem().viewRange()[1]
@@ -164,7 +168,8 @@ def test_plots_start_at_zero_keep_gaps_and_name_their_units(qtbot: QtBot) -> Non
     plot.redraw()
     low, high = plot.plots[1].getPlotItem().viewRange()[1]
     assert low == 0.0 and high >= 500.0
-    _xs, ys = plot.speed_curve.getData()
+    _kv_curve, _engine_curve, speed_curve = plot.curves()
+    _xs, ys = speed_curve.getData()
     assert sum(1 for y in ys if math.isnan(y)) == 1
 
 
@@ -176,6 +181,7 @@ def _own_time_axis(plot: pg.PlotWidget) -> bool:
 def test_plots_stack_on_one_time_axis_or_go_into_tabs(qtbot: QtBot) -> None:
     live = LivePlot()
     qtbot.addWidget(live)
+    live.build()
     live.resize(380, live.stacked_height() + 40)
     live.show()
     qtbot.waitExposed(live)
@@ -203,6 +209,7 @@ def test_plots_stack_on_one_time_axis_or_go_into_tabs(qtbot: QtBot) -> None:
 def test_size_axes_keep_few_labels(qtbot: QtBot) -> None:
     plot = LivePlot()
     qtbot.addWidget(plot)
+    plot.build()
     # Two to four labels on a size axis, whatever its span: a short plot has room for them.
     for mib in (0.0, 90.0, 950.0, 17_000.0):
         plot.add_kv(1.0, int(mib * 2**20))
@@ -210,3 +217,65 @@ def test_size_axes_keep_few_labels(qtbot: QtBot) -> None:
         step = plot.plots[0].getPlotItem().getAxis("left").tickSpacing(0, 1, 1)[0][0]
         high = plot.plots[0].getPlotItem().viewRange()[1][1]
         assert 2 <= int(high // step) + 1 <= 4
+
+
+def test_points_from_before_the_plots_exist_are_drawn_when_they_are_built(qtbot: QtBot) -> None:
+    panel = MemoryPanel()
+    qtbot.addWidget(panel)
+    panel.show()
+    qtbot.waitExposed(panel)
+    # What the engine reports while the window waits for pyqtgraph.
+    panel.set_kv(_kv(100), seconds=1.0)
+    panel.set_kv(_kv(200), seconds=2.0)
+    panel.set_devices([], "", seconds=1.5, engine_bytes=300 * MIB)
+    panel.add_speed_point(2.0, 40.0)
+    for _ in range(PLOT_EVERY):
+        panel.refresh()
+    assert panel.plot.plots == []
+    assert "200" in panel.kv_panel.fill_label.text()  # the figures do not wait
+    panel.plot.build()
+    kv, engine, speed = (list(zip(*curve.getData(), strict=True)) for curve in panel.plot.curves())
+    assert kv == [(1.0, 100 * 23040 / MIB), (2.0, 200 * 23040 / MIB)]
+    assert engine == [(1.5, 300.0)]
+    assert speed == [(2.0, 40.0)]
+    # And the points after the build join them.
+    panel.set_kv(_kv(300), seconds=3.0)
+    for _ in range(PLOT_EVERY):
+        panel.refresh()
+    xs, _ys = panel.plot.curves()[0].getData()
+    assert list(xs) == [1.0, 2.0, 3.0]
+
+
+@pytest.mark.parametrize("height", [700, 420], ids=["stacked", "tabbed"])
+def test_the_plots_take_the_places_of_their_stand_ins(qtbot: QtBot, height: int) -> None:
+    panel = MemoryPanel()
+    qtbot.addWidget(panel)
+    panel.resize(380, height)
+    panel.show()
+    qtbot.waitExposed(panel)
+    live = panel.plot
+    tabbed = live.is_tabbed()
+    assert tabbed == (height == 420)
+    if tabbed:
+        live.tabs.setCurrentIndex(2)
+
+    def layout() -> list[object]:
+        shown = [w for w in live.findChildren(QGraphicsView) if w.isVisible()]
+        return [
+            panel.widget().size(),
+            live.geometry(),
+            live.sizeHint(),
+            live.minimumSizeHint(),
+            sorted(w.geometry().getRect() for w in shown),
+        ]
+
+    QApplication.processEvents()
+    before = layout()
+    live.build()
+    QApplication.processEvents()
+    assert layout() == before
+    assert live.is_tabbed() == tabbed
+    if tabbed:
+        assert live.tabs.count() == 3
+        assert live.tabs.currentWidget() is live.plots[2]
+    assert all(each.isVisible() for each in live.plots) or tabbed
