@@ -10,14 +10,17 @@ one thread fewer, for as long as the neighbour stays.
 Two signals decide, and measurement has the last word:
 
 - The hint: what the kernel's counters say other processes use of the CPUs
-  (`CpuLoad`, through psutil). A neighbour that uses half a CPU or more
-  takes it from us.
+  (`CpuLoad`, through psutil). A neighbour that uses a third of a CPU or
+  more takes it from us (beside llama.cpp's spinning threads it gets no
+  more than a share of one).
 - The speed: the time of each decoded token. A change is a trial of
   `TRIAL_TOKENS` tokens; if the new count is slower than the old one was just
   before, the change is undone and not tried again in that direction for a
-  while (a back-off that doubles). Decode that slows to `SLOWED` times its
-  best at the current count tries one thread fewer even when the hint sees
-  nothing (a neighbour in another VM shows only as stolen time, or not at all).
+  while (a back-off that doubles), unless the reading changes. Decode that
+  slows to `SLOWED` times its best at the current count tries one thread
+  fewer even when the hint sees nothing (a neighbour in another VM shows only
+  as stolen time, or not at all); a virtual machine's own speed wanders by a
+  fifth from minute to minute, which must not set it off.
 
 A person's explicit thread count is kept as it is: `ThreadTuner.fixed`.
 """
@@ -41,7 +44,7 @@ import psutil
 HINT_INTERVAL_S = 0.25
 MIN_TURN_READING_S = 0.1
 # A neighbour using this much of a CPU or more takes it.
-TAKEN_CPU = 0.5
+TAKEN_CPU = 0.35
 # Tokens a new thread count decodes before it is judged.
 TRIAL_TOKENS = 8
 # The tokens before a change that its trial is held against.
@@ -50,14 +53,14 @@ RECENT_TOKENS = 3
 LOSES_AT = 1.05
 # Decode this much slower than its best at the same count tries one fewer;
 # with a reading that shows a neighbour, this much slower is enough.
-SLOWED = 1.3
-HINT_SLOWED = 1.1
+SLOWED = 1.6
+HINT_SLOWED = 1.15
 # The best time at a count is forgotten after this many tokens (contexts grow,
 # and so do token times).
 BEST_KEPT_TOKENS = 512
 # Tokens before a lost trial's direction is tried again; doubles on each loss.
 FIRST_HOLD_TOKENS = 64
-MAX_HOLD_TOKENS = 4096
+MAX_HOLD_TOKENS = 1024
 
 
 class Load(Protocol):
@@ -118,6 +121,7 @@ class _Trial:
     previous: int
     previous_seconds: float
     down_fitting: int
+    fitting: int  # what the reading allowed as the trial began
 
 
 class ThreadTuner:
@@ -143,7 +147,11 @@ class ThreadTuner:
         self._times: deque[float] = deque(maxlen=TRIAL_TOKENS)
         self._best: dict[int, tuple[float, int]] = {}
         self._trial: _Trial | None = None
-        self._hold_until: dict[int, int] = {}  # direction (+1, -1) -> token
+        # Direction (+1, -1) -> the token until which it is not tried again,
+        # the reading's count then, and the token time the count that lost
+        # made: a new reading lifts the hold, and so does the current count
+        # becoming slower than that.
+        self._hold_until: dict[int, tuple[int, int, float]] = {}
         self._hold_tokens = {+1: FIRST_HOLD_TOKENS, -1: FIRST_HOLD_TOKENS}
         self._token = 0
         self._hinted_at = -math.inf
@@ -204,7 +212,7 @@ class ThreadTuner:
             return self._try(self.threads - 1, f"decode slowed down with {self.threads}", fitting)
         if (
             self.threads < self._down_fitting
-            and self._token >= self._hold_until.get(+1, 0)
+            and not self._held(+1, self._down_fitting)
             and len(self._times) >= RECENT_TOKENS
         ):
             # Down for a slowdown the reading did not explain: only trying
@@ -248,9 +256,9 @@ class ThreadTuner:
         means the reading did not explain the slowdown.
         """
         direction = 1 if threads > self.threads else -1
-        if self._token < self._hold_until.get(direction, 0) or len(self._times) < RECENT_TOKENS:
+        if len(self._times) < RECENT_TOKENS or self._held(direction, fitting):
             return None
-        self._trial = _Trial(self.threads, self._recent(), self._down_fitting)
+        self._trial = _Trial(self.threads, self._recent(), self._down_fitting, fitting)
         self._down_fitting = fitting if direction < 0 else self.most
         self._reason = reason
         return self._switch(threads)
@@ -261,7 +269,7 @@ class ThreadTuner:
         self._trial = None
         direction = 1 if self.threads > trial.previous else -1
         if statistics.median(self._times) > LOSES_AT * trial.previous_seconds:
-            self._hold(direction)
+            self._hold(direction, trial.fitting, statistics.median(self._times))
             self._down_fitting = trial.down_fitting
             tried = self.threads
             self._reason = f"{tried} thread{'' if tried == 1 else 's'} decoded slower"
@@ -269,11 +277,18 @@ class ThreadTuner:
         self._hold_tokens[direction] = FIRST_HOLD_TOKENS
         if direction < 0:
             # The way back up is tried after a while, if the reading cannot tell.
-            self._hold_until[+1] = self._token + self._hold_tokens[+1]
+            self._hold_until[+1] = (self._token + self._hold_tokens[+1], trial.fitting, 0.0)
         return None
 
-    def _hold(self, direction: int) -> None:
-        self._hold_until[direction] = self._token + self._hold_tokens[direction]
+    def _held(self, direction: int, fitting: int) -> bool:
+        until, held_fitting, beaten = self._hold_until.get(direction, (0, 0, 0.0))
+        if self._token >= until or fitting != held_fitting:
+            return False
+        return not beaten or self._recent() <= beaten
+
+    def _hold(self, direction: int, fitting: int, lost_seconds: float) -> None:
+        until = self._token + self._hold_tokens[direction]
+        self._hold_until[direction] = (until, fitting, lost_seconds)
         self._hold_tokens[direction] = min(2 * self._hold_tokens[direction], MAX_HOLD_TOKENS)
 
     def _switch(self, threads: int) -> int:

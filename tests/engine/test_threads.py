@@ -199,3 +199,22 @@ def test_a_reading_too_soon_repeats_the_last() -> None:
     time.sleep(0.05)
     first = load.read()
     assert load.read(min_interval_s=60.0) == first
+
+
+def test_trials_lost_on_an_idle_machine_do_not_hold_off_a_real_neighbour() -> None:
+    machine = Machine()
+    machine.tuner.start_turn()
+    machine.decode(20)
+    # A long stretch where the reading shows something and 1 thread loses:
+    # the hold-offs grow.
+    machine.load.others = 1.0
+    machine.times = {1: BUSY_1, 2: IDLE_2 * 1.2}
+    machine.decode(300)
+    assert len(machine.changes) >= 4
+    held_from = machine.token
+    # Then a neighbour that costs 2 threads more than 1 thread made in those
+    # trials: it is tried at once, whatever was held off before.
+    machine.busy()
+    machine.decode(40)
+    assert machine.tuner.threads == 1
+    assert machine.changes[-1][0] - held_from < 20
