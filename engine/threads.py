@@ -154,6 +154,7 @@ class ThreadTuner:
         self._hold_until: dict[int, tuple[int, int, float]] = {}
         self._hold_tokens = {+1: FIRST_HOLD_TOKENS, -1: FIRST_HOLD_TOKENS}
         self._token = 0
+        self._slow_tokens = 0  # in a row, decoded `SLOWED` times slower than the best
         self._hinted_at = -math.inf
         self._path: list[int] = [self.threads]
         self._reason = ""
@@ -203,7 +204,12 @@ class ThreadTuner:
                 return self._try(fitting, _busy_reason(others), fitting)
             if self.threads < fitting and self._down_fitting < fitting:
                 return self._try(fitting, "the cores are free again", fitting)
-        if full and self.threads > 1 and self._slowed(SLOWED, TRIAL_TOKENS):
+        slowed = full and self.threads > 1 and self._slowed(SLOWED, TRIAL_TOKENS)
+        self._slow_tokens = self._slow_tokens + 1 if slowed else 0
+        # Held for a window's worth of tokens: a virtual machine stalls for
+        # a moment now and then, and a trial costs more than such a stall.
+        if self._slow_tokens >= TRIAL_TOKENS:
+            self._slow_tokens = 0
             self._hinted_at = now
             others = self._read()
             fitting = self._fitting(others)
