@@ -151,10 +151,6 @@ class _Host:
             if self.inbox.shutting_down:
                 return
             self.send_memory_sample()
-            runner = self._runner
-            if runner is not None and runner.cpu_load is not None:
-                # Keeps the reading a turn starts with no older than this.
-                runner.cpu_load.read(min_interval_s=MEMORY_SAMPLE_INTERVAL_S)
 
     def serve(self) -> None:
         while True:

@@ -400,6 +400,10 @@ class ModelRunner:
             else None
         )
         self._warm_up()
+        if self.cpu_load is not None:
+            # The first turn's reading starts here: the load's own work (the
+            # template worker starting) is no neighbour's.
+            self.cpu_load.restart()
 
     def _warm_up(self) -> None:
         """Evaluates one token and forgets it, as llama.cpp's own tools do at load.

@@ -38,11 +38,8 @@ from typing import Protocol
 
 import psutil
 
-# Seconds between two readings of the CPU counters while decoding; and the
-# least a reading covers as a turn starts (the engine also reads every second
-# between turns, `CpuLoad.read`'s callers).
+# Seconds between two readings of the CPU counters while decoding.
 HINT_INTERVAL_S = 0.25
-MIN_TURN_READING_S = 0.1
 # A neighbour using this much of a CPU or more takes it.
 TAKEN_CPU = 0.35
 # Tokens a new thread count decodes before it is judged.
@@ -68,7 +65,9 @@ class Load(Protocol):
 
     cpus: int
 
-    def read(self, min_interval_s: float = 0.0) -> float: ...
+    def restart(self) -> None: ...
+
+    def read(self) -> float: ...
 
 
 class CpuLoad:
@@ -96,17 +95,18 @@ class CpuLoad:
         own = self._process.cpu_times()
         return time.monotonic(), busy, own.user + own.system
 
-    def read(self, min_interval_s: float = 0.0) -> float:
-        """CPUs that other processes used on average since the previous reading.
+    def restart(self) -> None:
+        """Forgets what was used so far: the next reading starts now."""
+        with self._lock:
+            self._last = self._counters()
+            self.others = 0.0
 
-        A reading less than `min_interval_s` after the previous one answers
-        the previous one's figure instead of one over too short a time (the
-        kernel counts in ticks of 10 ms).
-        """
+    def read(self) -> float:
+        """CPUs that other processes used on average since the previous reading."""
         with self._lock:
             now = self._counters()
             wall = now[0] - self._last[0]
-            if wall > max(min_interval_s, 0.0):
+            if wall > 0:
                 others = (now[1] - self._last[1]) - (now[2] - self._last[2])
                 self.others = max(others / wall, 0.0)
                 self._last = now
@@ -172,15 +172,17 @@ class ThreadTuner:
     def start_turn(self) -> int:
         """Starts a turn's note; returns the thread count for its prompt.
 
-        The prompt's batches follow the hint alone: a prefill is too short to
-        put a count on trial, and its barriers stall as decode's do. Token
-        times and a trial under way carry over from the turn before.
+        The prompt's batches take the count decode has found: a prefill is
+        too short to put a count on trial, and a reading over the time
+        between turns says more about what ran then (another program's
+        burst, a benchmark's other side) than about the next second. For the
+        same reason the turn's first reading starts now. Token times and a
+        trial under way carry over from the turn before.
         """
         self._path = [self.most] if self.threads == self.most else [self.most, self.threads]
-        if self.fixed:
-            return self.most
-        assert self._load is not None
-        return self._fitting(self._load.read(MIN_TURN_READING_S))
+        if self._load is not None:
+            self._load.restart()
+        return self.threads
 
     def after_token(self, seconds: float) -> int | None:
         """Takes one decoded token's time; returns a new thread count, or None."""

@@ -29,7 +29,10 @@ class ScriptedLoad:
         self.cpus = 2
         self.others = 0.0
 
-    def read(self, min_interval_s: float = 0.0) -> float:
+    def restart(self) -> None:
+        pass
+
+    def read(self) -> float:
         return self.others
 
 
@@ -158,12 +161,13 @@ def test_a_turn_started_on_fewer_threads_says_why() -> None:
     assert machine.tuner.note == "2 → 1: another process is using a core"
 
 
-def test_prefill_follows_the_reading() -> None:
+def test_prefill_takes_the_count_decode_found() -> None:
     machine = Machine()
-    machine.load.others = 1.0
-    assert machine.tuner.start_turn() == 1
-    machine.load.others = 0.3  # less than half a CPU: not taken
+    machine.load.others = 1.0  # before any token: no evidence yet
     assert machine.tuner.start_turn() == 2
+    machine.busy()
+    machine.decode(60)
+    assert machine.tuner.start_turn() == 1
 
 
 def test_a_count_the_person_chose_never_changes() -> None:
@@ -192,13 +196,6 @@ def test_the_reading_sees_another_busy_process_and_not_this_one() -> None:
     while time.monotonic() < deadline:  # this process busy: it is not a neighbour
         pass
     assert load.read() < 0.5
-
-
-def test_a_reading_too_soon_repeats_the_last() -> None:
-    load = CpuLoad()
-    time.sleep(0.05)
-    first = load.read()
-    assert load.read(min_interval_s=60.0) == first
 
 
 def test_trials_lost_on_an_idle_machine_do_not_hold_off_a_real_neighbour() -> None:
