@@ -280,6 +280,8 @@ def test_a_model_whose_load_crashed_is_not_loaded_at_the_next_start(
     assert LoadMarker(data_dir).read() is not None
 
     window, controller = _start(data_dir, open_windows)
+    # What starts the engine runs after the window's first paint.
+    qtbot.waitUntil(lambda: bool(window.banner.text()), timeout=WAIT_MS)
     assert not controller.engine.running  # nothing was started
     assert window.banner.text().startswith(f"{model_path.name} was not loaded automatically")
     assert "the engine crashed while loading it (the engine crashed with SIGABRT)" in (
@@ -296,7 +298,8 @@ def test_a_load_interrupted_by_closing_the_window_is_not_held_against_the_model(
     qtbot: QtBot, data_dir: Path, open_windows: list[MainWindow]
 ) -> None:
     window, _controller = _start(data_dir, open_windows)
-    assert LoadMarker(data_dir).read() is not None  # written before the load
+    # Written before the load, which starts after the window's first paint.
+    qtbot.waitUntil(lambda: LoadMarker(data_dir).read() is not None, timeout=WAIT_MS)
     window.close()
     assert LoadMarker(data_dir).read() is None
 
