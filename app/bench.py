@@ -695,7 +695,6 @@ def measure_busy(
             )
             first()
             second()
-    direct.run(prompt, 1)  # back to kvchat's own thread count
     best = [max(fixed[count][run] for count in counts) for run in range(sizes.runs)]
     return BusyResult(
         kvchat=Spread.of(kv),

@@ -239,8 +239,9 @@ class ThreadTuner:
         taken = math.floor(others + 1 - TAKEN_CPU)
         return max(1, min(self.most, self._load.cpus - taken))
 
-    def _recent(self) -> float:
-        return statistics.median(list(self._times)[-RECENT_TOKENS:])
+    def _recent(self, tokens: int = RECENT_TOKENS) -> float:
+        """The median time of the last `tokens` tokens."""
+        return statistics.median(list(self._times)[-tokens:])
 
     def _slowed(self, ratio: float, tokens: int) -> bool:
         """Whether the latest `tokens` took (their median) `ratio` times the
@@ -248,8 +249,7 @@ class ThreadTuner:
         if len(self._times) < tokens:
             return False
         best = self._best.get(self.threads)
-        latest = statistics.median(list(self._times)[-tokens:])
-        return best is None or latest > ratio * best[0]
+        return best is None or self._recent(tokens) > ratio * best[0]
 
     def _remember_best(self) -> None:
         median = statistics.median(self._times)
