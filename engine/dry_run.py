@@ -43,7 +43,7 @@ from kvchat.engine.estimate import (
     project,
     read_dry_run_log,
 )
-from kvchat.engine.gguf_file import GgufInfo, ModelFileError, read_gguf
+from kvchat.engine.gguf_file import GgufInfo, ModelFileError, read_model
 from kvchat.engine.load_params import LoadParams, resolve_load_params
 from kvchat.engine.protocol import DeviceSample, LoadConfig
 
@@ -184,7 +184,7 @@ def run(
     """
     try:
         config = LoadConfig(**request["config"])
-        gguf = read_gguf(config.model_path)
+        gguf = read_model(config.model_path)
         check_metadata(gguf)
     except (ModelFileError, Error) as exc:
         return {"error": str(exc)}

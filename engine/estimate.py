@@ -44,7 +44,7 @@ from kvchat.engine.buffer_report import (
     parse_buffer_report,
 )
 from kvchat.engine.children import child_environment, python_command, safe_working_folder
-from kvchat.engine.gguf_file import GgufInfo, TensorInfo, read_gguf
+from kvchat.engine.gguf_file import GgufInfo, TensorInfo, read_model
 from kvchat.engine.load_params import ALL_LAYERS, KV_TYPE_NAMES, LoadParams
 from kvchat.engine.protocol import DeviceSample, KvCache, LoadConfig
 
@@ -362,8 +362,11 @@ def weights_by_device(
             mapped.append(tensor)
         else:
             totals[device] = totals.get(device, 0) + _padded(tensor.n_bytes)
-    if mapped:
-        region = max(t.offset + t.n_bytes for t in mapped) - min(t.offset for t in mapped)
+    # llama.cpp maps each file of a split model apart, and reports each
+    # file's region from its first to its last mapped tensor.
+    for part in sorted({t.part for t in mapped}):
+        in_part = [t for t in mapped if t.part == part]
+        region = max(t.offset + t.n_bytes for t in in_part) - min(t.offset for t in in_part)
         totals["CPU"] = totals.get("CPU", 0) + region
     return totals
 
@@ -538,7 +541,7 @@ def estimate(
             would refuse the load.
         DryRunError: the child process crashed or timed out.
     """
-    check_metadata(read_gguf(config.model_path))
+    check_metadata(read_model(config.model_path))
     request = {"config": asdict(config), "fit": fit}
     with tempfile.TemporaryDirectory(prefix="kvchat-estimate-") as folder:
         result_path = Path(folder) / "result.json"

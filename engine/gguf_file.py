@@ -16,14 +16,17 @@ here is our own.
 from __future__ import annotations
 
 import os
+import re
 import stat
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
 GGUF_MAGIC = b"GGUF"
+# llama.cpp's split naming (llama_split_path): NAME-00001-of-00003.gguf.
+SPLIT_NAME = re.compile(r"^(?P<prefix>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$", re.IGNORECASE)
 SUPPORTED_VERSIONS = (2, 3)
 DEFAULT_ALIGNMENT = 32
 
@@ -75,6 +78,17 @@ class ModelFileError(Error):
     """A model file that cannot be used; the message is meant for a person."""
 
 
+class HeaderIncompleteError(Error):
+    """The header runs past the bytes known so far (a header still being fetched).
+
+    `needed` is how many bytes from the start of the file the read needs at least.
+    """
+
+    def __init__(self, needed: int) -> None:
+        super().__init__(f"the header needs at least {needed} bytes")
+        self.needed = needed
+
+
 @dataclass(frozen=True)
 class ArraySummary:
     """A metadata array too long to keep: its element type and length."""
@@ -88,8 +102,11 @@ class TensorInfo:
     name: str
     shape: tuple[int, ...]
     type_name: str
+    # Where the data starts in its file's data section, and which file of a
+    # split model holds it (0 for a whole file).
     offset: int
     n_bytes: int
+    part: int = 0
 
 
 @dataclass(frozen=True)
@@ -180,9 +197,12 @@ class _Reader:
 
     _WINDOW = 1 << 20
 
-    def __init__(self, fd: int, size: int) -> None:
+    def __init__(self, fd: int, size: int, known: int | None = None) -> None:
         self._fd = fd
         self._size = size
+        # Only the first `known` bytes are real; past them lies a sparse file's
+        # hole, the rest of a header that is still on its way.
+        self._known = size if known is None else known
         self._base = 0
         self._window = b""
         self.pos = 0
@@ -194,6 +214,8 @@ class _Reader:
                 f"the file is truncated or corrupt: {what} at byte {self.pos} "
                 f"runs past the end of the file ({self._size} bytes)"
             )
+        if self.pos + n_bytes > self._known:
+            raise HeaderIncompleteError(self.pos + n_bytes)
 
     def skip(self, n_bytes: int, what: str) -> None:
         self.need(n_bytes, what)
@@ -437,16 +459,23 @@ def _read_tensor(reader: _Reader, index: int, alignment: int) -> TensorInfo:
     return TensorInfo(name, shape, type_name, offset, n_bytes)
 
 
-def read_gguf(path: str | os.PathLike[str]) -> GgufInfo:
+def read_gguf(path: str | os.PathLike[str], known: int | None = None) -> GgufInfo:
     """Checks a GGUF file's header and returns what it says.
 
     Any file at all, however malformed, either passes or gets a
     ModelFileError: the checks cover every length, count and offset that
     llama.cpp would otherwise trust.
 
+    Args:
+        path: the file.
+        known: how many bytes from the start are real, for a sparse file of
+            the model's full size whose header is still being fetched; all
+            of the file by default.
+
     Raises:
         ModelFileError: the file is missing, unreadable, not GGUF, of an
             unsupported version, truncated, or its header is inconsistent.
+        HeaderIncompleteError: the header runs past the `known` bytes.
     """
     path = Path(path)
     try:
@@ -470,18 +499,20 @@ def read_gguf(path: str | os.PathLike[str]) -> GgufInfo:
             raise ModelFileError(f"it is not a regular file ({path})")
         if status.st_size == 0:
             raise ModelFileError("not a GGUF file: the file is empty")
-        return _parse(path, fd, status.st_size)
+        return _parse(path, fd, status.st_size, known)
     except OSError as exc:
         raise ModelFileError(f"it cannot be read: {exc.strerror or exc}") from None
     finally:
         os.close(fd)
 
 
-def _parse(path: Path, fd: int, size: int) -> GgufInfo:
-    head = os.pread(fd, 64, 0)
+def _parse(path: Path, fd: int, size: int, known: int | None) -> GgufInfo:
+    head = os.pread(fd, min(64, size if known is None else known), 0)
     if not head.startswith(GGUF_MAGIC):
+        if known is not None and len(head) < 64 and GGUF_MAGIC.startswith(head[:4]):
+            raise HeaderIncompleteError(64)
         raise ModelFileError(f"not a GGUF file: {describe_start(head)}")
-    reader = _Reader(fd, size)
+    reader = _Reader(fd, size, known)
     reader.skip(len(GGUF_MAGIC), "the magic")
     version = reader.u32("the version")
     if version not in SUPPORTED_VERSIONS:
@@ -529,4 +560,55 @@ def _parse(path: Path, fd: int, size: int) -> GgufInfo:
                 f"but the file has {size} bytes (an unfinished download?)"
             )
         expected += -(-tensor.n_bytes // alignment) * alignment
+    if known is not None and known < min(data_offset, size):
+        # The padding before the data belongs to the header a fetch must bring.
+        raise HeaderIncompleteError(min(data_offset, size))
     return GgufInfo(path, version, size, data_offset, metadata.values, tuple(tensors))
+
+
+def split_part_names(name: str) -> list[str] | None:
+    """The file names of every part of a split model, from any part's name; None if not split."""
+    match = SPLIT_NAME.match(name)
+    if match is None or int(match["count"]) < 1:
+        return None
+    count = int(match["count"])
+    return [f"{match['prefix']}-{no:05d}-of-{count:05d}.gguf" for no in range(1, count + 1)]
+
+
+def read_model(path: str | os.PathLike[str]) -> GgufInfo:
+    """A model's header, all its parts read when it is split: what llama.cpp would load.
+
+    A split model (`split.count` above 1) is opened by its first part, and
+    llama.cpp finds the others by name beside it. The answer holds every
+    part's tensors (each marked with its part) and the size of all parts.
+
+    Raises:
+        ModelFileError: `read_gguf`'s reasons, for any part, or a part that is
+            missing or does not belong.
+    """
+    path = Path(path)
+    first = read_gguf(path)
+    count = first.metadata.get("split.count")
+    if not isinstance(count, int) or count <= 1:
+        return first
+    names = split_part_names(path.name)
+    if names is None or len(names) != count or names[0] != path.name:
+        raise ModelFileError(
+            f"it is part of a model split into {count} files, and is opened by the first "
+            f"part, named like NAME-00001-of-{count:05d}.gguf"
+        )
+    tensors = list(first.tensors)
+    size = first.file_size
+    for number, name in enumerate(names[1:], start=1):
+        part_path = path.with_name(name)
+        if not part_path.exists():
+            raise ModelFileError(f"part {number + 1} of {count} is missing ({name})")
+        try:
+            part = read_gguf(part_path)
+        except ModelFileError as exc:
+            raise ModelFileError(f"part {number + 1} of {count} ({name}): {exc}") from None
+        if part.metadata.get("split.no") != number or part.metadata.get("split.count") != count:
+            raise ModelFileError(f"{name} is not part {number + 1} of this model")
+        tensors.extend(replace(tensor, part=number) for tensor in part.tensors)
+        size += part.file_size
+    return replace(first, file_size=size, tensors=tuple(tensors))

@@ -190,12 +190,12 @@ class _Host:
             self.send(ChatFailed(command.request_id, f"the engine failed ({reason})"))
 
     def _load(self, command: LoadModel) -> None:
-        from kvchat.engine.gguf_file import ModelFileError, read_gguf
+        from kvchat.engine.gguf_file import ModelFileError, read_model
         from kvchat.engine.runner import Error, ModelRunner
 
         path = command.config.model_path
         try:
-            gguf = read_gguf(path)
+            gguf = read_model(path)
         except ModelFileError as exc:
             # The file never reaches llama.cpp, and the current model stays.
             loaded = self._runner.info if self._runner is not None else None

@@ -16,12 +16,15 @@ from pathlib import Path
 
 from gguf import LlamaFileType
 
-from kvchat.engine.gguf_file import GgufInfo, ModelFileError, read_gguf
+from kvchat.engine.gguf_file import GgufInfo, ModelFileError, read_model
 from kvchat.engine.models import bundled_model_path
 
 # Split models ship as NAME-00001-of-00003.gguf; only the first part is opened.
 _SPLIT_PART = re.compile(r"-(\d{5})-of-\d{5}\.gguf$", re.IGNORECASE)
 MAX_DEPTH = 6
+# Architectures of files that go beside a chat model rather than being one:
+# llama.cpp's vision and audio projectors (mmproj files).
+NOT_CHAT_MODELS = frozenset({"clip", "mtmd"})
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,9 @@ def usual_folders(home: Path | None = None) -> list[tuple[str, Path]]:
     hub = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
     hf_home = os.environ.get("HF_HOME")
     hub_path = Path(hub) if hub else (Path(hf_home) / "hub" if hf_home else None)
+    if hub_path is None and os.environ.get("XDG_CACHE_HOME"):
+        # huggingface_hub puts its cache under XDG_CACHE_HOME when that is set.
+        hub_path = Path(os.environ["XDG_CACHE_HOME"]) / "huggingface" / "hub"
     return [
         ("Hugging Face cache", hub_path or home / ".cache" / "huggingface" / "hub"),
         ("LM Studio", home / ".lmstudio" / "models"),
@@ -76,9 +82,18 @@ def describe(path: Path, source: str) -> ModelEntry:
     except OSError as exc:
         return ModelEntry(str(path), path.stem, source, 0, problem=str(exc.strerror or exc))
     try:
-        info = read_gguf(path)
+        info = read_model(path)
     except ModelFileError as exc:
         return ModelEntry(str(path), path.stem, source, size, problem=str(exc))
+    if info.architecture in NOT_CHAT_MODELS:
+        return ModelEntry(
+            str(path),
+            info.name,
+            source,
+            info.file_size,
+            info.architecture,
+            problem="a vision projector (mmproj) for a chat model, not a chat model itself",
+        )
     file_type = info.metadata.get("general.file_type")
     quantization = ""
     if isinstance(file_type, int):
@@ -90,7 +105,7 @@ def describe(path: Path, source: str) -> ModelEntry:
         path=str(path),
         name=info.name,
         source=source,
-        size_bytes=size,
+        size_bytes=info.file_size,
         architecture=info.architecture,
         parameter_count=info.parameter_count,
         quantization=quantization,
