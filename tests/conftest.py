@@ -16,6 +16,7 @@ import psutil
 import pytest
 
 from kvchat.engine.models import bundled_model_path, missing_model_message
+from tests.hub_fixture import hub  # noqa: F401  (the download tests' mirror; one olah per session)
 
 # What marks a test `model` (it runs real llama.cpp, so it is not in the fast
 # lane): a fixture that gives it a model file, or a module that starts the

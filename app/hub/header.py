@@ -1,0 +1,132 @@
+"""A fits answer before a download: the header fetched, the dry run on a sparse file.
+
+llama.cpp's dry run (engine.estimate) reads only a model's header and tensor
+table. So kvchat streams a file from its start, stops as soon as the header
+check (engine.gguf_file) has all of the header, writes those bytes into a
+sparse file of the file's full size, and runs the same dry run on it. The
+answer equals the one for the downloaded file, since llama.cpp sees the same
+header and the same size; the weights it never reads are holes of zeros.
+Streaming from the start works whether or not the server honours Range
+requests, and a file whose header is not a usable GGUF is refused before the
+rest of it is fetched.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from huggingface_hub import get_token, hf_hub_url
+
+from kvchat.app.hub.catalog import Hub, HubError, HubFile, ModelFile
+from kvchat.app.settings import EngineSettings
+from kvchat.engine.estimate import Error as EstimateError
+from kvchat.engine.estimate import Estimate, estimate
+from kvchat.engine.gguf_file import HeaderIncompleteError, ModelFileError, read_gguf
+
+CHUNK_BYTES = 1 << 16
+TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class RemoteEstimate:
+    """An estimate made before downloading, and what getting it took."""
+
+    model: ModelFile
+    estimate: Estimate
+    bytes_read: int
+    header_seconds: float
+    dry_run_seconds: float
+
+
+def fetch_header(hub: Hub, model: ModelFile, part: HubFile, folder: Path) -> int:
+    """Writes `part`'s header into a sparse file of its full size in `folder`; returns bytes read.
+
+    Raises:
+        HubError: the hub cannot be reached, refuses the file, or the file's
+            header is not a usable GGUF header.
+    """
+    target = folder / part.name
+    url = hf_hub_url(model.repo, part.path, revision=model.revision, endpoint=hub.endpoint)
+    token = hub.token or get_token()  # HF_TOKEN, or the one `hf auth login` stored
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    received = 0
+    needed = 64
+    with open(target, "wb") as sparse:
+        sparse.truncate(part.size)
+        try:
+            with (
+                httpx.Client(follow_redirects=True, timeout=TIMEOUT_S) as client,
+                client.stream("GET", url, headers=headers) as response,
+                hub.errors(model.repo, part.path),
+            ):
+                if response.status_code in (401, 403):
+                    raise HubError(
+                        f"{model.repo} is gated or private: accept its license at "
+                        f"{hub.page_of(model.repo)}, then set HF_TOKEN"
+                    )
+                if response.status_code == 404:
+                    raise HubError(f"{model.repo} has no file {part.path!r}")
+                if response.status_code >= 400:
+                    raise HubError(
+                        f"{hub.host} answered HTTP {response.status_code} for {part.path}"
+                    )
+                for chunk in response.iter_bytes(CHUNK_BYTES):
+                    chunk = chunk[: max(0, part.size - received)]
+                    sparse.write(chunk)
+                    received += len(chunk)
+                    if received < needed and received < part.size:
+                        continue
+                    sparse.flush()
+                    try:
+                        read_gguf(target, known=received)
+                        return received
+                    except HeaderIncompleteError as exc:
+                        needed = exc.needed
+                    if received >= part.size:
+                        break
+        except httpx.HTTPError as exc:
+            raise HubError(f"cannot read {part.path} from {hub.host}: {exc}") from None
+        except ModelFileError as exc:
+            raise HubError(f"{part.path} is not a model kvchat can use: {exc}") from None
+    if received < part.size:
+        raise HubError(
+            f"{hub.host} ended {part.path} after {received} of its {part.size} bytes, "
+            "before the end of its header"
+        )
+    raise HubError(f"{part.path} is not a model kvchat can use: its header never ends")
+
+
+def estimate_remote(
+    hub: Hub, model: ModelFile, settings: EngineSettings, fit: bool = True
+) -> RemoteEstimate:
+    """The dry run's estimate of loading `model` with `settings`, before any download.
+
+    A split model's parts each give their header, into files of the same
+    names, so llama.cpp finds them as it would in the cache.
+
+    Raises:
+        HubError: as fetch_header, or the dry run could not answer.
+    """
+    if model.problem:
+        raise HubError(f"{model.label} cannot be used: {model.problem}")
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="kvchat-header-") as name:
+        folder = Path(name)
+        bytes_read = sum(fetch_header(hub, model, part, folder) for part in model.parts)
+        fetched = time.perf_counter()
+        try:
+            result = estimate(
+                settings.load_config(os.fspath(folder / model.parts[0].name)), fit=fit
+            )
+        except ModelFileError as exc:
+            raise HubError(f"{model.label} is not a model kvchat can use: {exc}") from None
+        except EstimateError as exc:
+            raise HubError(f"no estimate for {model.label}: {exc}") from None
+    return RemoteEstimate(
+        model, result, bytes_read, fetched - started, time.perf_counter() - fetched
+    )
