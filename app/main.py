@@ -44,6 +44,7 @@ COMMAND_OPTIONS = {
     "estimate": ("model", "ctx", "gpu_layers"),
     "bench": ("model",),
     "serve": ("model", "data_dir", "ctx", "threads", "gpu_layers"),
+    "models": ("data_dir", "ctx", "gpu_layers"),
 }
 DEFAULT_PORT = 8080
 
@@ -208,7 +209,44 @@ def build_parser() -> CommandLine:
     serve.add_argument(
         "--log-messages", action="store_true", help="also log what each request said and got"
     )
+    _add_models(commands)
     return parser
+
+
+def _add_models(commands: argparse._SubParsersAction[CommandLine]) -> None:
+    """`kvchat models` and its actions (app.cli_models runs them)."""
+    models = commands.add_parser(
+        "models",
+        help="find GGUF models on Hugging Face, see whether they fit, download them",
+        description="Search Hugging Face for GGUF models, list a repository's files with an "
+        "exact fits answer made before downloading, and download into the Hugging Face cache. "
+        "HF_ENDPOINT, HF_TOKEN and HF_HUB_OFFLINE are honoured.",
+    )
+    _add_shared(models, COMMAND_OPTIONS["models"], after=True)
+    actions = models.add_subparsers(
+        dest="models_command", metavar="ACTION", parser_class=CommandLine, required=True
+    )
+    search = actions.add_parser("search", help="GGUF model repositories matching a query")
+    search.add_argument("query", help="words to look for in repository names")
+    search.add_argument("--sort", choices=("downloads", "likes", "recent"), default="downloads")
+    search.add_argument("--limit", type=int, default=20, metavar="N")
+    search.add_argument("--json", action="store_true", help="one JSON object for scripts")
+    files = actions.add_parser("files", help="a repository's GGUF files, each with its fits answer")
+    _add_shared(files, ("ctx", "gpu_layers"), after=True)
+    files.add_argument("repo", help="owner/name")
+    files.add_argument("--revision", metavar="R", help="a branch, tag or commit (default: main)")
+    files.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object, with `kvchat estimate --json`'s fields",
+    )
+    download = actions.add_parser("download", help="download a GGUF file into the cache")
+    _add_shared(download, ("data_dir",), after=True)
+    download.add_argument("repo", help="owner/name")
+    download.add_argument(
+        "file", help="the file's path in the repository (a split model: any part)"
+    )
+    download.add_argument("--revision", metavar="R", help="a branch, tag or commit (default: main)")
 
 
 def _version() -> str:
@@ -261,6 +299,10 @@ def _run(argv: list[str]) -> int:
         from kvchat.app import bench
 
         return bench.run(args)
+    if command == "models":
+        from kvchat.app import cli_models
+
+        return cli_models.run(args)
     extra: dict[str, object] = {}
     if command == "chat":
         extra = {"max_tokens": args.max_tokens, "temperature": args.temperature, "seed": args.seed}

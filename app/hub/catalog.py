@@ -8,6 +8,7 @@ goes beside a chat model and is not one.
 
 from __future__ import annotations
 
+import errno
 import re
 import time
 from collections.abc import Iterator
@@ -36,6 +37,8 @@ SEARCH_LIMIT = 40
 # How long a reachability answer holds before it is asked again.
 REACHABLE_FOR_S = 60.0
 PROBE_TIMEOUT_S = 5.0
+# A full disk, a full quota, a file size limit.
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 # Quantization labels as GGUF file names carry them (llama.cpp's quantize
 # names and the usual float types), matched as a whole word of the name.
@@ -229,7 +232,17 @@ class Hub:
             status = exc.response.status_code if exc.response is not None else "?"
             raise HubError(f"{self.host} answered with an error (HTTP {status})") from None
         except OSError as exc:
+            if exc.errno in _NO_ROOM:
+                raise HubError(
+                    f"no room left for the file ({exc.strerror}), so it stopped"
+                ) from None
+            if exc.filename:  # the cache on this machine, not the hub
+                raise HubError(f"{exc.filename}: {exc.strerror or exc}") from None
             raise HubError(f"{self.host}: {exc.strerror or exc}") from None
+        except ValueError:
+            # An answer that is not the hub's JSON: a proxy's page, or a mirror
+            # that lacks the route.
+            raise HubError(f"{self.host} answered in a form kvchat cannot read") from None
         except Exception as exc:
             # huggingface_hub's HTTP client (httpx2) raises its own transport
             # errors, which share no base class with ours but their names.

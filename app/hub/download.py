@@ -283,17 +283,20 @@ class Download:
                 self._watch(child, blob, index, before, on_progress)
             except BaseException:
                 _end(child)
-                remove_partials(self.cache_dir, self.model.repo, blob)
+                self._clean(blob)
                 raise
             output.seek(0)
             errors.seek(0)
             answer = _answer(output.read(), errors.read(), child.returncode)
-        remove_partials(self.cache_dir, self.model.repo, blob)
-        if self.journal is not None:
-            self.journal.end(self.cache_dir, self.model.repo, blob)
+        self._clean(blob)
         if "error" in answer:
             raise DownloadError(str(answer["error"]))
         return Path(str(answer["path"]))
+
+    def _clean(self, blob: str) -> None:
+        """Removes a stopped download's temporary files, then its journal entry."""
+        if remove_partials(self.cache_dir, self.model.repo, blob) and self.journal is not None:
+            self.journal.end(self.cache_dir, self.model.repo, blob)
 
     def _watch(
         self,

@@ -9,7 +9,6 @@ child, then removes what it left.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import signal
@@ -43,11 +42,6 @@ def main() -> int:
         answer: dict[str, object] = {"path": os.fspath(path)}
     except HubError as exc:
         answer = {"error": str(exc)}
-    except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            answer = {"error": "the disk filled up during the download", "disk_full": True}
-        else:
-            answer = {"error": f"the download failed: {exc.strerror or exc}"}
     print(json.dumps(answer), flush=True)
     return 0
 

@@ -92,13 +92,13 @@ def fetch_header(hub: Hub, model: ModelFile, part: HubFile, folder: Path) -> int
         except httpx.HTTPError as exc:
             raise HubError(f"cannot read {part.path} from {hub.host}: {exc}") from None
         except ModelFileError as exc:
-            raise HubError(f"{part.path} is not a model kvchat can use: {exc}") from None
+            raise HubError(f"not a model kvchat can use: {exc}") from None
     if received < part.size:
         raise HubError(
             f"{hub.host} ended {part.path} after {received} of its {part.size} bytes, "
             "before the end of its header"
         )
-    raise HubError(f"{part.path} is not a model kvchat can use: its header never ends")
+    raise HubError("not a model kvchat can use: its header never ends")
 
 
 def estimate_remote(
@@ -124,9 +124,9 @@ def estimate_remote(
                 settings.load_config(os.fspath(folder / model.parts[0].name)), fit=fit
             )
         except ModelFileError as exc:
-            raise HubError(f"{model.label} is not a model kvchat can use: {exc}") from None
+            raise HubError(f"not a model kvchat can use: {exc}") from None
         except EstimateError as exc:
-            raise HubError(f"no estimate for {model.label}: {exc}") from None
+            raise HubError(f"no estimate: {exc}") from None
     return RemoteEstimate(
         model, result, bytes_read, fetched - started, time.perf_counter() - fetched
     )
