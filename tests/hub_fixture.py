@@ -83,7 +83,7 @@ class Hub:
     revision: str
 
 
-def _write_split(source: Path, target: Path, parts: int) -> list[Path]:
+def write_split(source: Path, target: Path, parts: int) -> list[Path]:
     """Rewrites a GGUF model as `parts` shards next to `target`, as llama.cpp's
     gguf-split names them (`<stem>-00001-of-00003.gguf`); returns their paths.
 
@@ -143,7 +143,7 @@ def _model_files(folder: Path) -> dict[str, Path]:
         ),
         "broken-Q4_0.gguf": _write_zip(folder / "broken-Q4_0.gguf", 1 << 20),
     }
-    shards = _write_split(files["tiny-Q8_0.gguf"], folder / "tiny-split-Q8_0.gguf", SPLIT_PARTS)
+    shards = write_split(files["tiny-Q8_0.gguf"], folder / "tiny-split-Q8_0.gguf", SPLIT_PARTS)
     files.update({shard.name: shard for shard in shards})
     return files
 
