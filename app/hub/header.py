@@ -86,7 +86,10 @@ def fetch_header(hub: Hub, model: ModelFile, part: HubFile, folder: Path) -> int
                         read_gguf(target, known=received)
                         return received
                     except HeaderIncompleteError as exc:
-                        needed = exc.needed
+                        # Each try walks the header from its start, so the
+                        # next waits for twice as much: a few walks in all,
+                        # and at most twice the header read.
+                        needed = max(exc.needed, 2 * received)
                     if received >= part.size:
                         break
         except httpx.HTTPError as exc:
