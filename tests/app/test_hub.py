@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar
@@ -338,3 +339,88 @@ def test_search_reads_the_hubs_answer() -> None:
     assert not first.gated and gated.gated
     assert second.parameters == 1711376384
     assert (gated.license, gated.parameters) == (None, None)
+
+
+class _HubStandIn(http.server.BaseHTTPRequestHandler):
+    """What the hub answers where olah cannot act it out: a gated repository,
+    and a file whose first transfer the network breaks half way.
+
+    Its answers carry the headers huggingface_hub reads (X-Error-Code, ETag,
+    X-Repo-Commit), as the hub's do.
+    """
+
+    content = b""
+    sha256 = ""
+    broken_once: ClassVar[list[bool]] = []
+
+    def _file_headers(self) -> None:
+        self.send_header("ETag", f'"{self.sha256}"')
+        self.send_header("X-Repo-Commit", REVISION)
+        self.send_header("Content-Length", str(len(self.content)))
+
+    def do_HEAD(self) -> None:
+        if "o/gated" in self.path:
+            self.send_response(403)
+            self.send_header("X-Error-Code", "GatedRepo")
+            self.send_header("X-Error-Message", "Access to model o/gated is restricted.")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.send_response(200)
+        self._file_headers()
+        self.end_headers()
+
+    def do_GET(self) -> None:
+        if "o/gated" in self.path:
+            self.do_HEAD()
+            return
+        self.send_response(200)
+        self._file_headers()
+        self.end_headers()
+        if not type(self).broken_once:
+            type(self).broken_once.append(True)
+            self.wfile.write(self.content[: len(self.content) // 2])
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)  # the network breaks
+            return
+        self.wfile.write(self.content)
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+REVISION = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture
+def stand_in(hub: ServedHub) -> Iterator[str]:
+    content = hub.files["tiny-F16.gguf"].read_bytes()
+    _HubStandIn.content = content
+    _HubStandIn.sha256 = hashlib.sha256(content).hexdigest()
+    _HubStandIn.broken_once.clear()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HubStandIn)
+    server.handle_error = lambda *_: None  # type: ignore[method-assign]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_a_gated_repository_says_where_its_license_is_accepted(stand_in: str) -> None:
+    with pytest.raises(
+        HubError, match=f"o/gated is gated: accept its license at {stand_in}/o/gated"
+    ):
+        Hub(stand_in).files("o/gated")
+
+
+def test_a_transfer_broken_by_the_network_is_taken_up_again(stand_in: str, tmp_path: Path) -> None:
+    """huggingface_hub retries a broken transfer; the file still ends verified."""
+    part = HubFile("tiny-F16.gguf", len(_HubStandIn.content), _HubStandIn.sha256)
+    model = group_files("o/model", REVISION, [part])[0]
+    path = Download(Hub(stand_in), model, tmp_path / "cache").run()
+    assert _HubStandIn.broken_once == [True]
+    assert path.read_bytes() == _HubStandIn.content
