@@ -169,7 +169,7 @@ def _file_entry(hub: Hub, model: ModelFile, settings: EngineSettings) -> dict[st
         entry["error"] = model.problem
     else:
         try:
-            remote = estimate_remote(hub, model, settings, fit=False)
+            remote = estimate_remote(hub, model, settings)
         except HubError as exc:
             entry["error"] = str(exc)
         else:

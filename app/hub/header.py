@@ -105,12 +105,15 @@ def fetch_header(hub: Hub, model: ModelFile, part: HubFile, folder: Path) -> int
 
 
 def estimate_remote(
-    hub: Hub, model: ModelFile, settings: EngineSettings, fit: bool = True
+    hub: Hub, model: ModelFile, settings: EngineSettings, fit: bool | None = None
 ) -> RemoteEstimate:
     """The dry run's estimate of loading `model` with `settings`, before any download.
 
     A split model's parts each give their header, into files of the same
-    names, so llama.cpp finds them as it would in the cache.
+    names, so llama.cpp finds them as it would in the cache. `fit` asks for
+    the most GPU layers and the largest context that fit (a few more dry
+    runs); by default only when the load does not fit on a machine with a
+    GPU, where "partly: N of M layers" is the answer a person needs.
 
     Raises:
         HubError: as fetch_header, or the dry run could not answer.
@@ -122,10 +125,12 @@ def estimate_remote(
         folder = Path(name)
         bytes_read = sum(fetch_header(hub, model, part, folder) for part in model.parts)
         fetched = time.perf_counter()
+        config = settings.load_config(os.fspath(folder / model.parts[0].name))
         try:
-            result = estimate(
-                settings.load_config(os.fspath(folder / model.parts[0].name)), fit=fit
-            )
+            result = estimate(config, fit=bool(fit))
+            gpu = any(d.kind != "cpu" for d in result.projection.devices)
+            if fit is None and gpu and not result.projection.fits:
+                result = estimate(config, fit=True)
         except ModelFileError as exc:
             raise HubError(f"not a model kvchat can use: {exc}") from None
         except EstimateError as exc:
