@@ -111,9 +111,10 @@ def after_first_paint(
     QTimer.singleShot(wait_ms, window, run)
 
 
-# What the servers and settings flows import: the keyring, llama.cpp's GGUF
-# reader and NumPy, which the first paint does not need.
-FLOW_MODULES = ("kvchat.app.servers_flow", "kvchat.app.settings_flow")
+# What the servers, settings and models flows import: the keyring, llama.cpp's
+# GGUF reader and NumPy, which the first paint does not need. (The models flow
+# imports huggingface_hub later, on its own worker, when it first needs it.)
+FLOW_MODULES = ("kvchat.app.servers_flow", "kvchat.app.settings_flow", "kvchat.app.models_flow")
 
 
 def _start_the_rest(controller: Controller, data_dir: Path, model_path: str | None) -> None:
@@ -144,6 +145,7 @@ def _start_the_rest(controller: Controller, data_dir: Path, model_path: str | No
 
 
 def _make_flows(controller: Controller, data_dir: Path) -> None:
+    from kvchat.app.models_flow import GetModelsFlow
     from kvchat.app.servers_flow import ServersFlow
     from kvchat.app.settings_flow import SettingsFlow
 
@@ -161,6 +163,10 @@ def _make_flows(controller: Controller, data_dir: Path) -> None:
     flow.servers = lambda: [
         (s.name, s.base_url, servers.key_for(s.base_url)) for s in servers.servers()
     ]
+    # It cancels its downloads itself as the window closes.
+    models = GetModelsFlow(controller, flow, data_dir)
+    window.get_models_requested.connect(models.open)
+    flow.get_models_requested.connect(models.open)
     flow.discover()
 
 

@@ -148,6 +148,7 @@ class SettingsFlow(QObject):
         projection_shown(object): the Estimate (or error text) the dialog now shows.
         layers_found(str, object, object): path, EngineSettings, GPU layers that fit or None.
         loaded_estimate(str, object): a loaded model's path and its Estimate or error text.
+        get_models_requested(): the dialog's Get models… button (app.gui opens that dialog).
     """
 
     models_found = Signal(object)
@@ -158,6 +159,7 @@ class SettingsFlow(QObject):
     projection_shown = Signal(object)
     layers_found = Signal(str, object, object)
     loaded_estimate = Signal(str, object)
+    get_models_requested = Signal()
 
     def __init__(self, controller: Controller, data_dir: Path) -> None:
         super().__init__(controller)
@@ -234,6 +236,7 @@ class SettingsFlow(QObject):
         dialog.choice_changed.connect(self._on_choice_changed)
         dialog.model_browsed.connect(self._describe_browsed)
         dialog.applied.connect(self.apply)
+        dialog.get_models_requested.connect(self.get_models_requested)
         dialog.finished.connect(self._on_closed)
         # The same switch as File > Serve on localhost, both ways.
         serve_action = self.controller.window.serve_action

@@ -56,6 +56,7 @@ class MainWindow(QMainWindow):
         stop_requested(): Stop was pressed (button or Esc).
         model_file_chosen(str): File > Open model, or the toolbar's model list, picked a file.
         settings_requested(): File > Settings (Ctrl+,).
+        get_models_requested(): File > Get models: find and download models from Hugging Face.
         servers_requested(): File > Servers: the servers whose models can be chosen.
         restart_requested(): the person asked for the engine to be started again.
         closing(): the window is about to close; the owner stops the engine.
@@ -70,6 +71,7 @@ class MainWindow(QMainWindow):
     stop_requested = Signal()
     model_file_chosen = Signal(str)
     settings_requested = Signal()
+    get_models_requested = Signal()
     servers_requested = Signal()
     restart_requested = Signal()
     closing = Signal()
@@ -260,6 +262,12 @@ class MainWindow(QMainWindow):
         self.open_action.setShortcut(QKeySequence.StandardKey.Open)
         self.open_action.triggered.connect(self._choose_model_file)
         file_menu.addAction(self.open_action)
+        self.get_models_action = QAction("&Get models…", self)
+        self.get_models_action.setToolTip(
+            "Search Hugging Face for GGUF models, see whether each fits, and download one"
+        )
+        self.get_models_action.triggered.connect(self.get_models_requested)
+        file_menu.addAction(self.get_models_action)
         self.settings_action = QAction("&Settings…", self)
         self.settings_action.setShortcut(QKeySequence("Ctrl+,"))
         self.settings_action.setMenuRole(QAction.MenuRole.PreferencesRole)

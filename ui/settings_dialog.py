@@ -104,11 +104,13 @@ class SettingsDialog(QDialog):
         choice_changed(object): a Choice, whenever a control moved (for the projection).
         applied(object): a Choice the person applied (Apply or OK).
         model_browsed(str): a file picked with Browse…, to be described and listed.
+        get_models_requested(): Get models… was pressed: find more on Hugging Face.
     """
 
     choice_changed = Signal(object)
     applied = Signal(object)
     model_browsed = Signal(str)
+    get_models_requested = Signal()
 
     def __init__(self, choice: Choice, max_threads: int, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -133,6 +135,10 @@ class SettingsDialog(QDialog):
         self.models.setMaximumHeight(180)
         browse = QPushButton("Browse…")
         browse.clicked.connect(self._browse)
+        self.get_models_button = QPushButton("Get models…")
+        self.get_models_button.setToolTip("Search Hugging Face for GGUF models and download one")
+        self.get_models_button.setAutoDefault(False)
+        self.get_models_button.clicked.connect(self.get_models_requested)
         self._paths: list[str] = []
 
         self.context = QSlider(Qt.Orientation.Horizontal)
@@ -296,6 +302,7 @@ class SettingsDialog(QDialog):
         models_row = QHBoxLayout()
         models_row.addWidget(QLabel("Model"))
         models_row.addStretch(1)
+        models_row.addWidget(self.get_models_button)
         models_row.addWidget(browse)
         layout.addLayout(models_row)
         layout.addWidget(self.models, 1)
