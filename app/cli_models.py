@@ -30,6 +30,7 @@ from kvchat.app.hub.fits import fits_answer
 from kvchat.app.hub.header import estimate_remote
 from kvchat.app.paths import resolve_data_dir
 from kvchat.app.settings import EngineSettings
+from kvchat.engine.load_params import DEFAULT_CONTEXT
 
 
 def _fail(message: str, code: int) -> int:
@@ -140,7 +141,13 @@ def _files(hub: Hub, args: argparse.Namespace) -> int:
         return _fail(f"{args.repo} has no GGUF files", EXIT_BAD_INPUT)
     entries: list[dict[str, object]] = []
     if not args.json:
-        print(f"{args.repo} at {models[0].revision[:12]}, fits answers at {settings.n_ctx} tokens:")
+        context = (
+            f"{settings.n_ctx:,} tokens"
+            if settings.n_ctx
+            else f"the default context ({DEFAULT_CONTEXT:,} tokens, or the model's trained "
+            "context where that is less)"
+        )
+        print(f"{args.repo} at {models[0].revision[:12]}, fits answers at {context}:")
     for model in models:
         entry = _file_entry(hub, model, settings)
         entries.append(entry)
