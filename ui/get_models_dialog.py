@@ -171,6 +171,10 @@ def split_line(device: DeviceProjection) -> str:
 
 def progress_line(view: DownloadView) -> str:
     """What a download's line says: bytes, speed and time left, or its state in words."""
+    if view.state is DownloadState.DOWNLOADING and view.done_bytes == 0:
+        # huggingface_hub asks for the file's metadata first, and a mirror
+        # may read a whole file before it sends a byte.
+        return f"waiting for the first bytes · {format_bytes(view.total_bytes)} to fetch"
     if view.state is DownloadState.DOWNLOADING:
         pieces = [f"{format_bytes(view.done_bytes)} of {format_bytes(view.total_bytes)}"]
         if view.bytes_per_s > 0:
@@ -186,6 +190,8 @@ def progress_line(view: DownloadView) -> str:
         return "cancelling…"
     if view.state is DownloadState.FAILED:
         return view.message or "failed"
+    if view.state is DownloadState.DONE:
+        return f"done: {format_bytes(view.total_bytes)} in the cache, sha256 checked"
     return str(view.state.value)
 
 

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
+from kvchat.app.cli_estimate import format_bytes
 from kvchat.engine.estimate import Estimate
-
-GIB = 1 << 30
-
-
-def _gib(n_bytes: int) -> str:
-    return f"{n_bytes / GIB:.1f}"
 
 
 def layers_on_gpu(result: Estimate) -> int:
@@ -30,15 +25,15 @@ def fits_answer(result: Estimate) -> str:
         if gpus and on_gpu >= result.n_layers:
             used = sum(d.total_bytes for d in gpus)
             free = sum(d.free_bytes for d in gpus)
-            return f"fits on the GPU: {_gib(used)} of {_gib(free)} GiB"
+            return f"fits on the GPU: {format_bytes(used)} of {format_bytes(free)}"
         if gpus and on_gpu > 0:
             return f"partly: {on_gpu} of {result.n_layers} layers on the GPU"
         used = sum(d.total_bytes for d in devices)
         free = sum(d.free_bytes for d in devices if d.kind == "cpu")
-        return f"fits in RAM: {_gib(used)} of {_gib(free)} GiB"
+        return f"fits in RAM: {format_bytes(used)} of {format_bytes(free)}"
     fit = result.fit
     if gpus and fit is not None and fit.max_gpu_layers:
         return f"partly: {fit.max_gpu_layers} of {result.n_layers} layers on the GPU"
     needed = sum(d.total_bytes + d.margin_bytes for d in devices)
     free = sum(d.free_bytes for d in devices)
-    return f"does not fit: needs {_gib(needed)} GiB, {_gib(free)} free"
+    return f"does not fit: needs {format_bytes(needed)}, {format_bytes(free)} free"

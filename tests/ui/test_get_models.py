@@ -185,8 +185,12 @@ def test_a_download_line_says_bytes_speed_and_time_left() -> None:
         seconds_left=160.4,
     )
     assert progress_line(view) == "412.0 MiB of 4.1 GiB · 23.5 MiB/s · 2 min 41 s left"
-    split = DownloadView(1, "m", DownloadState.DOWNLOADING, 0, 1 << 20, 0.0, None, 2, 3)
-    assert progress_line(split) == "part 2 of 3 · 0 B of 1.0 MiB"
+    split = DownloadView(1, "m", DownloadState.DOWNLOADING, 1 << 19, 1 << 20, 0.0, None, 2, 3)
+    assert progress_line(split) == "part 2 of 3 · 512.0 KiB of 1.0 MiB"
+    waiting = DownloadView(1, "m", DownloadState.DOWNLOADING, 0, 1 << 20)
+    assert progress_line(waiting) == "waiting for the first bytes · 1.0 MiB to fetch"
+    done = DownloadView(1, "m", DownloadState.DONE, 1 << 20, 1 << 20)
+    assert progress_line(done) == "done: 1.0 MiB in the cache, sha256 checked"
     assert progress_line(DownloadView(1, "m", DownloadState.CHECKING)) == "checking the sha256…"
     assert progress_line(DownloadView(1, "m", DownloadState.QUEUED)) == "queued"
     failed = DownloadView(1, "m", DownloadState.FAILED, message="the disk filled up")
@@ -267,7 +271,9 @@ def test_a_download_shows_its_progress_then_loads_from_the_list(app: App, hub: H
     assert not [name for name in _cached_files(app.cache) if name.endswith(".incomplete")]
     entry = dialog._entries[shown[0].download_id]
     assert entry.bar.value() == BAR_STEPS
-    assert entry.line.text() == "done"
+    assert entry.line.text() == (
+        f"done: {format_bytes(hub.files[TINY].stat().st_size)} in the cache, sha256 checked"
+    )
     assert entry.load.isVisibleTo(dialog) and not entry.cancel.isVisibleTo(dialog)
     # The model list has it at once.
     switcher = app.window.model_switcher
