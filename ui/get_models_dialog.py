@@ -55,7 +55,7 @@ SORTS = (
 BAR_STEPS = 1000
 BAR_WIDTH = 220
 # The splitter's first shares: results, files, downloads (it scales them to fit).
-SPLIT_SIZES = (150, 220, 156)
+SPLIT_SIZES = (140, 270, 116)
 PROBLEM_STYLE = "color: #fff; background: #b3261e; padding: 4px;"
 WAITING = "…"
 GATED_TIP = (
