@@ -41,7 +41,13 @@ def _fail(message: str, code: int) -> int:
 def _exit_code(error: HubError) -> int:
     """Bad input (an unknown repository or file, not a model) is 2; a failure on the way is 1."""
     text = str(error)
-    bad_input = ("has no ", "is not a repository name", "is not a model", "is gated", "cannot be")
+    bad_input = (
+        "has no ",
+        "is not a repository name",
+        "not a model kvchat can use",
+        "is gated",
+        "cannot be",
+    )
     return EXIT_BAD_INPUT if any(part in text for part in bad_input) else EXIT_FAILED
 
 

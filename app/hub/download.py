@@ -29,6 +29,7 @@ from huggingface_hub import constants
 from huggingface_hub.file_download import repo_folder_name
 
 from kvchat.app.hub.catalog import Hub, HubError, HubFile, ModelFile
+from kvchat.app.hub.header import fetch_header
 from kvchat.engine.children import child_environment, python_command, safe_working_folder
 
 # Room left on the disk beyond the download itself.
@@ -218,9 +219,11 @@ class Download:
 
         Raises:
             CancelledError: cancel() was called; nothing fetched is left behind.
-            DownloadError: no room, the hub failed, or a checksum did not match.
+            DownloadError: no room, a header that is not a usable GGUF header,
+                the hub failed, or a checksum did not match.
         """
         check_space(self.model, self.cache_dir)
+        self._check_headers()
         paths: list[Path] = []
         done = 0
         total = self.model.size
@@ -239,6 +242,22 @@ class Download:
             done += part.size
             paths.append(path)
         return paths[0]
+
+    def _check_headers(self) -> None:
+        """Refuses a file whose header is not a usable GGUF header, before its weights come."""
+        missing = [
+            p for p in self.model.parts if cached_path(self.model, p, self.cache_dir) is None
+        ]
+        if not missing:
+            return
+        with tempfile.TemporaryDirectory(prefix="kvchat-header-") as folder:
+            for part in missing:
+                if self._cancelled.is_set():
+                    raise CancelledError(f"the download of {self.model.label} was cancelled")
+                try:
+                    fetch_header(self.hub, self.model, part, Path(folder))
+                except HubError as exc:
+                    raise DownloadError(f"{part.path} was not downloaded: {exc}") from None
 
     def _discard(self, pointer: Path) -> None:
         """Removes a bad file: the cache's blob and the snapshot's link to it."""

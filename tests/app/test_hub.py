@@ -123,6 +123,17 @@ def test_a_file_that_is_not_gguf_is_refused_from_its_first_bytes(hub: ServedHub)
         estimate_remote(client, model, SETTINGS)
 
 
+def test_a_download_of_a_file_that_is_not_gguf_stops_at_its_header(
+    hub: ServedHub, tmp_path: Path
+) -> None:
+    client = Hub(hub.endpoint)
+    model = _model(client, hub, "broken-Q4_0.gguf")
+    cache = tmp_path / "cache"
+    with pytest.raises(DownloadError, match="was not downloaded: not a model kvchat can use"):
+        Download(client, model, cache).run()
+    assert not list(cache.rglob("broken-Q4_0.gguf")) and not _blobs(cache)
+
+
 def test_a_download_is_verified_and_a_split_brings_every_part(
     hub: ServedHub, tmp_path: Path
 ) -> None:
@@ -275,6 +286,9 @@ def test_the_command_line_lists_estimates_and_downloads(hub: ServedHub, tmp_path
     path = Path(fetched.stdout.strip().splitlines()[-1])
     assert path.read_bytes() == hub.files["tiny-F16.gguf"].read_bytes()
 
+    broken = _kvchat("models", "download", hub.repo, "broken-Q4_0.gguf", env=env)
+    assert broken.returncode == 2
+    assert "not a GGUF file: it starts with PK" in broken.stderr
     missing = _kvchat("models", "download", hub.repo, "nope.gguf", env=env)
     assert missing.returncode == 2
     assert missing.stderr.strip() == f"kvchat: {hub.repo} has no GGUF file 'nope.gguf'"
