@@ -62,6 +62,9 @@ def run(args: argparse.Namespace) -> int:
         return _download(hub, args)
     except HubError as exc:
         return _fail(str(exc), _exit_code(exc))
+    except OSError as exc:  # this machine's side: a temporary folder, the cache
+        where = f" ({exc.filename})" if exc.filename else ""
+        return _fail(f"{exc.strerror or exc}{where}", EXIT_FAILED)
 
 
 def _count(value: int | None) -> str:

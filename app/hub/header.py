@@ -57,7 +57,10 @@ def fetch_header(hub: Hub, model: ModelFile, part: HubFile, folder: Path) -> int
     received = 0
     needed = 64
     with open(target, "wb") as sparse:
-        sparse.truncate(part.size)
+        try:
+            sparse.truncate(part.size)
+        except OSError as exc:
+            raise HubError(f"cannot make a file to read the header into ({exc.strerror})") from None
         try:
             with (
                 httpx.Client(follow_redirects=True, timeout=TIMEOUT_S) as client,

@@ -180,12 +180,18 @@ def test_a_write_that_fails_mid_download_leaves_nothing(hub: ServedHub, tmp_path
         from pathlib import Path
         from kvchat.app.hub.catalog import Hub
         from kvchat.app.hub.download import Download, DownloadError
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the child inherits it: writes fail
-        resource.setrlimit(resource.RLIMIT_FSIZE, (8 << 20, 8 << 20))
+
+        class LimitedOnceChecked(Download):
+            def _check_headers(self):
+                super()._check_headers()
+                # From here on, as the transfer starts: the child inherits both.
+                signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+                resource.setrlimit(resource.RLIMIT_FSIZE, (8 << 20, 8 << 20))
+
         hub = Hub({hub.endpoint!r})
         model = next(m for m in hub.files({hub.repo!r}) if m.path == {BUNDLED_NAME!r})
         try:
-            Download(hub, model, Path({str(cache)!r})).run()
+            LimitedOnceChecked(hub, model, Path({str(cache)!r})).run()
         except DownloadError as exc:
             print(exc)
         """
