@@ -31,6 +31,7 @@ from kvchat.app.hub.header import estimate_remote
 from kvchat.app.paths import resolve_data_dir
 from kvchat.app.settings import EngineSettings
 from kvchat.engine.load_params import DEFAULT_CONTEXT
+from kvchat.ui.numbers import format_count, format_parameters
 
 
 def _fail(message: str, code: int) -> int:
@@ -67,21 +68,6 @@ def run(args: argparse.Namespace) -> int:
         return _fail(f"{exc.strerror or exc}{where}", EXIT_FAILED)
 
 
-def _count(value: int | None) -> str:
-    if value is None:
-        return ""
-    for unit, size in (("M", 1_000_000), ("k", 1_000)):
-        if value >= size:
-            return f"{value / size:.1f}{unit}"
-    return str(value)
-
-
-def _parameters(value: int | None) -> str:
-    if value is None:
-        return ""
-    return f"{value / 1e9:.1f}B" if value >= 1e9 else f"{value / 1e6:.0f}M"
-
-
 def _date(value: datetime | None) -> str:
     return value.date().isoformat() if value is not None else ""
 
@@ -102,11 +88,11 @@ def _search(hub: Hub, args: argparse.Namespace) -> int:
         rows.append(
             (
                 result.repo + gated,
-                _count(result.downloads),
-                _count(result.likes),
+                format_count(result.downloads),
+                format_count(result.likes),
                 _date(result.last_modified),
                 result.license or "",
-                _parameters(result.parameters),
+                format_parameters(result.parameters),
             )
         )
     _print_table(rows)
