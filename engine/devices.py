@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import psutil
 
-from kvchat.engine.protocol import DeviceSample
+from kvchat.engine.protocol import BuildDevice, DeviceSample
 
 CPU_TYPES = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel", 4: "meta"}
 
@@ -43,7 +43,40 @@ def _ggml_library() -> ctypes.CDLL:
         ctypes.POINTER(ctypes.c_size_t),
         ctypes.POINTER(ctypes.c_size_t),
     ]
+    lib.ggml_backend_reg_count.restype = ctypes.c_size_t
+    lib.ggml_backend_reg_count.argtypes = []
+    lib.ggml_backend_reg_get.restype = ctypes.c_void_p
+    lib.ggml_backend_reg_get.argtypes = [ctypes.c_size_t]
+    lib.ggml_backend_reg_name.restype = ctypes.c_char_p
+    lib.ggml_backend_reg_name.argtypes = [ctypes.c_void_p]
     return lib
+
+
+def ggml_backends() -> list[str]:
+    """The backends this build registered, in ggml's order ("CUDA", "CPU"):
+    what a build can run on, whether or not a device for it is present."""
+    lib = _ggml_library()
+    return [
+        (lib.ggml_backend_reg_name(lib.ggml_backend_reg_get(index)) or b"?").decode()
+        for index in range(lib.ggml_backend_reg_count())
+    ]
+
+
+def ggml_device_names() -> list[BuildDevice]:
+    """Every device in ggml's registry, without asking for its memory (on a GPU
+    that asks the driver for a context: slow, and memory the model may want)."""
+    lib = _ggml_library()
+    found = []
+    for index in range(lib.ggml_backend_dev_count()):
+        device = lib.ggml_backend_dev_get(index)
+        found.append(
+            BuildDevice(
+                name=(lib.ggml_backend_dev_name(device) or b"?").decode(),
+                description=(lib.ggml_backend_dev_description(device) or b"").decode(),
+                kind=CPU_TYPES.get(int(lib.ggml_backend_dev_type(device)), "other"),
+            )
+        )
+    return found
 
 
 @dataclass(frozen=True)

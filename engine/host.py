@@ -341,6 +341,7 @@ def main(connection: Connection, log_path: str, fault: faults.Fault | None = Non
     # why scrolls out of the log tail the person is shown.
     os.environ.setdefault("GGML_NO_BACKTRACE", "1")
 
+    from kvchat.engine.build_probe import engine_build
     from kvchat.engine.runner import LlamaLog, gpu_offload_supported, llama_cpp_version
 
     host = _Host(connection, LlamaLog(), fault)
@@ -350,7 +351,9 @@ def main(connection: Connection, log_path: str, fault: faults.Fault | None = Non
     reader.start()
     sampler = threading.Thread(target=host.sample_memory_until_shutdown, name="memory", daemon=True)
     sampler.start()
-    host.send(HostStarted(os.getpid(), llama_cpp_version(), gpu_offload_supported()))
+    build = engine_build()
+    print(f"--- llama.cpp {build.llama_cpp}, commit {build.commit}; {build.system_info}")
+    host.send(HostStarted(os.getpid(), llama_cpp_version(), gpu_offload_supported(), build))
     host.serve()
     print(f"--- engine host {os.getpid()} stopped")
     connection.close()

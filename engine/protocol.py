@@ -260,10 +260,39 @@ class DeviceSample:
 
 
 @dataclass(frozen=True)
+class BuildDevice:
+    """A device in ggml's registry, as the build found it: no memory figures,
+    which on a GPU would cost a context on the device to ask for."""
+
+    name: str  # "CUDA0", "Metal", "CPU"
+    description: str  # "NVIDIA H200", the CPU's model name
+    kind: str  # "cpu", "gpu", "igpu", "accel"
+
+
+@dataclass(frozen=True)
+class EngineBuild:
+    """What the engine's llama.cpp is, in the library's own words: what a bug
+    report needs and the GUI process may not ask for itself (it never loads
+    llama.cpp). Sent once, as the host starts; "" where the library does not say."""
+
+    llama_cpp: str  # llama_version(): the library's version, "0.5.0-dev"
+    commit: str  # the llama.cpp commit it was built from, as ggml recorded it
+    ggml: str  # ggml's own version, "0.25.3"
+    backends: tuple[str, ...]  # ggml's backend registry in order: ("CUDA", "CPU")
+    devices: tuple[BuildDevice, ...]
+    # llama_print_system_info(): each backend's features, "CPU : AVX2 = 1 | ...".
+    system_info: str
+    gpu_offload_supported: bool
+
+
+@dataclass(frozen=True)
 class HostStarted:
     pid: int
+    # llama-cpp-python's version (llama_cpp.__version__); "" from a server elsewhere.
     llama_cpp_version: str
     gpu_offload_supported: bool
+    # The host's llama.cpp; None from a server elsewhere (engine.remote).
+    build: EngineBuild | None = None
 
 
 @dataclass(frozen=True)
