@@ -185,6 +185,12 @@ class EngineClient(QObject):
         return self._host.pid if self._host is not None else None
 
     @property
+    def log_path(self) -> Path:
+        """Where the engine's log is: the running host's (it moves when the data
+        folder cannot take it, see `log_note`), else where the next host writes it."""
+        return self._host.log_path if self._host is not None else self._log_path
+
+    @property
     def log_note(self) -> str:
         """Why the engine's log is not where it belongs ("" when it is)."""
         return self._host.log_note if self._host is not None else ""

@@ -16,6 +16,7 @@ from PySide6.QtWidgets import QApplication, QMessageBox
 from kvchat.app.api_service import attach_serving
 from kvchat.app.controller import Controller
 from kvchat.app.engine_client import EngineClient
+from kvchat.app.help_flow import HelpFlow
 from kvchat.app.history import History
 from kvchat.app.instance_lock import AlreadyRunningError, InstanceLock
 from kvchat.app.load_marker import LoadMarker
@@ -70,6 +71,7 @@ def build_window(
         window, engine, settings, history=History(saver), lock=lock, marker=LoadMarker(data_dir)
     )
     keeper = WindowKeeper(window, controller, data_dir)
+    HelpFlow(controller, data_dir)
     window.show()
     controller.open_latest()
     current = controller.history.conversation

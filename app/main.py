@@ -6,7 +6,6 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any, get_args
 
@@ -101,7 +100,12 @@ def build_parser() -> CommandLine:
         description="Chat with a local language model and see where the memory goes. "
         "With no command, the window opens.",
     )
-    parser.add_argument("--version", action="version", version=f"kvchat {_version()}")
+    parser.add_argument(
+        "--version",
+        action=_VersionAction,
+        help="show the versions of kvchat, llama.cpp, llama-cpp-python, Python and PySide6, "
+        "and llama.cpp's backends, and exit",
+    )
     _add_shared(parser, list(SHARED_OPTIONS), after=False)
     _add_remote(parser, after=False)
     commands = parser.add_subparsers(
@@ -249,11 +253,38 @@ def _add_models(commands: argparse._SubParsersAction[CommandLine]) -> None:
     download.add_argument("--revision", metavar="R", help="a branch, tag or commit (default: main)")
 
 
-def _version() -> str:
-    try:
-        return metadata.version("kvchat")
-    except metadata.PackageNotFoundError:  # pragma: no cover - always installed
-        return "unknown"
+class _VersionAction(argparse.Action):
+    """`kvchat --version`: the About box's versions, then exit.
+
+    llama.cpp's version and backends are asked of a short child process
+    (engine.build_info): this process never loads llama.cpp. Asked only
+    when the option is given, so `kvchat --help` and every command start
+    without it.
+    """
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **options: Any) -> None:
+        super().__init__(
+            option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0, **options
+        )
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        from kvchat.app.about import version_text
+        from kvchat.engine.build_info import Error, probe_engine_build
+
+        try:
+            build = probe_engine_build()
+            missing = ""
+        except Error as exc:
+            build, missing = None, f"unknown: {exc}"
+        sys.stdout.write(version_text(build, missing))
+        sys.stdout.flush()
+        parser.exit()
 
 
 def _settings(args: argparse.Namespace, **extra: object) -> tuple[Settings, str]:

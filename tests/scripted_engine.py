@@ -18,6 +18,7 @@ what was already queued (as EngineClient drops the old reader's events).
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -27,9 +28,10 @@ from pathlib import Path
 from PySide6.QtCore import QObject, QThread, QTimer, Signal
 
 from kvchat.app.controller import Controller
+from kvchat.app.help_flow import HelpFlow
 from kvchat.app.history import History
 from kvchat.app.instance_lock import InstanceLock
-from kvchat.app.paths import rescue_folders
+from kvchat.app.paths import engine_log_path, rescue_folders
 from kvchat.app.saving import SaveQueue
 from kvchat.app.settings import EngineSettings
 from kvchat.app.store import open_store
@@ -134,6 +136,10 @@ class ScriptedEngine(QObject):
 
     host_started = Signal(object)
     log_note = ""
+    # Where the real engine would write its log; a scripted one writes none.
+    log_path = Path(os.devnull)
+    remote = ""
+    pid: int | None = None
     load_progress = Signal(float)
     memory_reported = Signal(object)
     model_loaded = Signal(object)
@@ -329,6 +335,8 @@ def build_scripted_window(
         history=History(saver),
         lock=lock,
     )
+    engine.log_path = engine_log_path(data_dir)
+    HelpFlow(controller, data_dir)
     window.show()
     controller.open_latest()
     if opened is not None and opened.notice:

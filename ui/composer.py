@@ -20,6 +20,9 @@ class Composer(QPlainTextEdit):
     """
 
     submitted = Signal(str)
+    # The keys keyPressEvent gives a meaning of its own, for the shortcuts list
+    # (they are not actions, so the window cannot find them there).
+    KEYS = (("Enter", "Send the message"), ("Shift+Enter", "Start a new line"))
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)

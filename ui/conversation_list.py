@@ -56,6 +56,9 @@ class ConversationList(QWidget):
     undo_requested = Signal(str)
     search_changed = Signal(str)
     export_requested = Signal(str, str)
+    # The key the list's edit trigger (EditKeyPressed) answers, for the
+    # shortcuts list: it is the view's own, not an action the window can find.
+    KEYS = (("F2", "Rename the selected conversation (in the list)"),)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -115,6 +118,8 @@ class ConversationList(QWidget):
         self.delete_action = QAction("Delete", self.list)
         self.delete_action.setShortcut(QKeySequence(QKeySequence.StandardKey.Delete))
         self.delete_action.setShortcutContext(Qt.ShortcutContext.WidgetShortcut)
+        # In no menu: the window's shortcuts list says what it does from here.
+        self.delete_action.setStatusTip("Delete the selected conversation (in the list)")
         self.delete_action.triggered.connect(self._delete_current)
         self.list.addAction(self.delete_action)
 

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from PySide6.QtCore import QEvent, QObject, Qt, QTimer, Signal
+from PySide6.QtCore import QEvent, QObject, Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import (
     QAction,
     QCloseEvent,
+    QDesktopServices,
+    QGuiApplication,
     QKeySequence,
     QResizeEvent,
     QShowEvent,
@@ -23,6 +27,7 @@ from PySide6.QtWidgets import (
     QInputDialog,
     QLabel,
     QMainWindow,
+    QMessageBox,
     QProgressBar,
     QPushButton,
     QStyle,
@@ -38,11 +43,17 @@ from kvchat.ui.memory_panel import MemoryPanel
 from kvchat.ui.serve_dialog import ServeDialog
 from kvchat.ui.theme import icon
 
+if TYPE_CHECKING:
+    # Made when the Help menu is first used: the window's first paint does not wait for them.
+    from kvchat.ui.help_dialogs import AboutDialog, ShortcutsDialog
+
 GGUF_FILTER = "GGUF models (*.gguf);;All files (*)"
 EXPORT_FILTERS = {"markdown": "Markdown (*.md)", "json": "JSON (*.json)"}
 # The conversation list's width, and the least it may shrink to before it folds away.
 LIST_WIDTH = 240
 LIST_MIN_WIDTH = 160
+# How long a note in the status bar stays ("Diagnostics copied to the clipboard").
+STATUS_NOTE_MS = 6000
 
 
 class MainWindow(QMainWindow):
@@ -63,6 +74,10 @@ class MainWindow(QMainWindow):
         system_prompt_edited(str): the person changed this conversation's system prompt.
         first_painted(): the window has been drawn for the first time, all of it;
             what it did not need for that can start now.
+        about_requested(): Help > About kvchat.
+        data_folder_requested(): Help > Open data folder.
+        engine_log_requested(): Help > Open engine log.
+        diagnostics_requested(): Help > Copy diagnostics: a report for a bug, to the clipboard.
     """
 
     message_submitted = Signal(str)
@@ -78,6 +93,10 @@ class MainWindow(QMainWindow):
     system_prompt_edited = Signal(str)
     serve_toggled = Signal(bool)
     first_painted = Signal()
+    about_requested = Signal()
+    data_folder_requested = Signal()
+    engine_log_requested = Signal()
+    diagnostics_requested = Signal()
 
     def __init__(self) -> None:
         super().__init__()
@@ -181,6 +200,9 @@ class MainWindow(QMainWindow):
         self.serve_button.hide()
         self.statusBar().addWidget(self.serve_button)
         self.serve_dialog: ServeDialog | None = None
+        self.about_dialog: AboutDialog | None = None
+        self.shortcuts_dialog: ShortcutsDialog | None = None
+        self.help_message: QMessageBox | None = None
         self._serve_url = self._serve_examples = ""
         for label in (self.model_label, self.context_label, self.view_label, self.speed_label):
             self.statusBar().addPermanentWidget(label)
@@ -306,8 +328,108 @@ class MainWindow(QMainWindow):
         self.stop_action = QAction("Stop", self)
         self.stop_action.setShortcut(QKeySequence(Qt.Key.Key_Escape))
         self.stop_action.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
+        # In no menu: the shortcuts list says what it does from here.
+        self.stop_action.setStatusTip(
+            "Stop the reply (what was generated stays) or the load; while editing a message, "
+            "stop editing"
+        )
         self.stop_action.triggered.connect(self._stop_pressed)
         self.addAction(self.stop_action)
+        self._build_help_menu()
+
+    def _build_help_menu(self) -> None:
+        help_menu = self.menuBar().addMenu("&Help")
+        self.shortcuts_action = QAction("&Keyboard shortcuts", self)
+        self.shortcuts_action.setShortcut(QKeySequence.StandardKey.HelpContents)
+        self.shortcuts_action.triggered.connect(self.show_shortcuts)
+        help_menu.addAction(self.shortcuts_action)
+        help_menu.addSeparator()
+        self.data_folder_action = QAction("Open &data folder", self)
+        self.data_folder_action.setToolTip(
+            "The folder with kvchat's conversations, settings and logs, in the file manager"
+        )
+        self.data_folder_action.triggered.connect(self.data_folder_requested)
+        help_menu.addAction(self.data_folder_action)
+        self.engine_log_action = QAction("Open engine &log", self)
+        self.engine_log_action.setToolTip("llama.cpp's log, in the system's text viewer")
+        self.engine_log_action.triggered.connect(self.engine_log_requested)
+        help_menu.addAction(self.engine_log_action)
+        self.diagnostics_action = QAction("&Copy diagnostics", self)
+        self.diagnostics_action.setToolTip(
+            "Copy versions, devices, settings and the end of the engine's log for a bug "
+            "report; never what a conversation says"
+        )
+        self.diagnostics_action.triggered.connect(self.diagnostics_requested)
+        help_menu.addAction(self.diagnostics_action)
+        help_menu.addSeparator()
+        self.about_action = QAction("&About kvchat", self)
+        self.about_action.setMenuRole(QAction.MenuRole.AboutRole)
+        self.about_action.triggered.connect(self.about_requested)
+        help_menu.addAction(self.about_action)
+        # The tooltips above say what each does; menus show them only when asked.
+        help_menu.setToolTipsVisible(True)
+
+    # The Help menu's answers.
+
+    def shortcut_rows(self) -> list[tuple[str, str]]:
+        """Every key the window answers, with what it does: the composer's own
+        keys, each action that has a shortcut (read from the actions, so the
+        list is always the keys as they are), then the conversation list's own."""
+        from kvchat.ui.help_dialogs import action_shortcuts
+
+        return [*Composer.KEYS, *action_shortcuts(self), *ConversationList.KEYS]
+
+    def show_shortcuts(self) -> None:
+        """Help > Keyboard shortcuts: the list, made afresh each time it opens."""
+        if self.shortcuts_dialog is not None:
+            self.shortcuts_dialog.close()
+            self.shortcuts_dialog.deleteLater()
+        from kvchat.ui.help_dialogs import ShortcutsDialog
+
+        self.shortcuts_dialog = ShortcutsDialog(self.shortcut_rows(), self)
+        self.shortcuts_dialog.show()
+        self.shortcuts_dialog.raise_()
+
+    def show_about(self, heading: str, summary: str, rows: Sequence[tuple[str, str]]) -> None:
+        """Opens the About box with these rows, or brings the open one forward with them."""
+        if self.about_dialog is None:
+            from kvchat.ui.help_dialogs import AboutDialog
+
+            self.about_dialog = AboutDialog(self)
+        self.about_dialog.show_rows(heading, summary, rows)
+        self.about_dialog.show()
+        self.about_dialog.raise_()
+
+    def refresh_about(self, heading: str, summary: str, rows: Sequence[tuple[str, str]]) -> None:
+        """New rows for the About box, if it is open (the engine reported meanwhile)."""
+        if self.about_dialog is not None and self.about_dialog.isVisible():
+            self.about_dialog.show_rows(heading, summary, rows)
+
+    def open_local(self, path: str) -> bool:
+        """Opens a file or folder in the program the desktop chooses; False if none would."""
+        return QDesktopServices.openUrl(QUrl.fromLocalFile(path))
+
+    def show_help_message(self, title: str, text: str) -> None:
+        """A short message box that does not stop the window (the chat goes on behind it)."""
+        if self.help_message is not None:
+            self.help_message.close()
+        box = QMessageBox(
+            QMessageBox.Icon.Information, title, text, QMessageBox.StandardButton.Ok, self
+        )
+        box.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        box.destroyed.connect(lambda: self._forget_message(box))
+        self.help_message = box
+        box.open()
+
+    def _forget_message(self, box: QMessageBox) -> None:
+        if self.help_message is box:
+            self.help_message = None
+
+    def copy_text(self, text: str, note: str) -> None:
+        """Puts `text` on the clipboard and says `note` in the status bar for a while."""
+        QGuiApplication.clipboard().setText(text)
+        self.statusBar().showMessage(note, STATUS_NOTE_MS)
 
     def _build_toolbar(self) -> None:
         toolbar = self.addToolBar("Model")
