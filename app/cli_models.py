@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from kvchat.app.cli_estimate import EXIT_BAD_INPUT, EXIT_FAILED, format_bytes, script_json
 from kvchat.app.command_line import explain
-from kvchat.app.hub.catalog import Hub, HubError, ModelFile, RepoSummary
+from kvchat.app.hub.catalog import Hub, HubError, ModelFile, RefusedError, RepoSummary
 from kvchat.app.hub.download import CancelledError, Download, Journal, Progress
 from kvchat.app.hub.fits import fits_answer
 from kvchat.app.hub.header import estimate_remote
@@ -41,15 +41,7 @@ def _fail(message: str, code: int) -> int:
 
 def _exit_code(error: HubError) -> int:
     """Bad input (an unknown repository or file, not a model) is 2; a failure on the way is 1."""
-    text = str(error)
-    bad_input = (
-        "has no ",
-        "is not a repository name",
-        "not a model kvchat can use",
-        "is gated",
-        "cannot be",
-    )
-    return EXIT_BAD_INPUT if any(part in text for part in bad_input) else EXIT_FAILED
+    return EXIT_BAD_INPUT if isinstance(error, RefusedError) else EXIT_FAILED
 
 
 def run(args: argparse.Namespace) -> int:

@@ -22,9 +22,10 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import annotated_types
 from PySide6.QtCore import QObject, Qt, QTimer, Signal, SignalInstance
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
     from kvchat.app.hub.download import Download, Journal, Progress
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # A download's progress reaches the dialog about this often (a phase change at once).
 PROGRESS_INTERVAL_S = 0.25
@@ -75,6 +77,19 @@ class _Job:
     view: DownloadView
     cancel_requested: threading.Event = field(default_factory=threading.Event)
     download: Download | None = None
+
+
+def _asked(work: Callable[[], T], failure: str) -> T | str:
+    """What the hub answered, or why not, in words; a fault of kvchat's own is logged too."""
+    from kvchat.app.hub.catalog import HubError
+
+    try:
+        return work()
+    except HubError as exc:
+        return str(exc)
+    except Exception as exc:
+        log.exception(failure)
+        return f"{failure}: {exc}"
 
 
 def repo_row(summary: RepoSummary) -> RepoRow:
@@ -226,16 +241,7 @@ class GetModelsFlow(QObject):
         def run() -> None:
             if generation != self._search_generation:
                 return  # a newer search was asked for meanwhile
-            from kvchat.app.hub.catalog import HubError
-
-            answer: object
-            try:
-                answer = self._hub().search(query, sort)
-            except HubError as exc:
-                answer = str(exc)
-            except Exception as exc:
-                log.exception("the search for %r failed", query)
-                answer = f"the search failed: {exc}"
+            answer = _asked(lambda: self._hub().search(query, sort), "the search failed")
             self._emit(self.searched, generation, query, answer)
 
         self._hub_worker.submit(run)
@@ -253,16 +259,8 @@ class GetModelsFlow(QObject):
         def run() -> None:
             if generation != self._files_generation:
                 return
-            from kvchat.app.hub.catalog import HubError
-
-            answer: object
-            try:
-                answer = self._hub().files(repo)
-            except HubError as exc:
-                answer = str(exc)
-            except Exception as exc:
-                log.exception("listing %s failed", repo)
-                answer = f"the files of {repo} could not be listed: {exc}"
+            failure = f"the files of {repo} could not be listed"
+            answer = _asked(lambda: self._hub().files(repo), failure)
             self._emit(self.listed, generation, repo, answer)
 
         self._hub_worker.submit(run)
@@ -372,20 +370,17 @@ class GetModelsFlow(QObject):
         a search asked for meanwhile runs before the next one rather than after all."""
         if generation != self._fits_generation or not models:
             return
-        from kvchat.app.hub.catalog import HubError
         from kvchat.app.hub.fits import fits_answer
         from kvchat.app.hub.header import estimate_remote
 
         model, rest = models[0], models[1:]
-        devices: list[DeviceProjection] = []
-        try:
+
+        def answer_of() -> tuple[str, list[DeviceProjection]]:
             result = estimate_remote(self._hub(), model, settings).estimate
-            answer, devices = fits_answer(result), projection_of(result)
-        except HubError as exc:
-            answer = str(exc)
-        except Exception as exc:
-            log.exception("the fits answer for %s failed", model.path)
-            answer = f"no answer: kvchat failed on it ({exc})"
+            return fits_answer(result), projection_of(result)
+
+        got = _asked(answer_of, "no answer: kvchat failed on it")
+        answer, devices = (got, []) if isinstance(got, str) else got
         if generation == self._fits_generation:
             self._emit(self.fitted, generation, model.path, answer, devices)
         if rest:

@@ -9,18 +9,15 @@ llama.cpp, so a broken file is listed with its problem instead of crashing.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from gguf import LlamaFileType
 
-from kvchat.engine.gguf_file import GgufInfo, ModelFileError, read_model
+from kvchat.engine.gguf_file import SPLIT_NAME, GgufInfo, ModelFileError, read_model
 from kvchat.engine.models import bundled_model_path
 
-# Split models ship as NAME-00001-of-00003.gguf; only the first part is opened.
-_SPLIT_PART = re.compile(r"-(\d{5})-of-\d{5}\.gguf$", re.IGNORECASE)
 MAX_DEPTH = 6
 # Architectures of files that go beside a chat model rather than being one:
 # llama.cpp's vision and audio projectors (mmproj files).
@@ -71,8 +68,9 @@ def _gguf_files(folder: Path) -> Iterator[Path]:
 
 
 def _is_later_split(name: str) -> bool:
-    part = _SPLIT_PART.search(name)
-    return part is not None and int(part.group(1)) != 1
+    """A split model (NAME-00002-of-00003.gguf) is listed by its first part only."""
+    part = SPLIT_NAME.match(name)
+    return part is not None and int(part["no"]) != 1
 
 
 def describe(path: Path, source: str) -> ModelEntry:

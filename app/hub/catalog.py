@@ -37,6 +37,7 @@ SEARCH_LIMIT = 40
 # How long a reachability answer holds before it is asked again.
 REACHABLE_FOR_S = 60.0
 PROBE_TIMEOUT_S = 5.0
+OFFLINE = "HF_HUB_OFFLINE is set, so kvchat does not reach Hugging Face; local models work as ever"
 # A full disk, a full quota, a file size limit.
 _NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
@@ -50,6 +51,11 @@ _QUANT = re.compile(
 
 class HubError(Exception):
     """The hub could not answer; the message is meant for a person."""
+
+
+class RefusedError(HubError):
+    """What was asked for does not exist, may not be had, or is not a model kvchat
+    can use: the person's input, not a failure on the way (`kvchat models` exits 2)."""
 
 
 @dataclass(frozen=True)
@@ -190,10 +196,7 @@ class Hub:
         at once that there is no network.
         """
         if constants.HF_HUB_OFFLINE:
-            raise HubError(
-                "HF_HUB_OFFLINE is set, so kvchat does not reach Hugging Face; "
-                "local models work as ever"
-            )
+            raise HubError(OFFLINE)
         if time.monotonic() - self._reachable_at < REACHABLE_FOR_S:
             return
         try:
@@ -212,22 +215,24 @@ class Hub:
         except HubError:
             raise
         except GatedRepoError:
-            raise HubError(
+            raise RefusedError(
                 f"{repo} is gated: accept its license at {self.page_of(str(repo))} "
                 "while signed in, then set HF_TOKEN to a token of that account"
             ) from None
         except RevisionNotFoundError:
-            raise HubError(f"{repo} has no such revision") from None
+            raise RefusedError(f"{repo} has no such revision") from None
         except RepositoryNotFoundError:
-            raise HubError(
+            raise RefusedError(
                 f"{self.host} has no model repository {repo!r} (if it is private, set HF_TOKEN)"
             ) from None
         except EntryNotFoundError:
-            raise HubError(f"{repo} has no file {filename!r}") from None
+            raise RefusedError(f"{repo} has no file {filename!r}") from None
         except HFValidationError:
-            raise HubError(f"{repo!r} is not a repository name (they read owner/name)") from None
+            raise RefusedError(
+                f"{repo!r} is not a repository name (they read owner/name)"
+            ) from None
         except OfflineModeIsEnabled:
-            raise HubError("HF_HUB_OFFLINE is set, so kvchat does not reach Hugging Face") from None
+            raise HubError(OFFLINE) from None
         except HfHubHTTPError as exc:
             status = exc.response.status_code if exc.response is not None else "?"
             raise HubError(f"{self.host} answered with an error (HTTP {status})") from None

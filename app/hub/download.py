@@ -28,7 +28,7 @@ from filelock import FileLock, Timeout
 from huggingface_hub import constants
 from huggingface_hub.file_download import repo_folder_name
 
-from kvchat.app.hub.catalog import Hub, HubError, HubFile, ModelFile
+from kvchat.app.hub.catalog import Hub, HubError, HubFile, ModelFile, RefusedError
 from kvchat.app.hub.header import fetch_header
 from kvchat.engine.children import child_environment, python_command, safe_working_folder
 
@@ -42,6 +42,10 @@ HASH_CHUNK = 1 << 20
 
 class DownloadError(HubError):
     """A download that did not end with a verified file; the message is for a person."""
+
+
+class DownloadRefusedError(DownloadError, RefusedError):
+    """A download refused before its weights come: a file that cannot be used."""
 
 
 class CancelledError(DownloadError):
@@ -200,7 +204,7 @@ class Download:
         journal: Journal | None = None,
     ) -> None:
         if model.problem:
-            raise DownloadError(f"{model.label} cannot be downloaded: {model.problem}")
+            raise DownloadRefusedError(f"{model.label} cannot be downloaded: {model.problem}")
         self.hub = hub
         self.model = model
         self.cache_dir = cache_dir or default_cache_dir()
@@ -209,10 +213,6 @@ class Download:
 
     def cancel(self) -> None:
         self._cancelled.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled.is_set()
 
     def run(self, on_progress: Callable[[Progress], None] = lambda _: None) -> Path:
         """Downloads and checks every part; returns the first part's path in the cache.
@@ -256,6 +256,8 @@ class Download:
                     raise CancelledError(f"the download of {self.model.label} was cancelled")
                 try:
                     fetch_header(self.hub, self.model, part, Path(folder))
+                except RefusedError as exc:
+                    raise DownloadRefusedError(f"{part.path} was not downloaded: {exc}") from None
                 except HubError as exc:
                     raise DownloadError(f"{part.path} was not downloaded: {exc}") from None
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 from huggingface_hub import get_token, hf_hub_url
 
-from kvchat.app.hub.catalog import Hub, HubError, HubFile, ModelFile
+from kvchat.app.hub.catalog import Hub, HubError, HubFile, ModelFile, RefusedError
 from kvchat.app.settings import EngineSettings
 from kvchat.engine.estimate import Error as EstimateError
 from kvchat.engine.estimate import Estimate, estimate
@@ -62,18 +62,20 @@ def fetch_header(hub: Hub, model: ModelFile, part: HubFile, folder: Path) -> int
         except OSError as exc:
             raise HubError(f"cannot make a file to read the header into ({exc.strerror})") from None
         try:
+            # hub.errors comes first: sending the request, as the stream opens,
+            # is where a hub out of reach fails.
             with (
+                hub.errors(model.repo, part.path),
                 httpx.Client(follow_redirects=True, timeout=TIMEOUT_S) as client,
                 client.stream("GET", url, headers=headers) as response,
-                hub.errors(model.repo, part.path),
             ):
                 if response.status_code in (401, 403):
-                    raise HubError(
+                    raise RefusedError(
                         f"{model.repo} is gated or private: accept its license at "
                         f"{hub.page_of(model.repo)}, then set HF_TOKEN"
                     )
                 if response.status_code == 404:
-                    raise HubError(f"{model.repo} has no file {part.path!r}")
+                    raise RefusedError(f"{model.repo} has no file {part.path!r}")
                 if response.status_code >= 400:
                     raise HubError(
                         f"{hub.host} answered HTTP {response.status_code} for {part.path}"
@@ -95,16 +97,16 @@ def fetch_header(hub: Hub, model: ModelFile, part: HubFile, folder: Path) -> int
                         needed = max(exc.needed, 2 * received)
                     if received >= part.size:
                         break
-        except httpx.HTTPError as exc:
+        except httpx.HTTPError as exc:  # what is not a network failure (redirect loops)
             raise HubError(f"cannot read {part.path} from {hub.host}: {exc}") from None
         except ModelFileError as exc:
-            raise HubError(f"not a model kvchat can use: {exc}") from None
+            raise RefusedError(f"not a model kvchat can use: {exc}") from None
     if received < part.size:
         raise HubError(
             f"{hub.host} ended {part.path} after {received} of its {part.size} bytes, "
             "before the end of its header"
         )
-    raise HubError("not a model kvchat can use: its header never ends")
+    raise RefusedError("not a model kvchat can use: its header never ends")
 
 
 def estimate_remote(
@@ -122,7 +124,7 @@ def estimate_remote(
         HubError: as fetch_header, or the dry run could not answer.
     """
     if model.problem:
-        raise HubError(f"{model.label} cannot be used: {model.problem}")
+        raise RefusedError(f"{model.label} cannot be used: {model.problem}")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="kvchat-header-") as name:
         folder = Path(name)
@@ -135,7 +137,7 @@ def estimate_remote(
             if fit is None and gpu and not result.projection.fits:
                 result = estimate(config, fit=True)
         except ModelFileError as exc:
-            raise HubError(f"not a model kvchat can use: {exc}") from None
+            raise RefusedError(f"not a model kvchat can use: {exc}") from None
         except EstimateError as exc:
             raise HubError(f"no estimate: {exc}") from None
     return RemoteEstimate(
