@@ -1,10 +1,16 @@
-"""`kvchat chat "question"`: one reply streamed to stdout through the engine host."""
+"""`kvchat chat "question"`: one reply streamed to stdout through the engine host.
+
+A reasoning model's thinking goes to stderr, dimmed on a terminal, and its
+answer to stdout: on screen the thinking reads before the answer, and
+`kvchat chat ... > answer.txt` (or a pipe) gets the answer alone.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
 from pathlib import Path
+from typing import TextIO
 
 from kvchat.app.formatting import format_stats, model_label
 from kvchat.app.paths import engine_log_path
@@ -49,6 +55,56 @@ def _write(text: str) -> None:
         raise OutputClosedError from None
     except OSError as exc:
         raise OutputFailedError(exc.strerror or str(exc)) from None
+
+
+# The terminal's faint style, and back to normal.
+DIM = "\x1b[2m"
+UNDIM = "\x1b[22m"
+
+
+class ThinkingOutput:
+    """Writes a reply's thinking to stderr, dimmed when stderr is a terminal.
+
+    The thinking ends with a line break of its own, so that the answer,
+    which follows on stdout, starts on a fresh line. Thinking that cannot be
+    written (stderr closed) is dropped: the answer matters more.
+    """
+
+    def __init__(self) -> None:
+        self._stream: TextIO | None = sys.stderr
+        try:
+            self._dim = self._stream is not None and self._stream.isatty()
+        except (OSError, ValueError):
+            self._stream, self._dim = None, False
+        self._open = False
+
+    def write(self, text: str) -> None:
+        if not self._open:
+            self._open = True
+            text = (DIM if self._dim else "") + text
+        self._put(text)
+
+    def close(self) -> None:
+        """Ends the thinking, if any was written (before the answer, and at the end)."""
+        if self._open:
+            self._open = False
+            self._put((UNDIM if self._dim else "") + "\n")
+
+    def _put(self, text: str) -> None:
+        stream = self._stream
+        if stream is None:
+            return
+        try:
+            # As UTF-8 whatever the locale says, after what print() left in the text layer.
+            stream.flush()
+            binary = getattr(stream, "buffer", None)
+            if binary is None:
+                stream.write(text)
+            else:
+                binary.write(text.encode("utf-8", "replace"))
+            stream.flush()
+        except (OSError, ValueError):
+            self._stream = None
 
 
 def _quiet_stdout() -> None:
@@ -113,15 +169,20 @@ def run_chat(
         host = HostProcess(engine_log_path(data_dir))
     if host.log_note:
         print(f"kvchat: {host.log_note}", file=sys.stderr)
+    thinking = ThinkingOutput()
     try:
         host.send(LoadModel(settings.load_config(model_path)))
         while True:
             event = host.receive(timeout=None)
             if isinstance(event, ModelLoaded):
                 host.send(Chat(1, tuple(messages), settings.sampling()))
+            elif isinstance(event, TextDelta) and event.thinking:
+                thinking.write(event.text)
             elif isinstance(event, TextDelta):
+                thinking.close()
                 _write(event.text)
             elif isinstance(event, TurnFinished):
+                thinking.close()
                 _write("\n")
                 if show_stats:
                     print(format_stats(event.stats), file=sys.stderr)
@@ -132,11 +193,14 @@ def run_chat(
                     EXIT_BAD_INPUT,
                 )
             elif isinstance(event, ChatFailed):
+                thinking.close()
                 return _fail(event.message)
             elif isinstance(event, HostExited):
+                thinking.close()
                 return _fail(f"{event.description} (log: {host.log_path})")
     except KeyboardInterrupt:
         host.send(Cancel())
+        thinking.close()
         return 130
     except OutputClosedError:
         host.send(Cancel())

@@ -125,10 +125,14 @@ class EngineClient(QObject):
         model_loaded(object): ModelInfo.
         load_failed(object): LoadFailed (its message is meant for a person).
         prompt_evaluated(object): PromptEvaluated, before the reply's first token.
-        text_received(int, str): request id, text to append.
-        cache_filled(int): tokens in the KV cache, with each text received.
+        text_received(int, str): request id, answer text to append (never thinking).
+        thinking_received(int, str): request id, thinking text to append: the
+            reasoning a model writes before its answer (engine.reasoning),
+            without its markers.
+        cache_filled(int): tokens in the KV cache, with each text or thinking received.
         memory_sampled(object): MemorySample, about once a second.
-        turn_finished(int, str, object): request id, full reply, TurnStats.
+        turn_finished(int, str, object): request id, the reply's whole answer,
+            TurnStats (with the thinking's tokens and seconds).
         chat_failed(int, str): request id, message for a person.
         host_exited(object): HostExited, when the host ended without being asked.
     """
@@ -140,6 +144,7 @@ class EngineClient(QObject):
     load_failed = Signal(object)
     prompt_evaluated = Signal(object)
     text_received = Signal(int, str)
+    thinking_received = Signal(int, str)
     cache_filled = Signal(int)
     memory_sampled = Signal(object)
     turn_finished = Signal(int, str, object)
@@ -360,7 +365,10 @@ class EngineClient(QObject):
             if not self._cancelled:
                 self._watchdog.stop()
         if isinstance(event, TextDelta):
-            self.text_received.emit(event.request_id, event.text)
+            if event.thinking:
+                self.thinking_received.emit(event.request_id, event.text)
+            else:
+                self.text_received.emit(event.request_id, event.text)
             if event.tokens_in_cache >= 0:  # a server elsewhere does not say
                 self.cache_filled.emit(event.tokens_in_cache)
         elif isinstance(event, MemorySample):

@@ -216,6 +216,22 @@ def _environment() -> _Sandbox:
     return environment
 
 
+def template_message(message: ChatMessage) -> dict[str, str]:
+    """A message as chat templates read it.
+
+    An assistant reply's thinking goes under both names templates look for:
+    `reasoning_content` (Qwen3's, DeepSeek's, llama-server's) and `thinking`
+    (gpt-oss's). Whether earlier thinking reaches the model is then the
+    template's own choice; most keep only the latest turn's. A message
+    without thinking has neither key, so that templates which test for the
+    key (`is defined`) render it as they always did.
+    """
+    fields = {"role": message.role, "content": message.content}
+    if message.thinking and message.role == "assistant":
+        fields["reasoning_content"] = fields["thinking"] = message.thinking
+    return fields
+
+
 class PromptTemplate(Protocol):
     """What renders a conversation into a prompt: the model's own template in
     a worker process, one of llama.cpp's built-in formats, or ChatML here."""
@@ -290,7 +306,7 @@ class ChatTemplate:
         size = 0
         try:
             for part in self._template.generate(
-                messages=[{"role": m.role, "content": m.content} for m in messages],
+                messages=[template_message(m) for m in messages],
                 add_generation_prompt=add_generation_prompt,
                 bos_token=bos_token,
                 eos_token=eos_token,

@@ -233,7 +233,9 @@ class _Host:
         if runner is None:
             self.send(ChatFailed(request_id, "no model is loaded"))
             return
+        # Text waiting to be sent, all of one side: thinking, or the answer.
         pending: list[str] = []
+        pending_thinking = False
         last_flush = 0.0
         prompt_evaluated = False
         pieces = 0
@@ -241,12 +243,16 @@ class _Host:
         def flush() -> None:
             nonlocal last_flush
             if pending:
-                self.send(TextDelta(request_id, "".join(pending), runner.cached_tokens))
+                text = "".join(pending)
+                self.send(TextDelta(request_id, text, runner.cached_tokens, pending_thinking))
                 pending.clear()
             last_flush = time.perf_counter()
 
-        def on_text(text: str) -> None:
-            nonlocal pieces
+        def on_piece(text: str, thinking: bool) -> None:
+            nonlocal pieces, pending_thinking
+            if thinking != pending_thinking:
+                flush()  # a delta is one side's: the other's text goes first, in order
+                pending_thinking = thinking
             pending.append(text)
             if time.perf_counter() - last_flush >= TEXT_FLUSH_INTERVAL_S:
                 flush()
@@ -272,7 +278,7 @@ class _Host:
                     command.prompt,
                     command.sampling,
                     should_stop=should_stop,
-                    on_text=on_text,
+                    on_text=lambda text: on_piece(text, False),
                     on_prompt=on_prompt,
                 )
             else:
@@ -280,9 +286,10 @@ class _Host:
                     command.messages,
                     command.sampling,
                     should_stop=should_stop,
-                    on_text=on_text,
+                    on_text=lambda text: on_piece(text, False),
                     on_prompt=on_prompt,
                     continue_last=command.continue_last,
+                    on_thinking=lambda text: on_piece(text, True),
                 )
         except Error as exc:
             flush()

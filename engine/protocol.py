@@ -67,8 +67,17 @@ class Sampling:
 
 @dataclass(frozen=True)
 class ChatMessage:
+    """One message of a conversation.
+
+    `thinking` is an assistant reply's reasoning, apart from its answer in
+    `content` (engine.reasoning). It goes back to the model's template as
+    the message's `reasoning_content` and `thinking`, which templates that
+    keep earlier thinking read; others, and ChatML, drop it.
+    """
+
     role: Role
     content: str
+    thinking: str = ""
 
 
 # Commands: GUI process -> host.
@@ -182,6 +191,10 @@ class TurnStats:
     # "2 → 1: another process is using a core" (engine.threads); "" if not.
     decode_threads: int = 0
     threads_note: str = ""
+    # Of `generated_tokens`, those inside the reply's thinking (its markers
+    # included), and the time from the first token to the end of thinking.
+    thinking_tokens: int = 0
+    thinking_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -387,13 +400,21 @@ class PromptEvaluated:
 
 @dataclass(frozen=True)
 class TextDelta:
+    """More of a reply's text: its thinking when `thinking`, else its answer.
+
+    `tokens_in_cache` is -1 from a server elsewhere, which does not say.
+    """
+
     request_id: int
     text: str
     tokens_in_cache: int
+    thinking: bool = False
 
 
 @dataclass(frozen=True)
 class TurnFinished:
+    """A reply ended; `text` is its answer (its thinking came in the deltas)."""
+
     request_id: int
     text: str
     stats: TurnStats

@@ -14,6 +14,14 @@ and `kvchat chat` drive it unchanged:
   come from the server's `usage` (and llama-server's `timings`) when it
   sends them. `Cancel` closes the stream, which ends the generation on the
   server.
+- Thinking comes apart from the answer as the server sends it: in a
+  `reasoning_content` (llama-server, DeepSeek, vLLM, another kvchat) or
+  `reasoning` (Ollama, OpenRouter) field of the delta, or as `<think>` tags
+  in the content of a server that does not parse them, which the splitter
+  of engine.reasoning reads as the engine host's does. (Such a server's
+  template may open the thinking in its prompt, which is not seen here:
+  that thinking arrives as answer.) A conversation's earlier thinking goes
+  back as `reasoning_content` to the servers known to read it.
 - While a model is chosen, a sampler thread asks the server for its memory
   figures every `SAMPLE_INTERVAL_S` and sends them as `MemorySample`s with
   their source, never as local measurements.
@@ -29,7 +37,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, fields, is_dataclass, replace
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -69,6 +77,7 @@ from kvchat.engine.protocol import (
     TurnFinished,
     TurnStats,
 )
+from kvchat.engine.reasoning import ThinkingSplitter
 from kvchat.engine.remote_address import (
     describe_remote,
     model_url,
@@ -89,6 +98,8 @@ READ_TIMEOUT_S = 30.0
 REPLY_TIMEOUT_S = 300.0
 # Text deltas go to the window at most this often, as the local host's do.
 FLUSH_INTERVAL_S = 0.03
+# The servers that take an assistant message's thinking as its `reasoning_content`.
+READS_REASONING = frozenset({"kvchat", "llama-server"})
 
 
 def choose_model(base_url: str, model_id: str | None, api_key: str | None) -> str:
@@ -363,11 +374,11 @@ class RemoteHost:
             if isinstance(exc, httpx.TransportError):
                 exc = remote_servers.transport_error(exc, identity.base_url, self._client)
             message = str(exc) or type(exc).__name__
-            if turn.text:
+            if turn.pieces:
                 message = f"the server stopped mid-reply: {message}"
             self._log(f"chat {request_id}: {message}")
-            self._flush(turn)
-            self._events.put(ChatFailed(request_id, message, by_request=not turn.text))
+            self._drain(turn)
+            self._events.put(ChatFailed(request_id, message, by_request=not turn.pieces))
             return
         finally:
             with self._lock:
@@ -376,7 +387,7 @@ class RemoteHost:
         if self._was_cancelled(request_id):
             self._end(turn, "cancelled")
         elif not turn.finish_reason:
-            self._flush(turn)
+            self._drain(turn)
             self._events.put(
                 ChatFailed(request_id, "the server ended the reply without finishing it")
             )
@@ -400,30 +411,64 @@ class RemoteHost:
         for choice in payload.get("choices") or ():
             if not isinstance(choice, dict):
                 continue
-            delta = choice.get("delta") or {}
-            text = delta.get("content") if isinstance(delta, dict) else None
-            if isinstance(text, str) and text:
-                now = time.perf_counter()
-                if not turn.pieces:
-                    turn.first_at = now
-                turn.pieces += 1
-                turn.last_at = now
-                turn.text += text
-                turn.pending += text
-                if now - turn.flushed_at >= FLUSH_INTERVAL_S:
-                    self._flush(turn)
+            delta = choice.get("delta")
+            if isinstance(delta, dict):
+                reasoning = _text(delta, "reasoning_content") or _text(delta, "reasoning")
+                content = _text(delta, "content")
+                if reasoning or content:
+                    self._take_text(turn, reasoning, content)
             reason = choice.get("finish_reason")
             if isinstance(reason, str) and reason:
                 turn.finish_reason = reason
 
+    def _take_text(self, turn: _Turn, reasoning: str, content: str) -> None:
+        """One delta's text: its reasoning field, then its content, split by the turn's splitter.
+
+        Each delta is a token, near enough (servers send one a delta); it
+        counts as thinking when it carries reasoning or the thinking is open
+        before or after it.
+        """
+        now = time.perf_counter()
+        if not turn.pieces:
+            turn.first_at = now
+        turn.pieces += 1
+        turn.last_at = now
+        splitter = turn.splitter
+        was_thinking = splitter.thinking
+        if reasoning:
+            self._add(turn, True, reasoning)
+        for thinking, text in splitter.push(content) if content else ():
+            self._add(turn, thinking, text)
+        if reasoning or was_thinking or splitter.thinking:
+            turn.thinking_pieces += 1
+            turn.thinking_ended_at = now
+        if now - turn.flushed_at >= FLUSH_INTERVAL_S:
+            self._flush(turn)
+
+    def _add(self, turn: _Turn, thinking: bool, text: str) -> None:
+        if turn.pending and thinking != turn.pending_thinking:
+            self._flush(turn)  # a delta is one side's: the other's text goes first, in order
+        turn.pending_thinking = thinking
+        turn.pending += text
+        if not thinking:
+            turn.text += text
+
     def _flush(self, turn: _Turn) -> None:
         if turn.pending:
-            self._events.put(TextDelta(turn.request_id, turn.pending, -1))
+            self._events.put(
+                TextDelta(turn.request_id, turn.pending, -1, thinking=turn.pending_thinking)
+            )
             turn.pending = ""
         turn.flushed_at = time.perf_counter()
 
-    def _end(self, turn: _Turn, reason: str) -> None:
+    def _drain(self, turn: _Turn) -> None:
+        """Sends the rest of the text: the reply has ended, or failed."""
+        for thinking, text in turn.splitter.finish():
+            self._add(turn, thinking, text)
         self._flush(turn)
+
+    def _end(self, turn: _Turn, reason: str) -> None:
+        self._drain(turn)
         stats = turn.stats(reason)
         if stats.prompt_tokens:
             # What the server said of the prompt, for the KV panel: only once it said it.
@@ -514,11 +559,16 @@ def _events_of(response: httpx.Response) -> Iterator[dict[str, Any]]:
 class _Turn:
     request_id: int
     started: float
-    text: str = ""
+    text: str = ""  # the answer so far
+    # Text not yet sent, all of one side (thinking or answer).
     pending: str = ""
+    pending_thinking: bool = False
+    splitter: ThinkingSplitter = field(default_factory=ThinkingSplitter)
     pieces: int = 0
+    thinking_pieces: int = 0
     first_at: float = 0.0
     last_at: float = 0.0
+    thinking_ended_at: float = 0.0
     flushed_at: float = 0.0
     finish_reason: str = ""
     usage: dict[str, Any] | None = None
@@ -530,6 +580,9 @@ class _Turn:
         generated = _int(usage.get("completion_tokens")) or self.pieces
         details = usage.get("prompt_tokens_details")
         cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
+        completion = usage.get("completion_tokens_details")
+        # OpenAI's count of reasoning tokens, where the server gives one.
+        thinking = _int(completion.get("reasoning_tokens")) if isinstance(completion, dict) else 0
         timings = self.timings or {}
         if "cache_n" in timings:
             cached = _int(timings.get("cache_n"))
@@ -546,6 +599,10 @@ class _Turn:
             prefill_tokens_per_s=prefill_rate,
             decode_tokens_per_s=(generated - 1) / decode_seconds if decode_seconds > 0 else 0.0,
             stop_reason=_stop_reason(reason),
+            thinking_tokens=thinking or self.thinking_pieces,
+            thinking_seconds=(
+                self.thinking_ended_at - self.first_at if self.thinking_pieces else 0.0
+            ),
         )
 
 
@@ -558,8 +615,21 @@ def _empty_stats(reason: StopReason) -> TurnStats:
     return TurnStats(0, 0, 0, 0, 0, 0, 0.0, 0.0, 0.0, reason)
 
 
+def _text(delta: dict[str, Any], name: str) -> str:
+    value = delta.get(name)
+    return value if isinstance(value, str) else ""
+
+
 def _int(value: object) -> int:
     return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
+
+
+def _message(message: ChatMessage, with_thinking: bool) -> dict[str, str]:
+    """A message as OpenAI's API has it; with its thinking, for a server that reads it."""
+    body = {"role": message.role, "content": message.content}
+    if with_thinking and message.thinking and message.role == "assistant":
+        body["reasoning_content"] = message.thinking
+    return body
 
 
 def _request_body(identity: Identity, model_id: str, command: Chat) -> dict[str, Any]:
@@ -568,7 +638,7 @@ def _request_body(identity: Identity, model_id: str, command: Chat) -> dict[str,
     messages: list[ChatMessage] = list(command.messages)
     body: dict[str, Any] = {
         "model": model_id,
-        "messages": [{"role": m.role, "content": m.content} for m in messages],
+        "messages": [_message(m, identity.kind in READS_REASONING) for m in messages],
         "stream": True,
         "stream_options": {"include_usage": True},
         "max_tokens": sampling.max_tokens,

@@ -54,6 +54,15 @@ from kvchat.engine.protocol import (
     StopReason,
     TurnStats,
 )
+from kvchat.engine.reasoning import (
+    HARMONY_CHANNEL,
+    HARMONY_MARKERS,
+    HARMONY_MESSAGE,
+    MARKERS,
+    Part,
+    ThinkingSplitter,
+    ends_inside_thinking,
+)
 from kvchat.engine.template_names import BUILTIN_PREFIX
 from kvchat.engine.template_worker import IsolatedTemplate, TemplateWorker
 from kvchat.engine.text_stream import StopWords, Utf8Stream
@@ -210,6 +219,21 @@ class Penalties:
         logits[tokens] = chosen - (counts * self._frequency + self._presence)
 
 
+def _message_starts(text: str, messages: Sequence[ChatMessage]) -> list[int]:
+    """Where each message's text starts in the rendered prompt, in order.
+
+    A message the template changed (trimmed, say) is taken to start where
+    the one before it ended.
+    """
+    starts = []
+    position = 0
+    for message in messages:
+        found = text.find(message.content, position)
+        starts.append(found if found >= 0 else position)
+        position = max(position, starts[-1] + len(message.content))
+    return starts
+
+
 class _Reuse(NamedTuple):
     """What a prompt found in the cache: the tokens kept, and of those the ones
     restored from a saved state, from where ("RAM", "disk") and how fast."""
@@ -218,6 +242,99 @@ class _Reuse(NamedTuple):
     restored: int = 0
     source: str = ""
     seconds: float = 0.0
+
+
+class _Prompt(NamedTuple):
+    """A conversation rendered for the model (see `ModelRunner._render`)."""
+
+    tokens: list[int]
+    system_tokens: int
+    history_tokens: int
+    template_notice: str
+    # The prompt leaves the reply inside its thinking (engine.reasoning).
+    opens_thinking: bool
+
+
+class _ReplyText:
+    """Where each sampled token's text goes: thinking to `on_thinking`, the
+    answer through the stop words to `on_text`.
+
+    The answer is kept, since it is what a turn returns; stop words apply
+    to it alone, so a stop word the model thinks about does not end its
+    reply. Without a splitter (raw completions) all of the text is answer.
+    """
+
+    def __init__(
+        self,
+        splitter: ThinkingSplitter | None,
+        stop: tuple[str, ...],
+        on_text: Callable[[str], None],
+        on_thinking: Callable[[str], None],
+    ) -> None:
+        self._bytes = Utf8Stream()
+        self._splitter = splitter
+        self._stops = StopWords(stop)
+        self._on_text = on_text
+        self._on_thinking = on_thinking
+        self._answer: list[str] = []
+        self.thinking_tokens = 0
+        self.thinking_ended_at = 0.0  # when the last token inside the thinking came
+
+    @property
+    def stopped(self) -> bool:
+        """The answer reached a stop string."""
+        return self._stops.stopped
+
+    @property
+    def splits(self) -> bool:
+        """Whether thinking is told apart (a chat's reply, not a raw completion's)."""
+        return self._splitter is not None
+
+    def add(self, piece: bytes, now: float) -> None:
+        """One sampled token's bytes, sampled at `now`.
+
+        A token counts as thinking when the thinking is open before or after
+        it: the words inside and both of its markers.
+        """
+        text = self._bytes.push(piece)
+        splitter = self._splitter
+        if splitter is None:
+            self._show(text)
+            return
+        was_thinking = splitter.thinking
+        if text:
+            self._route(splitter.push(text))
+        if was_thinking or splitter.thinking:
+            self.thinking_tokens += 1
+            self.thinking_ended_at = now
+
+    def finish(self) -> str:
+        """Passes on what was held back, now that the reply has ended; returns the answer."""
+        self._show(self._bytes.finish())
+        if self._splitter is not None:
+            self._route(self._splitter.finish())
+        rest = self._stops.finish()
+        if rest:
+            self._answer.append(rest)
+            self._on_text(rest)
+        return "".join(self._answer)
+
+    def _route(self, parts: list[Part]) -> None:
+        for thinking, text in parts:
+            if self._stops.stopped:
+                return
+            if thinking:
+                self._on_thinking(text)
+            else:
+                self._show(text)
+
+    def _show(self, text: str) -> None:
+        if not text:
+            return
+        shown = self._stops.push(text)
+        if shown:
+            self._answer.append(shown)
+            self._on_text(shown)
 
 
 class ModelRunner:
@@ -394,10 +511,18 @@ class ModelRunner:
         self._bos_text = vocab.special_text(self._vocab, llama_cpp.llama_vocab_bos(self._vocab))
         self._eos_text = vocab.special_text(self._vocab, llama_cpp.llama_vocab_eos(self._vocab))
         self._add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
+        self._marker_pieces, self._harmony = self._reasoning_markers()
+        # llama.cpp makes gpt-oss's markers text tokens, which the tokenizer
+        # still takes for themselves: typed in a message, they are defused too.
+        defused = control_texts | (set(HARMONY_MARKERS) if self._harmony else set())
         self._control_texts = (
-            re.compile("|".join(re.escape(t) for t in sorted(control_texts, key=len, reverse=True)))
-            if control_texts
+            re.compile("|".join(re.escape(t) for t in sorted(defused, key=len, reverse=True)))
+            if defused
             else None
+        )
+        # What opens the thinking of a reply that is continued inside it.
+        self._thinking_opening = (
+            HARMONY_CHANNEL + "analysis" + HARMONY_MESSAGE if self._harmony else "<think>\n"
         )
         self._warm_up()
         if self.cpu_load is not None:
@@ -431,6 +556,29 @@ class ModelRunner:
                     texts.add(text)
         return texts
 
+    def _reasoning_markers(self) -> tuple[dict[int, bytes], bool]:
+        """The vocabulary's tokens for the reasoning markers (engine.reasoning),
+        with their text, and whether the model speaks harmony.
+
+        A marker's token may be a control token, which renders as nothing
+        unless asked to (and the splitter would never see it), or text, as
+        llama.cpp makes gpt-oss's; either way a reply's token of it is given
+        the marker's text. Harmony's markers count only in a vocabulary that
+        has them: for any other model, `<|channel|>` is text it quotes.
+        """
+        found: dict[str, int] = {}
+        for marker in MARKERS:
+            tokens = self.tokenize(marker, add_special=False)
+            if len(tokens) == 1 and self.piece(tokens[0], special=True) == marker.encode():
+                found[marker] = tokens[0]
+        harmony = HARMONY_CHANNEL in found and HARMONY_MESSAGE in found
+        pieces = {
+            token: marker.encode()
+            for marker, token in found.items()
+            if harmony or marker not in HARMONY_MARKERS
+        }
+        return pieces, harmony
+
     def _defuse(self, messages: Sequence[ChatMessage]) -> list[ChatMessage]:
         """Messages whose text cannot pass for the template's control tokens.
 
@@ -443,11 +591,12 @@ class ModelRunner:
         pattern = self._control_texts
         if pattern is None:
             return list(messages)
+
+        def defused(text: str) -> str:
+            return pattern.sub(lambda t: t[0][0] + ZERO_WIDTH_SPACE + t[0][1:], text)
+
         return [
-            replace(
-                m, content=pattern.sub(lambda t: t[0][0] + ZERO_WIDTH_SPACE + t[0][1:], m.content)
-            )
-            for m in messages
+            replace(m, content=defused(m.content), thinking=defused(m.thinking)) for m in messages
         ]
 
     def _to_disk(self, state: SavedState) -> None:
@@ -498,9 +647,11 @@ class ModelRunner:
         """The tokens of a rendered prompt: the template's special tokens are parsed."""
         return vocab.tokenize(self._vocab, text, add_special, parse_special=True)
 
-    def render_prompt(self, messages: Sequence[ChatMessage]) -> list[int]:
+    def render_prompt(
+        self, messages: Sequence[ChatMessage], continue_last: bool = False
+    ) -> list[int]:
         """The conversation as the tokens the model sees, with its own template."""
-        return self._render(messages)[0]
+        return self._render(messages, continue_last).tokens
 
     def _render_text(self, messages: Sequence[ChatMessage], continue_last: bool) -> tuple[str, str]:
         """The prompt's text, and why ChatML stood in for the model's template ("" if not).
@@ -532,48 +683,84 @@ class ModelRunner:
             raise ChatError(str(exc)) from exc
         return text, f"{reason}; a generic ChatML template was used for this reply"
 
-    def _render(
-        self, messages: Sequence[ChatMessage], continue_last: bool = False
-    ) -> tuple[list[int], int, int, str]:
+    def _render(self, messages: Sequence[ChatMessage], continue_last: bool = False) -> _Prompt:
         """The prompt's tokens, where the system part and the earlier turns end,
-        and the template notice (see `_render_text`).
+        the template notice (see `_render_text`), and whether the prompt opens
+        the reply's thinking.
 
         The boundaries are found where each message's text starts in the
         rendered prompt, so the template's own wrapping around a message
         counts with the part before it. With `continue_last`, the prompt ends
         with the last message's text, left open: what the template closes a
-        message with (its end-of-turn marker) is cut, and no new turn begins.
+        message with (its end-of-turn marker) is cut, and no new turn begins;
+        a reply cut inside its thinking is continued there (`_resume_thinking`).
+
+        Whether the reply starts inside its thinking is read from the prompt
+        after the last message before the reply: the template's generation
+        prompt, and the continued reply's own words. A `<think>` a person
+        typed is never taken for the template's.
         """
         messages = self._defuse(messages)
-        text, notice = self._render_text(messages, continue_last)
-        if continue_last:
-            # Templates may trim a message; the reply goes on from its last visible character.
-            kept = messages[-1].content.rstrip() if messages else ""
-            end = text.rfind(kept) if kept else -1
-            if end < 0:
-                raise ChatError("the reply to continue is not in the prompt the template made")
-            text = text[: end + len(kept)]
+        reply = messages[-1] if continue_last and messages else None
+        if reply is not None and reply.thinking and not reply.content.strip():
+            text, notice = self._resume_thinking(messages)
+        else:
+            text, notice = self._render_text(messages, continue_last)
+            if continue_last:
+                # Templates may trim a message; the reply goes on from its last visible character.
+                kept = reply.content.rstrip() if reply is not None else ""
+                end = text.rfind(kept) if kept else -1
+                if end < 0:
+                    raise ChatError("the reply to continue is not in the prompt the template made")
+                text = text[: end + len(kept)]
         add_bos = self._add_bos and not (self._bos_text and text.startswith(self._bos_text))
         tokens = self.tokenize(text, add_special=add_bos)
 
-        starts = []
-        position = 0
-        for message in messages:
-            found = text.find(message.content, position)
-            starts.append(found if found >= 0 else position)
-            position = max(position, starts[-1] + len(message.content))
+        starts = _message_starts(text, messages)
         first_turn = next(
             (start for start, m in zip(starts, messages, strict=True) if m.role != "system"),
             len(text),
         )
         last_turn = starts[-1] if messages and messages[-1].role != "system" else len(text)
+        before_reply = len(messages) - (reply is not None)
+        reply_from = (
+            starts[before_reply - 1] + len(messages[before_reply - 1].content)
+            if before_reply
+            else 0
+        )
 
         def tokens_before(offset: int) -> int:
             return len(self.tokenize(text[:offset], add_special=add_bos)) if offset else 0
 
         system = tokens_before(first_turn)
         history = max(tokens_before(last_turn) - system, 0)
-        return tokens, min(system, len(tokens)), min(history, len(tokens) - system), notice
+        return _Prompt(
+            tokens,
+            min(system, len(tokens)),
+            min(history, len(tokens) - system),
+            notice,
+            ends_inside_thinking(text[reply_from:], harmony=self._harmony),
+        )
+
+    def _resume_thinking(self, messages: Sequence[ChatMessage]) -> tuple[str, str]:
+        """The prompt's text for a reply cut inside its thinking, and the template notice.
+
+        A template renders a reply's thinking closed (`<think>…</think>`
+        before the answer) or drops it, so the cut reply cannot be rendered
+        and cut open as an answer is. Instead the conversation before it is
+        rendered with the generation prompt, as for a new reply; the thinking
+        is opened, unless that prompt opens it itself (DeepSeek-R1's ends with
+        `<think>\n`), with `<think>\n` or, for a harmony model, its analysis
+        header; and the thinking so far follows, as the model wrote it. The
+        model sees what it saw while it was thinking, and goes on from there.
+        """
+        earlier = messages[:-1]
+        text, notice = self._render_text(earlier, continue_last=False)
+        starts = _message_starts(text, earlier)
+        prompt_from = starts[-1] + len(earlier[-1].content) if earlier else 0
+        if not ends_inside_thinking(text[prompt_from:], harmony=self._harmony):
+            text += self._thinking_opening
+        return text + messages[-1].thinking, notice
 
     def _decode(self, tokens: Sequence[int]) -> bool:
         """Evaluates `tokens`; False when the abort callback stopped it."""
@@ -767,6 +954,7 @@ class ModelRunner:
         on_text: Callable[[str], None],
         on_prompt: Callable[[PromptEvaluated], None] = lambda _prompt: None,
         continue_last: bool = False,
+        on_thinking: Callable[[str], None] = lambda _text: None,
     ) -> tuple[str, TurnStats]:
         """Generates the assistant's reply to the conversation.
 
@@ -774,12 +962,15 @@ class ModelRunner:
         (or since a saved state of this conversation, when another ran in
         between). `should_stop` is polled between tokens, and while the
         prompt is evaluated after every step of llama.cpp's graph.
-        Text reaches `on_text` in pieces that are always whole characters;
-        `on_prompt` hears once the prompt is in the cache. With
-        `continue_last`, the last message is a reply to go on with.
+        The answer reaches `on_text` and the reasoning before it reaches
+        `on_thinking` (engine.reasoning; the markers reach neither), in
+        pieces that are always whole characters; `on_prompt` hears once the
+        prompt is in the cache. With `continue_last`, the last message is a
+        reply to go on with, in its thinking when it was cut there.
 
         Returns:
-            The reply's full text and the turn's statistics.
+            The reply's answer (its thinking only went to `on_thinking`) and
+            the turn's statistics.
 
         Raises:
             ChatError: the prompt does not fit the context, or llama.cpp
@@ -787,24 +978,24 @@ class ModelRunner:
                 and `TurnStats.template_notice` says why.)
         """
         started = time.perf_counter()
-        prompt, system_tokens, history_tokens, template_notice = self._render(
-            messages, continue_last
-        )
-        if len(prompt) >= self.n_ctx:
+        prompt = self._render(messages, continue_last)
+        if len(prompt.tokens) >= self.n_ctx:
             raise ChatError(
-                f"the conversation is {len(prompt)} tokens long, and the context holds "
+                f"the conversation is {len(prompt.tokens)} tokens long, and the context holds "
                 f"{self.n_ctx}: start a new conversation or raise the context size",
                 by_request=True,
             )
+        splitter = ThinkingSplitter(prompt.opens_thinking, harmony=self._harmony)
+        reply = _ReplyText(splitter, sampling.stop, on_text, on_thinking)
         return self._generate(
-            prompt,
+            prompt.tokens,
             sampling,
             should_stop,
-            on_text,
+            reply,
             on_prompt,
             started,
-            (system_tokens, history_tokens),
-            template_notice,
+            (prompt.system_tokens, prompt.history_tokens),
+            prompt.template_notice,
         )
 
     def prepare(self, messages: Sequence[ChatMessage]) -> None:
@@ -817,7 +1008,7 @@ class ModelRunner:
         What was restored is reported with that next turn.
         """
         try:
-            prompt = self._render(messages, False)[0]
+            prompt = self._render(messages).tokens
         except ChatError:
             return
         if len(prompt) < 2 or len(prompt) >= self.n_ctx:
@@ -833,7 +1024,8 @@ class ModelRunner:
         on_text: Callable[[str], None],
         on_prompt: Callable[[PromptEvaluated], None] = lambda _prompt: None,
     ) -> tuple[str, TurnStats]:
-        """Continues raw text, with no chat template; otherwise as `chat`."""
+        """Continues raw text, with no chat template and no thinking told
+        apart (all of it reaches `on_text`); otherwise as `chat`."""
         started = time.perf_counter()
         prompt = self.tokenize(prompt_text, add_special=self._add_bos)
         if not prompt:
@@ -843,22 +1035,26 @@ class ModelRunner:
                 f"the prompt is {len(prompt)} tokens long, and the context holds {self.n_ctx}",
                 by_request=True,
             )
-        return self._generate(
-            prompt, sampling, should_stop, on_text, on_prompt, started, (0, 0), ""
-        )
+        reply = _ReplyText(None, sampling.stop, on_text, lambda _text: None)
+        return self._generate(prompt, sampling, should_stop, reply, on_prompt, started, (0, 0), "")
 
     def _generate(
         self,
         prompt: list[int],
         sampling: Sampling,
         should_stop: Callable[[], bool],
-        on_text: Callable[[str], None],
+        reply: _ReplyText,
         on_prompt: Callable[[PromptEvaluated], None],
         started: float,
         parts_before: tuple[int, int],
         template_notice: str,
     ) -> tuple[str, TurnStats]:
-        """Evaluates the prompt's new tokens and samples the reply."""
+        """Evaluates the prompt's new tokens and samples the reply into `reply`.
+
+        A chat's reasoning markers are rendered even where they are control
+        tokens, for the splitter to see (`_reasoning_markers`); a raw
+        completion's control tokens render as nothing, as a chat's others do.
+        """
         system_tokens, history_tokens = parts_before
         # Greedy is the highest logit, the first of equals, as llama.cpp's greedy
         # sampler picks it but without its copy of every logit into
@@ -901,16 +1097,7 @@ class ModelRunner:
                 )
             )
 
-            stream = Utf8Stream()
-            stops = StopWords(sampling.stop)
-            parts: list[str] = []
-
-            def emit(text: str) -> None:
-                shown = stops.push(text)
-                if shown:
-                    parts.append(shown)
-                    on_text(shown)
-
+            markers = self._marker_pieces if reply.splits else {}
             generated = 0
             first_token_at = last_token_at = 0.0
             while stop_reason is None:
@@ -936,10 +1123,8 @@ class ModelRunner:
                     stop_reason = "eos"
                     break
                 generated += 1
-                text = stream.push(self.piece(token))
-                if text:
-                    emit(text)
-                if stops.stopped:
+                reply.add(markers.get(token) or self.piece(token), now)
+                if reply.stopped:
                     stop_reason = "stop"
                 elif generated >= sampling.max_tokens:
                     stop_reason = "length"
@@ -950,11 +1135,7 @@ class ModelRunner:
         finally:
             if sampler is not None:
                 llama_cpp.llama_sampler_free(sampler)
-        emit(stream.finish())
-        rest = stops.finish()
-        if rest:
-            parts.append(rest)
-            on_text(rest)
+        answer = reply.finish()
 
         decode_seconds = last_token_at - first_token_at
         stats = TurnStats(
@@ -974,5 +1155,9 @@ class ModelRunner:
             restore_seconds=reuse.seconds,
             decode_threads=tuner.threads,
             threads_note=tuner.note,
+            thinking_tokens=reply.thinking_tokens,
+            thinking_seconds=(
+                reply.thinking_ended_at - first_token_at if reply.thinking_tokens else 0.0
+            ),
         )
-        return "".join(parts), stats
+        return answer, stats

@@ -196,7 +196,7 @@ class IsolatedTemplate:
         answer = self._ask(
             {
                 "compile": self.text,
-                "messages": [[m.role, m.content] for m in messages],
+                "messages": [[m.role, m.content, m.thinking] for m in messages],
                 "bos_token": bos_token,
                 "eos_token": eos_token,
                 "add_generation_prompt": add_generation_prompt,
@@ -240,7 +240,7 @@ def _serve(memory_limit: int) -> None:
             if "messages" in request:
                 answer = {
                     "text": template.render(
-                        [ChatMessage(role, content) for role, content in request["messages"]],
+                        [ChatMessage(*fields) for fields in request["messages"]],
                         bos_token=request["bos_token"],
                         eos_token=request["eos_token"],
                         add_generation_prompt=request["add_generation_prompt"],

@@ -23,7 +23,15 @@ The specs cover the cases the memory estimate must get right:
   a file (the header fuzz) or need a quick load.
 
 A spec may carry a chat template for `tokenizer.chat_template`, for tests of
-templates that come from the file.
+templates that come from the file, and a scripted reply: a few tokens the
+model then writes, greedily, after any prompt. Such a model is zero weights
+but for its embeddings and output matrix, which make each token of the
+script predict the next (attention and feed-forward add nothing to the
+residual stream, so the last token alone decides). `TINY_THINKING` is one,
+with DeepSeek-R1's habit: its template's generation prompt ends with
+`<think>\n`, and its reply thinks, closes the thinking and answers.
+`TINY_OPENS_THINKING` opens its thinking itself, as Qwen3 does, and
+`TINY_HARMONY` writes gpt-oss's harmony channels.
 
 `tests/engine/test_estimate.py` holds the checks that each of them loads.
 """
@@ -68,6 +76,13 @@ class ModelSpec:
     chat_template: str | None = None
     # Control tokens after BOS and EOS: a family's turn markers (`<start_of_turn>`).
     control_tokens: tuple[str, ...] = ()
+    # Tokens the tokenizer matches as they are written (user-defined): the
+    # words of a scripted reply, which a prompt can then hold as those tokens.
+    words: tuple[str, ...] = ()
+    # The reply, by token text, that the model writes after any prompt: the
+    # first token after a prompt that ends in none of them, then each after
+    # the one before, then `</s>`. Its tokens must differ from one another.
+    reply: tuple[str, ...] = ()
 
     @property
     def head_dim(self) -> int:
@@ -147,6 +162,82 @@ TINY = ModelSpec(
     context_length=1024,
 )
 
+# DeepSeek-R1's shape of template: the generation prompt opens the thinking,
+# and an earlier reply's thinking is shown to the model as Qwen3's templates
+# show it (from `reasoning_content`).
+THINKING_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'assistant' %}<|Assistant|>"
+    "{% if m['reasoning_content'] %}<think>\n{{ m['reasoning_content'] }}\n</think>\n\n{% endif %}"
+    "{{ m['content'] }}<|end|>"
+    "{% else %}<|{{ m['role'] }}|>{{ m['content'] }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|Assistant|><think>\n{% endif %}"
+)
+TINY_THINKING = replace(
+    TINY,
+    name="tiny-thinking",
+    chat_template=THINKING_TEMPLATE,
+    # Control tokens, which render as nothing unless the engine asks for them.
+    control_tokens=("<think>", "</think>"),
+    words=(" Hmm", " so", " Yes", " indeed"),
+    reply=(" Hmm", " so", "</think>", " Yes", " indeed"),
+)
+
+# Qwen3's habit: the model opens its thinking itself, with tags that are
+# text (user-defined tokens), as a server that does not parse them sends them.
+CHATML_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+TINY_OPENS_THINKING = replace(
+    TINY,
+    name="tiny-opens-thinking",
+    chat_template=CHATML_TEMPLATE,
+    words=("<think>", "</think>", " Hmm", " so", " Yes", " indeed"),
+    reply=("<think>", " Hmm", " so", "</think>", " Yes", " indeed"),
+)
+
+# gpt-oss's harmony format, in brief: channels in each message's header.
+HARMONY_TEMPLATE = (
+    "{% for m in messages %}<|start|>{{ m['role'] }}"
+    "{% if m['role'] == 'assistant' %}"
+    "{% if m['thinking'] %}<|channel|>analysis<|message|>{{ m['thinking'] }}<|end|>"
+    "<|start|>assistant{% endif %}<|channel|>final{% endif %}"
+    "<|message|>{{ m['content'] }}<|end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start|>assistant{% endif %}"
+)
+TINY_HARMONY = replace(
+    TINY,
+    name="tiny-harmony",
+    chat_template=HARMONY_TEMPLATE,
+    # As gpt-oss's file has them; llama.cpp makes the first five text.
+    control_tokens=(
+        "<|start|>",
+        "<|channel|>",
+        "<|message|>",
+        "<|constrain|>",
+        "<|end|>",
+        "<|return|>",
+        "<|call|>",
+    ),
+    words=("assistant", "analysis", "final", " Hmm", " so", " Yes"),
+    # After `<|start|>assistant`, the final channel; after thinking that a
+    # continued reply left open, the rest of it and then the final channel.
+    reply=(
+        " Hmm",
+        " so",
+        "<|end|>",
+        "<|start|>",
+        "assistant",
+        "<|channel|>",
+        "final",
+        "<|message|>",
+        " Yes",
+        "<|return|>",
+    ),
+)
+
 SPECS: dict[str, ModelSpec] = {
     spec.name: spec for spec in (LLAMA_GQA, GEMMA2_SWA, GEMMA3_SWA, LARGE_VOCAB, LLAMA_Q4_0)
 }
@@ -195,12 +286,13 @@ def _zeros(shape: tuple[int, ...], ggml_type: GGMLQuantizationType) -> np.ndarra
 
 
 def _vocabulary(
-    n_vocab: int, control: tuple[str, ...] = ()
+    n_vocab: int, control: tuple[str, ...] = (), words: tuple[str, ...] = ()
 ) -> tuple[list[str], list[float], list[int]]:
-    tokens = _SPECIAL_TOKENS + list(control) + _BYTE_TOKENS
+    tokens = _SPECIAL_TOKENS + list(control) + list(words) + _BYTE_TOKENS
     types = (
         [TokenType.UNKNOWN, TokenType.CONTROL, TokenType.CONTROL]
         + [TokenType.CONTROL] * len(control)
+        + [TokenType.USER_DEFINED] * len(words)
         + [TokenType.BYTE] * 256
     )
     fillers = n_vocab - len(tokens)
@@ -208,18 +300,50 @@ def _vocabulary(
         raise ValueError(f"a vocabulary needs at least {len(tokens)} tokens")
     tokens += [f"\u2581t{index}" for index in range(fillers)]
     types += [TokenType.NORMAL] * fillers
-    scores = (
-        [0.0] * (len(_SPECIAL_TOKENS) + len(control))
-        + [0.0] * 256
-        + [-float(i) for i in range(fillers)]
-    )
+    scores = [0.0] * (len(tokens) - fillers) + [-float(i) for i in range(fillers)]
     return tokens, scores, [int(t) for t in types]
+
+
+# The scripted reply's logits: its next token's stands this far above the rest.
+_SCRIPT_WEIGHT = 10.0
+
+
+def _scripted_weights(spec: ModelSpec, tokens: list[str]) -> dict[str, np.ndarray]:
+    """Embeddings and an output matrix (numpy shapes) that make the model write `spec.reply`.
+
+    Every token's embedding has a small component along dimension 0, which
+    the output matrix maps to the reply's first token; each token of the
+    reply has a large one along a dimension of its own, mapped to the token
+    after it, which outweighs the first after the final norm.
+    """
+    if not (
+        spec.separate_output and spec.embedding_type == spec.matrix_type == GGMLQuantizationType.F16
+    ):
+        raise ValueError("a scripted reply needs F16 embeddings and an output matrix of its own")
+    ids = {text: index for index, text in enumerate(tokens)}
+    missing = [text for text in spec.reply if text not in ids]
+    if missing or len(set(spec.reply)) != len(spec.reply) or len(spec.reply) >= spec.n_embd:
+        raise ValueError(f"a scripted reply needs distinct tokens of the vocabulary: {missing}")
+    embeddings = np.zeros((spec.n_vocab, spec.n_embd), dtype=np.float16)
+    output = np.zeros((spec.n_vocab, spec.n_embd), dtype=np.float16)
+    embeddings[:, 0] = 1.0
+    output[ids[spec.reply[0]], 0] = _SCRIPT_WEIGHT
+    following = [*spec.reply[1:], "</s>"]
+    for dimension, (text, after) in enumerate(zip(spec.reply, following, strict=True), start=1):
+        embeddings[ids[text], dimension] = _SCRIPT_WEIGHT
+        output[ids[after], dimension] = _SCRIPT_WEIGHT
+    return {
+        "token_embd.weight": embeddings,
+        "output.weight": output,
+        "output_norm.weight": np.ones(spec.n_embd, dtype=np.float32),
+    }
 
 
 def write_model(spec: ModelSpec, path: Path) -> Path:
     """Writes the model's GGUF file to `path` and returns the path."""
     arch = spec.architecture
-    tokens, scores, types = _vocabulary(spec.n_vocab, spec.control_tokens)
+    tokens, scores, types = _vocabulary(spec.n_vocab, spec.control_tokens, spec.words)
+    scripted = _scripted_weights(spec, tokens) if spec.reply else {}
     writer = GGUFWriter(str(path), arch)
     metadata: dict[str, object] = {
         f"{arch}.context_length": spec.context_length,
@@ -261,7 +385,7 @@ def write_model(spec: ModelSpec, path: Path) -> Path:
             ggml_type = spec.matrix_type
         else:
             ggml_type = GGMLQuantizationType.F32
-        data = _zeros(shape, ggml_type)
+        data = scripted[name] if name in scripted else _zeros(shape, ggml_type)
         plain = ggml_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16)
         writer.add_tensor(name, data, raw_dtype=None if plain else ggml_type)
     writer.write_header_to_file()

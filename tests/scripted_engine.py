@@ -13,6 +13,13 @@ wrong. A cancelled reply does not stop at once: text already on its way
 `cancel_lag_s`, then the turn finishes as cancelled, with all of that text.
 A switch ends the old host: nothing it sent arrives afterwards, not even
 what was already queued (as EngineClient drops the old reader's events).
+
+A scripted reply may think: words inside `<think>…</think>` (or harmony's
+channels) are split off by the engine's own splitter (engine.reasoning) and
+arrive through `thinking_received`, counted in the stats' `thinking_tokens`,
+as the real engine sends them; `text_received` and `turn_finished` carry the
+answer alone. A reply continued from a message cut inside its thinking
+starts inside it, as the runner's does.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ from kvchat.engine.protocol import (
     Sampling,
     TurnStats,
 )
+from kvchat.engine.reasoning import Part, ThinkingSplitter
 from kvchat.ui.main_window import MainWindow
 
 FLUSH_S = 0.010  # what the engine host batches text deltas to
@@ -83,16 +91,47 @@ class Request:
     continue_last: bool
 
 
+@dataclass(frozen=True)
+class _Word:
+    """One scripted word (a token) as the splitter reads it: its parts of
+    thinking and answer (none for a marker), and whether it is a thinking token."""
+
+    parts: tuple[Part, ...]
+    thinking: bool
+
+
+def _split_words(words: Sequence[str], start_in_thinking: bool) -> list[_Word]:
+    """The words as the runner splits tokens: a word counts as thinking when
+    the thinking is open before or after it."""
+    splitter = ThinkingSplitter(start_in_thinking)
+    split = []
+    for word in words:
+        was_thinking = splitter.thinking
+        parts = splitter.push(word)
+        split.append(_Word(tuple(parts), was_thinking or splitter.thinking))
+    if split:
+        last = split[-1]
+        split[-1] = _Word(last.parts + tuple(splitter.finish()), last.thinking)
+    return split
+
+
+def _resumes_thinking(messages: Sequence[ChatMessage], continue_last: bool) -> bool:
+    """Whether a continued reply was cut inside its thinking, to go on there (as runners do)."""
+    last = messages[-1] if continue_last and messages else None
+    return last is not None and bool(last.thinking) and not last.content.strip()
+
+
 class _Stream(QThread):
-    """Emits the reply's words at `rate` a second, batched every FLUSH_S.
+    """Emits the reply's words at `rate` a second, batched every FLUSH_S, as
+    the range of words each batch holds.
 
     Once cancelled it goes on for `lag` seconds more (what the pipe still
     carries), unless `dropped` (its host was ended: nothing more comes).
     """
 
-    delta = Signal(int, str)
+    delta = Signal(int, int, int)
 
-    def __init__(self, request_id: int, words: Sequence[str], rate: float, lag: float) -> None:
+    def __init__(self, request_id: int, words: Sequence[_Word], rate: float, lag: float) -> None:
         super().__init__()
         self.request_id = request_id
         self.words = list(words)
@@ -103,6 +142,7 @@ class _Stream(QThread):
         self.sent = 0
         self.first_at = 0.0
         self.last_at = 0.0
+        self.thinking_ended_at = 0.0
 
     def _stopping(self) -> bool:
         if self.dropped.is_set():
@@ -123,15 +163,29 @@ class _Stream(QThread):
                 now = time.perf_counter()
                 self.first_at = self.first_at or now
                 self.last_at = now
-                self.delta.emit(self.request_id, "".join(self.words[self.sent : due]))
+                if any(word.thinking for word in self.words[self.sent : due]):
+                    self.thinking_ended_at = now
+                self.delta.emit(self.request_id, self.sent, due)
                 self.sent = due
+
+    def text(self, start: int, end: int) -> list[Part]:
+        """What words `start` to `end` say, one part for each run of one side."""
+        merged: list[Part] = []
+        for word in self.words[start:end]:
+            for thinking, text in word.parts:
+                if merged and merged[-1][0] == thinking:
+                    merged[-1] = (thinking, merged[-1][1] + text)
+                else:
+                    merged.append((thinking, text))
+        return merged
 
 
 class ScriptedEngine(QObject):
     """Speaks the EngineClient's signals; `reply` says what each reply is.
 
     `reply` gets the messages of the request and returns the reply's words
-    (each with its own spacing), so that `"".join` of them is the reply.
+    (each with its own spacing), so that `"".join` of them is the reply, its
+    thinking tags and all.
     """
 
     host_started = Signal(object)
@@ -146,6 +200,7 @@ class ScriptedEngine(QObject):
     load_failed = Signal(object)
     prompt_evaluated = Signal(object)
     text_received = Signal(int, str)
+    thinking_received = Signal(int, str)
     cache_filled = Signal(int)
     memory_sampled = Signal(object)
     turn_finished = Signal(int, str, object)
@@ -248,7 +303,7 @@ class ScriptedEngine(QObject):
             )
             self._later(lambda: self.chat_failed.emit(request_id, refusal))
             return request_id
-        words = self.reply(list(messages))
+        words = _split_words(self.reply(list(messages)), _resumes_thinking(messages, continue_last))
         limited = words[: sampling.max_tokens]
         stream = _Stream(request_id, limited, self.rate, self.cancel_lag_s)
         self.threads.append(stream)
@@ -268,9 +323,15 @@ class ScriptedEngine(QObject):
         self.prompt_evaluated.emit(evaluated)
         stream.start()
 
-    def _on_delta(self, request_id: int, text: str) -> None:
-        if request_id in self._streams:
-            self.text_received.emit(request_id, text)
+    def _on_delta(self, request_id: int, start: int, end: int) -> None:
+        stream = self._streams.get(request_id)
+        if stream is None:
+            return
+        for thinking, text in stream.text(start, end):
+            if thinking:
+                self.thinking_received.emit(request_id, text)
+            else:
+                self.text_received.emit(request_id, text)
 
     def _finish(self, stream: _Stream, prompt: int, system: int, history: int, cut: bool) -> None:
         stream.wait()
@@ -291,9 +352,11 @@ class ScriptedEngine(QObject):
             prefill_tokens_per_s=0.0,
             decode_tokens_per_s=(stream.sent - 1) / seconds if seconds > 0 else 0.0,
             stop_reason=reason,
+            thinking_tokens=sum(word.thinking for word in stream.words[: stream.sent]),
+            thinking_seconds=max(stream.thinking_ended_at - stream.first_at, 0.0),
         )
-        text = "".join(stream.words[: stream.sent])
-        self.turn_finished.emit(stream.request_id, text, stats)
+        answer = "".join(text for thinking, text in stream.text(0, stream.sent) if not thinking)
+        self.turn_finished.emit(stream.request_id, answer, stats)
 
     def prepare(self, messages: Sequence[ChatMessage]) -> None:
         """A scripted engine keeps no keys and values: it records what it was asked to prepare."""

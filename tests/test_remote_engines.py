@@ -4,6 +4,7 @@ engine.remote.RemoteHost as the window and `kvchat chat` drive it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -42,7 +43,10 @@ from kvchat.engine.remote import RemoteHost, choose_model
 from kvchat.engine.remote_address import model_url
 from kvchat.engine.remote_servers import RemoteError
 from tests import conftest
+from tests.model_factory import TINY_OPENS_THINKING, TINY_THINKING, ModelFactory, model_factory
 from tests.remote_events import events_until
+
+__all__ = ["model_factory"]  # a fixture, imported so that pytest finds it
 
 WAIT_S = 120.0
 WAIT_MS = 60_000
@@ -71,10 +75,9 @@ def _wait_for(url: str, process: subprocess.Popen[bytes] | None = None) -> None:
     raise RuntimeError(f"{url} did not answer within {WAIT_S:g} s")
 
 
-@pytest.fixture(scope="module")
-def kvchat_server(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+@contextlib.contextmanager
+def _kvchat_serving(model_path: Path, folder: Path) -> Iterator[Server]:
     """`kvchat serve`'s app over a real engine, as another machine would run it."""
-    folder = tmp_path_factory.mktemp("remote-kvchat")
     engine = LocalEngine(LoadConfig(str(model_path), n_ctx=2048), folder / "engine.log")
     engine.start()
     state = engine.wait_ready(WAIT_S)
@@ -94,6 +97,12 @@ def kvchat_server(model_path: Path, tmp_path_factory: pytest.TempPathFactory) ->
         conftest.shared_engine_pids.discard(pid)
 
 
+@pytest.fixture(scope="module")
+def kvchat_server(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with _kvchat_serving(model_path, tmp_path_factory.mktemp("remote-kvchat")) as server:
+        yield server
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -101,6 +110,7 @@ def _free_port() -> int:
 
 
 def _start_llama_cpp_server(model_path: Path, port: int) -> subprocess.Popen[bytes]:
+    """llama-cpp-python's server for `model_path`, which it calls smollm2."""
     command = [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path)]
     command += ["--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"]
     command += ["--model_alias", "smollm2"]
@@ -460,3 +470,65 @@ def test_llama_server_is_told_apart_and_reports_its_slots_and_counters(
     sources = {figure.source for figure in sample.server.figures}
     assert any("/slots" in source for source in sources)
     assert any("/metrics" in source for source in sources)
+
+
+# Thinking, from servers that send it apart and from one that sends it as text.
+
+
+def _turn(host: RemoteHost, chat: Chat) -> tuple[str, str, TurnFinished]:
+    """The thinking and the answer a turn's deltas carried, and how it finished."""
+    host.send(chat)
+    events = _events(host, TurnFinished)
+    finished = events[-1]
+    assert isinstance(finished, TurnFinished), finished
+    deltas = [e for e in events if isinstance(e, TextDelta)]
+    thinking = "".join(d.text for d in deltas if d.thinking)
+    answer = "".join(d.text for d in deltas if not d.thinking)
+    return thinking, answer, finished
+
+
+def test_a_servers_reasoning_content_is_thinking_and_goes_back_to_it(
+    model_factory: ModelFactory, tmp_path: Path
+) -> None:
+    sampling = Sampling(temperature=0.0, max_tokens=24)
+    hi = (ChatMessage("user", "Hi"),)
+    folder = tmp_path / "server"
+    folder.mkdir()
+    with _kvchat_serving(model_factory.path(TINY_THINKING), folder) as server:
+        host = _loaded_host(tmp_path, server)
+        try:
+            thinking, answer, finished = _turn(host, Chat(1, hi, sampling))
+            # A reply cut inside its thinking goes on there: its thinking
+            # reached the server, as `reasoning_content`.
+            cut = (*hi, ChatMessage("assistant", "", thinking=" Hmm"))
+            more, rest, _ = _turn(host, Chat(2, cut, sampling, continue_last=True))
+        finally:
+            host.close()
+    assert thinking == " Hmm so"
+    assert answer == finished.text == "Yes indeed"
+    assert finished.stats.thinking_tokens == 3  # the server's count, from its usage
+    assert finished.stats.generated_tokens == 5
+    assert (more, rest) == (" so", "Yes indeed")
+
+
+def test_think_tags_a_server_sends_as_text_are_split_here(
+    model_factory: ModelFactory, tmp_path: Path
+) -> None:
+    port = _free_port()
+    process = _start_llama_cpp_server(model_factory.path(TINY_OPENS_THINKING), port)
+    server = Server(f"http://127.0.0.1:{port}", "smollm2")
+    try:
+        _wait_for(server.base_url + "/v1/models", process)
+        host = _loaded_host(tmp_path, server)
+        try:
+            sampling = Sampling(temperature=0.0, max_tokens=24, repeat_penalty=1.0)
+            thinking, answer, finished = _turn(host, Chat(1, QUESTION, sampling))
+        finally:
+            host.close()
+    finally:
+        process.terminate()
+        process.wait(10)
+    assert thinking == "Hmm so"
+    assert answer == finished.text == "Yes indeed"
+    # No count from this server: its deltas inside the thinking, tags included.
+    assert finished.stats.thinking_tokens == 4

@@ -34,6 +34,10 @@ class Message(BaseModel):
     # "developer" is OpenAI's newer name for the system role.
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart] | None = None
+    # An assistant reply's thinking, as llama-server and DeepSeek send it
+    # (`reasoning_content`) and as Ollama and OpenRouter do (`reasoning`).
+    reasoning_content: str | None = None
+    reasoning: str | None = None
 
     def text(self) -> str:
         if self.content is None:
@@ -41,6 +45,12 @@ class Message(BaseModel):
         if isinstance(self.content, str):
             return self.content
         return "".join(part.text for part in self.content)
+
+    def thinking(self) -> str:
+        """The reply's thinking, for the model's template; "" for a person's message."""
+        if self.role != "assistant":
+            return ""
+        return self.reasoning_content or self.reasoning or ""
 
 
 class JsonSchemaFormat(BaseModel):

@@ -5,6 +5,12 @@ window runs on a thread of its own over its own engine. It never touches
 llama.cpp or Qt: requests become the engine's Chat and Complete commands,
 and the engine's events become OpenAI's responses and stream chunks.
 
+A reasoning model's thinking goes apart from its answer, as llama-server
+and DeepSeek send it: `delta.reasoning_content` in a stream,
+`message.reasoning_content` otherwise, with `content` the answer alone, and
+`usage.completion_tokens_details.reasoning_tokens` its count. An assistant
+message's `reasoning_content` in a request goes back to the model's template.
+
 Every error has OpenAI's shape, `{"error": {"message", "type", "param",
 "code"}}`, and leaves the server serving.
 """
@@ -131,7 +137,8 @@ class Usage:
 
     prompt: PromptEvaluated | None = None
     stats: TurnStats | None = None
-    text: str = ""
+    text: str = ""  # the answer
+    thinking: str = ""
     failure: str = ""
     failure_is_request: bool = False
 
@@ -147,6 +154,9 @@ class Usage:
             "completion_tokens": completion,
             "total_tokens": prompt_tokens + completion,
             "prompt_tokens_details": {"cached_tokens": cached},
+            "completion_tokens_details": {
+                "reasoning_tokens": stats.thinking_tokens if stats else 0
+            },
         }
 
     def timings(self) -> dict[str, Any]:
@@ -182,9 +192,11 @@ class Usage:
         stats = self.stats
         if stats is None:
             return self.failure or "no reply"
+        thought = f" ({stats.thinking_tokens} thinking)" if stats.thinking_tokens else ""
         return (
             f"prompt {stats.prompt_tokens} tokens ({stats.reused_tokens} cached) · "
-            f"reply {stats.generated_tokens} tokens · {stats.decode_tokens_per_s:.1f} tok/s"
+            f"reply {stats.generated_tokens} tokens{thought} · "
+            f"{stats.decode_tokens_per_s:.1f} tok/s"
             + (" · cancelled" if stats.stop_reason == "cancelled" else "")
         )
 
@@ -490,7 +502,7 @@ def create_app(
         sampling = _sampling(options.sampling, body, body.token_limit(), link)
         sampling = replace(sampling, json_mode=mode, json_schema=schema)
         messages = tuple(
-            ChatMessage("system" if m.role == "developer" else m.role, m.text())
+            ChatMessage("system" if m.role == "developer" else m.role, m.text(), m.thinking())
             for m in body.messages
         )
         # A conversation that ends with the assistant's words is continued from
@@ -579,7 +591,10 @@ def _ended(event: Event, usage: Usage) -> bool:
     if isinstance(event, PromptEvaluated):
         usage.prompt = event
     elif isinstance(event, TextDelta):
-        usage.text += event.text
+        if event.thinking:
+            usage.thinking += event.text
+        else:
+            usage.text += event.text
     elif isinstance(event, TurnFinished):
         usage.stats = event.stats
         usage.text = event.text
@@ -654,9 +669,12 @@ async def _answer(
         if usage.failure:
             return _failure_response(usage)
         if kind == "chat.completion":
+            message = {"role": "assistant", "content": usage.text}
+            if usage.thinking:
+                message["reasoning_content"] = usage.thinking
             choice: dict[str, Any] = {
                 "index": 0,
-                "message": {"role": "assistant", "content": usage.text},
+                "message": message,
                 "finish_reason": usage.finish_reason(),
                 "logprobs": None,
             }
@@ -695,11 +713,14 @@ async def _answer(
         payload.update(extra)
         return _chunk(payload)
 
-    def piece(text: str, finish_reason: str | None = None) -> dict[str, Any]:
+    def piece(
+        text: str, finish_reason: str | None = None, thinking: bool = False
+    ) -> dict[str, Any]:
         if kind == "chat.completion":
+            field = "reasoning_content" if thinking else "content"
             return {
                 "index": 0,
-                "delta": {"content": text} if text or finish_reason is None else {},
+                "delta": {field: text} if text or finish_reason is None else {},
                 "finish_reason": finish_reason,
                 "logprobs": None,
             }
@@ -714,7 +735,7 @@ async def _answer(
             while True:
                 event = await queue.get()
                 if isinstance(event, TextDelta) and event.text:
-                    yield chunk([piece(event.text)])
+                    yield chunk([piece(event.text, thinking=event.thinking)])
                 if _ended(event, usage):
                     finished = True
                     break

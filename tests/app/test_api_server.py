@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -13,12 +14,16 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from kvchat.app.api.background import BackgroundServer
 from kvchat.app.api.server import ASGIApp, ServeOptions, create_app, refusal_to_listen
 from kvchat.engine.link import LocalEngine
 from kvchat.engine.protocol import Event, LoadConfig, TurnFinished
 from tests import conftest
+from tests.model_factory import TINY_THINKING, ModelFactory, model_factory
+
+__all__ = ["model_factory"]  # a fixture, imported so that pytest finds it
 
 
 class ServerThread(BackgroundServer):
@@ -50,9 +55,10 @@ def _start_engine(model_path: Path, tmp: Path) -> LocalEngine:
     return engine
 
 
-@pytest.fixture(scope="module")
-def served(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    engine = _start_engine(model_path, tmp_path_factory.mktemp("serve"))
+@contextlib.contextmanager
+def _serving(model_path: Path, folder: Path) -> Iterator[Served]:
+    """A server on a free port over an engine of its own, for a module's tests."""
+    engine = _start_engine(model_path, folder)
     state = engine.wait_ready(120)
     assert state.ready and state.model is not None, state
     pid = engine.pid
@@ -70,6 +76,22 @@ def served(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         gateway.close()
         engine.stop()
         conftest.shared_engine_pids.discard(pid)
+
+
+@pytest.fixture(scope="module")
+def served(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    with _serving(model_path, tmp_path_factory.mktemp("serve")) as serving:
+        yield serving
+
+
+@pytest.fixture(scope="module")
+def thinking_served(
+    model_factory: ModelFactory, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Served]:
+    """A model that thinks before it answers (tests/model_factory.py)."""
+    path = model_factory.path(TINY_THINKING)
+    with _serving(path, tmp_path_factory.mktemp("serve-thinking")) as serving:
+        yield serving
 
 
 def _post(served: Served, path: str, **kwargs: object) -> httpx.Response:
@@ -465,3 +487,46 @@ def test_an_engine_crash_fails_the_request_with_503_and_the_next_one_succeeds(
         server.stop()
         gateway.close()
         engine.stop()
+
+
+# A reasoning model's thinking, as llama-server and DeepSeek send it.
+
+HI: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hi"}]
+
+
+def test_thinking_comes_as_reasoning_content_apart_from_the_answer(
+    thinking_served: Served,
+) -> None:
+    client = thinking_served.client()
+    whole = client.chat.completions.create(model=thinking_served.model, messages=HI, temperature=0)
+    message = whole.choices[0].message
+    assert message.content == "Yes indeed"
+    assert (message.model_extra or {})["reasoning_content"] == " Hmm so"
+    usage = whole.usage
+    assert usage is not None and usage.completion_tokens == 5
+    assert usage.completion_tokens_details is not None
+    assert usage.completion_tokens_details.reasoning_tokens == 3
+    chunks = client.chat.completions.create(
+        model=thinking_served.model, messages=HI, temperature=0, stream=True
+    )
+    deltas = [chunk.choices[0].delta for chunk in chunks if chunk.choices]
+    thought = [(d.model_extra or {}).get("reasoning_content") or "" for d in deltas]
+    assert "".join(thought) == " Hmm so"
+    assert "".join(d.content or "" for d in deltas) == "Yes indeed"
+    assert not any(d.content and t for d, t in zip(deltas, thought, strict=True))
+
+
+def test_an_assistant_messages_reasoning_content_goes_back_to_the_model(
+    thinking_served: Served,
+) -> None:
+    """A reply cut inside its thinking, sent back to go on with: the model
+    goes on thinking from where it was, so the thinking reached its prompt."""
+    cut = [*HI, {"role": "assistant", "content": "", "reasoning_content": " Hmm"}]
+    reply = thinking_served.client().chat.completions.create(
+        model=thinking_served.model,
+        messages=cut,  # type: ignore[arg-type]
+        temperature=0,
+    )
+    message = reply.choices[0].message
+    assert (message.model_extra or {})["reasoning_content"] == " so"
+    assert message.content == "Yes indeed"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -13,7 +14,11 @@ from typing import Any
 
 import pytest
 
+from kvchat.app.cli_chat import DIM, UNDIM, ThinkingOutput
 from kvchat.app.main import main
+from tests.model_factory import TINY_THINKING, ModelFactory, model_factory
+
+__all__ = ["model_factory"]  # a fixture, imported so that pytest finds it
 
 
 def _kvchat(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
@@ -42,6 +47,35 @@ def test_chat_streams_a_reply_to_stdout(data_dir: Path) -> None:
     assert "tok/s" in result.stderr
     assert "llama" not in result.stderr.lower()
     assert "load_tensors" in (data_dir / "logs" / "engine.log").read_text()
+
+
+def test_thinking_goes_to_stderr_and_the_answer_alone_to_stdout(
+    data_dir: Path, model_factory: ModelFactory
+) -> None:
+    """So that `kvchat chat ... > answer.txt` keeps the answer, and the
+    terminal shows the thinking before it."""
+    model = model_factory.path(TINY_THINKING)
+    result = _kvchat("chat", "--model", str(model), "--seed", "1", "Hi", data_dir=data_dir)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "Yes indeed\n"
+    assert result.stderr == " Hmm so\n"  # not a terminal: no dimming
+
+
+class _Terminal(io.TextIOWrapper):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_thinking_is_dimmed_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    written = io.BytesIO()
+    monkeypatch.setattr(sys, "stderr", _Terminal(written, encoding="ascii"))
+    thinking = ThinkingOutput()
+    thinking.close()  # nothing was thought: nothing is written
+    thinking.write("Hmm, ")
+    thinking.write("é")  # UTF-8, whatever stderr's own encoding
+    thinking.close()
+    thinking.close()
+    assert written.getvalue().decode() == f"{DIM}Hmm, é{UNDIM}\n"
 
 
 def test_chat_with_a_zip_file_says_so(data_dir: Path, tmp_path: Path) -> None:

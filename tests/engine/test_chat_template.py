@@ -208,3 +208,29 @@ def test_refusal_is_told_apart_from_failure() -> None:
     )
     with pytest.raises(TemplateRefusedError, match="refused the conversation: Conversation must"):
         template.render(CONVERSATION, bos_token="", eos_token="")
+
+
+# Reads what a template may read of each message, thinking under both names.
+THINKING_READER = (
+    "{% for m in messages %}[{{ m['role'] }}|{{ m['reasoning_content'] }}|{{ m['thinking'] }}"
+    "|{{ m['reasoning_content'] is defined }}|{{ m['content'] }}]{% endfor %}"
+)
+
+
+def test_a_replys_thinking_reaches_the_template_under_both_names(worker: TemplateWorker) -> None:
+    conversation = [
+        ChatMessage("user", "Hi", thinking="not a reply's"),
+        ChatMessage("assistant", "Hello!", thinking="Greet back."),
+        ChatMessage("assistant", "And more."),
+    ]
+    wanted = (
+        "[user|||False|Hi][assistant|Greet back.|Greet back.|True|Hello!]"
+        "[assistant|||False|And more.]"
+    )
+    for template in (
+        ChatTemplate.compile(THINKING_READER),
+        IsolatedTemplate.compile(THINKING_READER, worker),  # the model's template, as run
+    ):
+        assert template.render(conversation, bos_token="", eos_token="") == wanted
+    chatml = ChatTemplate.chatml("ChatML").render(conversation, bos_token="", eos_token="")
+    assert "Hello!" in chatml and "Greet back." not in chatml

@@ -31,7 +31,10 @@ from kvchat.engine.protocol import (
     TextDelta,
     TurnFinished,
 )
+from tests.model_factory import TINY_THINKING, ModelFactory, model_factory
 from tests.read_only import read_only
+
+__all__ = ["model_factory"]  # a fixture, imported so that pytest finds it
 
 TIMEOUT_S = 60.0
 STORY = (ChatMessage("user", "Write a long story about a lighthouse keeper."),)
@@ -106,6 +109,22 @@ def test_reply_streams_as_text_deltas(host: HostProcess, model_path: Path) -> No
     assert finished.request_id == 7
     assert "".join(d.text for d in deltas) == finished.text
     assert finished.stats.generated_tokens > 3
+
+
+def test_thinking_streams_apart_from_the_answer(
+    host: HostProcess, model_factory: ModelFactory
+) -> None:
+    _load(host, model_factory.path(TINY_THINKING))
+    host.send(Chat(3, (ChatMessage("user", "Hi"),), Sampling(temperature=0.0)))
+    events = _until(host, TurnFinished)
+    deltas = [e for e in events if isinstance(e, TextDelta)]
+    finished = events[-1]
+    assert isinstance(finished, TurnFinished)
+    sides = [d.thinking for d in deltas]
+    assert sides == sorted(sides, reverse=True)  # all of the thinking, then the answer
+    assert "".join(d.text for d in deltas if d.thinking) == " Hmm so"
+    assert "".join(d.text for d in deltas if not d.thinking) == finished.text == "Yes indeed"
+    assert finished.stats.thinking_tokens == 3 and finished.stats.generated_tokens == 5
 
 
 def test_cancel_stops_generation_at_once(host: HostProcess, model_path: Path) -> None:
