@@ -4,11 +4,17 @@ One typed pydantic tree: every field has bounds and a description, so bad
 values are refused with a message that names the field. `None` means "the
 engine's default for people" (see `engine.protocol.LoadConfig`). The tree is
 kept in settings.json in the data dir (app.settings_file).
+
+The sampling fields and the system prompt are the defaults for new
+conversations: each conversation may change its own (`apply_overrides`).
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from collections.abc import Mapping
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from kvchat.engine.protocol import FlashAttention, KvType, LoadConfig, Sampling
 
@@ -17,6 +23,16 @@ SCHEMA_VERSION = 1
 
 def _bytes(mib: int | None) -> int | None:
     return None if mib is None else mib * 1024 * 1024
+
+
+def _number_only(value: object) -> object:
+    """Refuses true/false and text where a number goes: pydantic would read
+    `true` as 1 thread and "8" as 8, hiding a settings file that is wrong."""
+    if isinstance(value, bool):
+        raise ValueError("should be a number, not true or false")
+    if isinstance(value, str):
+        raise ValueError("should be a number, not text")
+    return value
 
 
 class EngineSettings(BaseModel):
@@ -97,13 +113,7 @@ class EngineSettings(BaseModel):
     )
     @classmethod
     def _a_number(cls, value: object) -> object:
-        """Refuses true/false and text where a number goes: pydantic would read
-        `true` as 1 thread and "8" as 8, hiding a settings file that is wrong."""
-        if isinstance(value, bool):
-            raise ValueError("should be a number, not true or false")
-        if isinstance(value, str):
-            raise ValueError("should be a number, not text")
-        return value
+        return _number_only(value)
 
     def load_config(self, model_path: str) -> LoadConfig:
         return LoadConfig(
@@ -132,6 +142,80 @@ class EngineSettings(BaseModel):
         )
 
 
+# The settings a conversation may change for itself, besides its system prompt:
+# they take effect at the next reply, where the others need a reload.
+SAMPLING_FIELDS: tuple[str, ...] = (
+    "temperature",
+    "top_k",
+    "top_p",
+    "min_p",
+    "repeat_penalty",
+    "max_tokens",
+    "seed",
+)
+
+
+def clean_overrides(raw: object) -> dict[str, object]:
+    """The valid sampling values in `raw`, read back from the database; never raises.
+
+    A conversation keeps only the values it changed. What a damaged or
+    hand-edited database holds besides (not a mapping, an unknown name, a
+    value out of its field's bounds or of the wrong type) is dropped, so the
+    conversation falls back to the defaults there instead of failing to open.
+    """
+    if not isinstance(raw, Mapping):
+        return {}
+    clean: dict[str, object] = {}
+    for name in SAMPLING_FIELDS:
+        if name not in raw:
+            continue
+        try:
+            # Validated as the field itself: the same bounds and refusals as settings.json.
+            checked = EngineSettings.model_validate({name: raw[name]})
+        except ValidationError:
+            continue
+        clean[name] = getattr(checked, name)
+    return clean
+
+
+def apply_overrides(defaults: EngineSettings, overrides: Mapping[str, object]) -> EngineSettings:
+    """The settings one conversation samples with: `defaults`, with its own values.
+
+    The overrides pass through `clean_overrides` first, so a value that is
+    not valid is the default's instead; this never raises.
+    """
+    clean = clean_overrides(overrides)
+    return defaults.model_copy(update=clean) if clean else defaults
+
+
+Theme = Literal["system", "light", "dark"]
+
+
+class Appearance(BaseModel):
+    """How the window looks; applied at once, no reload."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    theme: Theme = Field(
+        default="system",
+        description="Light or dark colours, or the system's choice (followed as it changes).",
+    )
+    chat_width: int = Field(
+        default=820,
+        ge=0,
+        le=3840,
+        description="The chat column's widest, in pixels, so lines stay readable; 0: no limit.",
+    )
+    show_thinking: bool = Field(
+        default=True, description="Show reasoning models' thinking above their replies."
+    )
+
+    @field_validator("chat_width", mode="before")
+    @classmethod
+    def _a_number(cls, value: object) -> object:
+        return _number_only(value)
+
+
 class Settings(BaseModel):
     """Everything kvchat remembers between runs."""
 
@@ -151,6 +235,9 @@ class Settings(BaseModel):
     )
     engine: EngineSettings = Field(
         default_factory=EngineSettings, description="How models load and sample."
+    )
+    appearance: Appearance = Field(
+        default_factory=Appearance, description="Colours, the chat's width, thinking shown."
     )
     serve_on_localhost: bool = Field(
         default=False,

@@ -19,9 +19,12 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from kvchat.app.settings import SCHEMA_VERSION, EngineSettings, Settings
+from kvchat.app.settings import SCHEMA_VERSION, Appearance, EngineSettings, Settings
 
 SETTINGS_FILE = "settings.json"
+# The groups of settings, each salvaged field by field: a bad value in one
+# loses that value, not the group.
+GROUPS: dict[str, type[BaseModel]] = {"engine": EngineSettings, "appearance": Appearance}
 
 
 @dataclass(frozen=True)
@@ -95,14 +98,17 @@ def read_settings(path: Path) -> LoadedSettings:
     if newer:
         # A newer kvchat wrote it: take what this one understands, change nothing.
         data.pop("schema_version")
-    engine_data = data.pop("engine", {})
     problems: list[str] = []
-    if not isinstance(engine_data, dict):
-        problems.append("engine (not a group of settings)")
-        engine_data = {}
-    engine, engine_problems = _salvage(EngineSettings, engine_data, "engine.")
-    problems += engine_problems
-    top, top_problems = _salvage(Settings, {**data, "engine": engine}, "")
+    groups: dict[str, BaseModel] = {}
+    for key, model in GROUPS.items():
+        # A group missing (a file older than the group) takes its defaults quietly.
+        group_data = data.pop(key, {})
+        if not isinstance(group_data, dict):
+            problems.append(f"{key} (not a group of settings)")
+            group_data = {}
+        groups[key], group_problems = _salvage(model, group_data, f"{key}.")
+        problems += group_problems
+    top, top_problems = _salvage(Settings, {**data, **groups}, "")
     problems += top_problems
     if newer:
         return LoadedSettings(

@@ -12,15 +12,16 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import fields, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 from pydantic import ValidationError
 from PySide6.QtCore import QObject, QTimer, Signal
+from PySide6.QtWidgets import QWidget
 
 from kvchat.app.controller import Controller
 from kvchat.app.formatting import model_label
-from kvchat.app.settings import EngineSettings
+from kvchat.app.settings import Appearance, EngineSettings
 from kvchat.app.settings_file import read_settings, settings_path, write_settings
 from kvchat.engine.estimate import Error as EstimateError
 from kvchat.engine.estimate import Estimate, estimate
@@ -30,7 +31,13 @@ from kvchat.engine.protocol import KvCache, LoadConfig
 from kvchat.engine.remote_address import is_remote
 from kvchat.engine.template_names import BUILTIN_PREFIX, BUILTIN_TEMPLATE_NAMES
 from kvchat.ui.memory_panel import format_bytes
-from kvchat.ui.settings_dialog import Choice, DeviceProjection, ModelRow, SettingsDialog
+from kvchat.ui.settings_dialog import (
+    AppearanceChoice,
+    Choice,
+    DeviceProjection,
+    ModelRow,
+    SettingsDialog,
+)
 
 # A dry run starts when the controls have been still this long.
 DRY_RUN_DELAY_MS = 250
@@ -65,9 +72,14 @@ def model_row(entry: ModelEntry) -> ModelRow:
     )
 
 
-# The settings the dialog shows and edits by name: every field of its Choice but
-# the model and its chat template (kept per model file: `chat_templates`).
-CHOICE_FIELDS = frozenset(f.name for f in fields(Choice)) - {"model_path", "chat_template"}
+# The engine settings the dialog shows and edits by name: every field of its
+# Choice but the model, its chat template (kept per model file:
+# `chat_templates`) and the appearance (a group of its own).
+CHOICE_FIELDS = frozenset(f.name for f in fields(Choice)) - {
+    "model_path",
+    "chat_template",
+    "appearance",
+}
 
 
 def engine_settings(choice: Choice, current: EngineSettings) -> EngineSettings:
@@ -84,12 +96,27 @@ def engine_settings(choice: Choice, current: EngineSettings) -> EngineSettings:
     return EngineSettings.model_validate(values)
 
 
-def choice_of(path: str, settings: EngineSettings) -> Choice:
+def appearance_of(choice: Choice) -> Appearance | None:
+    """The dialog's appearance as validated settings; None if it had none to say."""
+    if choice.appearance is None:
+        return None
+    return Appearance.model_validate(asdict(choice.appearance))
+
+
+def choice_of(path: str, settings: EngineSettings, appearance: Appearance | None = None) -> Choice:
+    """What the dialog shows for these settings; without `appearance`, a choice
+    that leaves the saved appearance as it is."""
     return Choice(
         model_path=path,
         chat_template=settings.chat_templates.get(path, ""),
+        appearance=None if appearance is None else AppearanceChoice(**appearance.model_dump()),
         **settings.model_dump(include=set(CHOICE_FIELDS)),
     )
+
+
+def dialog_for(choice: Choice, max_threads: int, parent: QWidget | None = None) -> SettingsDialog:
+    """The settings dialog, its controls' ranges read from app.settings' fields."""
+    return SettingsDialog(choice, max_threads, EngineSettings, Appearance, parent)
 
 
 def rescaled(result: Estimate, n_ctx: int) -> list[DeviceProjection]:
@@ -191,6 +218,10 @@ class SettingsFlow(QObject):
         self.loaded_estimate.connect(self._show_estimate_beside_actual)
         controller.engine.model_loaded.connect(self._estimate_loaded_model)
         controller.window.destroyed.connect(lambda: self._worker.shutdown(wait=False))
+        # The look chosen before: the window is made before this flow, on the system's.
+        controller.window.apply_appearance(
+            read_settings(settings_path(data_dir)).settings.appearance
+        )
 
     def discover(self) -> None:
         """Looks for models in the background; the toolbar's list and the dialog follow."""
@@ -225,8 +256,9 @@ class SettingsFlow(QObject):
             self.dialog.raise_()
             return self.dialog
         current = self.controller.model.path if self.controller.model else ""
-        dialog = SettingsDialog(
-            choice_of(current, self.controller.settings),
+        appearance = read_settings(settings_path(self.data_dir)).settings.appearance
+        dialog = dialog_for(
+            choice_of(current, self.controller.settings, appearance),
             os.cpu_count() or 1,
             self.controller.window,
         )
@@ -442,21 +474,26 @@ class SettingsFlow(QObject):
         )
 
     def apply(self, choice: Choice) -> None:
-        """Saves the choice and, if it changes how the model loads, switches to it."""
+        """Saves the choice, shows its appearance, and, if it changes how the
+        model loads, switches to it."""
         try:
             settings = engine_settings(choice, self.controller.settings)
+            appearance = appearance_of(choice)
         except ValidationError as exc:
             self.controller.window.show_error(f"Settings not applied: {exc.errors()[0]['msg']}")
             return
         file = settings_path(self.data_dir)
         stored = read_settings(file).settings
         model_path = choice.model_path or None
+        changes: dict[str, object] = {"engine": settings, "model_path": model_path}
+        if appearance is not None:
+            changes["appearance"] = appearance
         try:
-            write_settings(
-                file, stored.model_copy(update={"engine": settings, "model_path": model_path})
-            )
+            write_settings(file, stored.model_copy(update=changes))
         except OSError as exc:
             self.controller.window.show_error(f"Settings apply now but could not be saved: {exc}")
+        if appearance is not None:
+            self.controller.window.apply_appearance(appearance)
         current = self.controller.model
         # A load under way counts as loaded: OK right after Apply changes nothing
         # more, so one change makes one load.

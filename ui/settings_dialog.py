@@ -2,8 +2,9 @@
 
 It shows plain values it is given (the model list, a projection per device)
 and emits what the person changed; the owner computes projections and
-applies the choice. Every control's range comes from the owner, so the
-bounds live in one place (app.settings).
+applies the choice. The owner hands it the settings' pydantic models, whose
+fields give each control its range and description (ui.setting_fields), so
+the bounds live in one place (app.settings).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import BaseModel
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -19,7 +21,6 @@ from PySide6.QtWidgets import (
     QComboBox,
     QDialog,
     QDialogButtonBox,
-    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QGroupBox,
@@ -37,10 +38,22 @@ from PySide6.QtWidgets import (
 )
 
 from kvchat.ui.memory_panel import COMPUTE, KV, OTHER, WEIGHTS, SegmentBar, format_bytes
+from kvchat.ui.setting_fields import SAMPLING, NumberSetting, Presentation, choices, description
 
 KV_TYPES = ("f16", "bf16", "q8_0", "q4_0", "f32")
-MAX_SEED = 2**32 - 1
 FLASH_ATTENTION = ("auto", "on", "off")
+# The settings beside sampling shown as spin boxes, their ranges read from their fields.
+LOADING_NUMBERS = {
+    "n_batch": Presentation("Batch size", step=32),
+    "kv_ram_budget_mib": Presentation(
+        "In RAM", step=64, suffix=" MiB", special="auto", note="Takes effect at the next load."
+    ),
+    "kv_disk_budget_mib": Presentation(
+        "On disk", step=256, suffix=" MiB", special="auto", note="Takes effect at the next load."
+    ),
+}
+CHAT_WIDTH = Presentation("Chat width", step=20, suffix=" px", special="no limit")
+THEME_NAMES = {"system": "The system's", "light": "Light", "dark": "Dark"}
 
 
 @dataclass(frozen=True)
@@ -64,6 +77,15 @@ class DeviceProjection:
     compute_bytes: int
     free_bytes: int
     fits: bool
+
+
+@dataclass(frozen=True)
+class AppearanceChoice:
+    """The look the dialog holds, as app.settings.Appearance."""
+
+    theme: str  # "system", "light" or "dark"
+    chat_width: int  # the chat column's widest, in pixels; 0: no limit
+    show_thinking: bool
 
 
 @dataclass(frozen=True)
@@ -91,6 +113,9 @@ class Choice:
     # Room for conversations' keys and values kept aside, in MiB; None: sized to the machine.
     kv_ram_budget_mib: int | None = None
     kv_disk_budget_mib: int | None = None
+    # None: a choice made without the dialog (a model loaded from Get models…);
+    # the appearance saved stays as it is.
+    appearance: AppearanceChoice | None = None
 
 
 # The template picker's entry for a template of the person's own.
@@ -98,7 +123,8 @@ CUSTOM_TEMPLATE = "custom"
 
 
 class SettingsDialog(QDialog):
-    """Model, context, GPU layers, threads, batch, attention, cache types, sampling.
+    """Model, context, GPU layers, threads, batch, attention, cache types, the
+    defaults for new conversations (sampling, system prompt), appearance.
 
     Signals:
         choice_changed(object): a Choice, whenever a control moved (for the projection).
@@ -112,7 +138,22 @@ class SettingsDialog(QDialog):
     model_browsed = Signal(str)
     get_models_requested = Signal()
 
-    def __init__(self, choice: Choice, max_threads: int, parent: QWidget | None = None) -> None:
+    def __init__(
+        self,
+        choice: Choice,
+        max_threads: int,
+        engine_fields: type[BaseModel],
+        appearance_fields: type[BaseModel],
+        parent: QWidget | None = None,
+    ) -> None:
+        """
+        Args:
+            choice: what the controls show first.
+            max_threads: the most CPU threads offered.
+            engine_fields: app.settings.EngineSettings, whose fields give the
+                loading and sampling controls their ranges and descriptions.
+            appearance_fields: app.settings.Appearance, likewise.
+        """
         super().__init__(parent)
         self.setWindowTitle("Settings")
         self.resize(900, 720)
@@ -153,8 +194,12 @@ class SettingsDialog(QDialog):
         self.threads = QSpinBox()
         self.threads.setRange(0, max_threads)
         self.threads.setSpecialValueText("physical cores")
-        self.batch = QSpinBox()
-        self.batch.setRange(32, 8192)
+        # Each number setting's spin box, by its field's name (`.box` is the widget).
+        self.numbers: dict[str, NumberSetting] = {
+            name: NumberSetting(engine_fields, name, presentation)
+            for name, presentation in {**LOADING_NUMBERS, **SAMPLING}.items()
+        }
+        self.chat_width = NumberSetting(appearance_fields, "chat_width", CHAT_WIDTH)
         self.flash = QComboBox()
         self.flash.addItems(FLASH_ATTENTION)
         self.type_k = QComboBox()
@@ -162,41 +207,15 @@ class SettingsDialog(QDialog):
         self.type_v = QComboBox()
         self.type_v.addItems(KV_TYPES)
 
-        self.temperature = QDoubleSpinBox()
-        self.temperature.setRange(0.0, 5.0)
-        self.temperature.setSingleStep(0.05)
-        self.top_p = QDoubleSpinBox()
-        # Three decimals: a setting of 0.005 is shown and kept, not rounded away.
-        self.top_p.setDecimals(3)
-        self.top_p.setRange(0.001, 1.0)
-        self.top_p.setSingleStep(0.05)
-        self.top_k = QSpinBox()
-        self.top_k.setRange(0, 1000)
-        self.min_p = QDoubleSpinBox()
-        self.min_p.setDecimals(3)
-        self.min_p.setRange(0.0, 1.0)
-        self.min_p.setSingleStep(0.01)
-        self.repeat_penalty = QDoubleSpinBox()
-        self.repeat_penalty.setRange(0.5, 2.0)
-        self.repeat_penalty.setSingleStep(0.05)
-        self.max_tokens = QSpinBox()
-        self.max_tokens.setRange(1, 1 << 20)
-        # A seed goes up to 2**32 - 1, past what a QSpinBox (an int) holds: a
-        # QDoubleSpinBox without decimals holds every seed exactly.
-        self.seed = QDoubleSpinBox()
-        self.seed.setDecimals(0)
-        self.seed.setRange(-1, MAX_SEED)
-        self.seed.setSpecialValueText("random")
-        # Budgets for the keys and values kept aside: -1 shows as "auto".
-        self.kv_ram_budget = QSpinBox()
-        self.kv_disk_budget = QSpinBox()
-        for box, limit in ((self.kv_ram_budget, 1 << 20), (self.kv_disk_budget, 1 << 24)):
-            box.setRange(-1, limit)
-            box.setSpecialValueText("auto")
-            box.setSuffix(" MiB")
-            box.setToolTip("0 keeps none; takes effect at the next load")
         self.system_prompt = QPlainTextEdit()
         self.system_prompt.setMaximumHeight(70)
+        self.system_prompt.setToolTip(description(engine_fields, "system_prompt"))
+        self.theme = QComboBox()
+        for theme in choices(appearance_fields, "theme"):
+            self.theme.addItem(THEME_NAMES.get(theme, theme), theme)
+        self.theme.setToolTip(description(appearance_fields, "theme"))
+        self.show_thinking = QCheckBox("Show reasoning models' thinking above their replies")
+        self.show_thinking.setToolTip(description(appearance_fields, "show_thinking"))
         # The prompt format per model file, as chosen here or saved before.
         self._templates: dict[str, str] = {}
         self._template_path = ""
@@ -230,7 +249,7 @@ class SettingsDialog(QDialog):
         layers_row.addWidget(self.gpu_auto)
         run.addRow("GPU layers", layers_row)
         run.addRow("CPU threads", self.threads)
-        run.addRow("Batch size", self.batch)
+        run.addRow("Batch size", self.numbers["n_batch"].box)
         run.addRow("Flash attention", self.flash)
         cache_row = QHBoxLayout()
         cache_row.addWidget(QLabel("K"))
@@ -241,18 +260,26 @@ class SettingsDialog(QDialog):
         run.addRow("KV cache types", cache_row)
 
         sampling = QFormLayout()
-        sampling.addRow("Temperature", self.temperature)
-        sampling.addRow("Top-p", self.top_p)
-        sampling.addRow("Top-k", self.top_k)
-        sampling.addRow("Min-p", self.min_p)
-        sampling.addRow("Repeat penalty", self.repeat_penalty)
-        sampling.addRow("Max tokens", self.max_tokens)
-        sampling.addRow("Seed", self.seed)
+        for name, presentation in SAMPLING.items():
+            sampling.addRow(presentation.label, self.numbers[name].box)
+        defaults_note = QLabel("Each conversation can change its own in its panel.")
+        defaults_note.setObjectName("defaultsNote")
+        defaults_note.setWordWrap(True)
+        sampling.insertRow(0, defaults_note)
+        sampling.addRow("System prompt", self.system_prompt)
+
+        appearance = QFormLayout()
+        appearance.addRow("Colours", self.theme)
+        appearance.addRow(CHAT_WIDTH.label, self.chat_width.box)
+        appearance.addRow(self.show_thinking)
 
         run_box = QGroupBox("Loading")
         run_box.setLayout(run)
-        sampling_box = QGroupBox("Sampling")
+        sampling_box = QGroupBox("Defaults for new conversations")
+        sampling_box.setObjectName("conversationDefaults")
         sampling_box.setLayout(sampling)
+        self.appearance_box = QGroupBox("Appearance")
+        self.appearance_box.setLayout(appearance)
         projection_box = QGroupBox("Projected memory after loading")
         projection_layout = QVBoxLayout(projection_box)
         projection_layout.addWidget(self.projection_note)
@@ -263,23 +290,17 @@ class SettingsDialog(QDialog):
         left = QVBoxLayout()
         left.addWidget(run_box)
         left.addWidget(projection_box)
+        left.addWidget(self.appearance_box)
         columns.addLayout(left, 3)
         right = QVBoxLayout()
         right.addWidget(sampling_box)
-        right.addWidget(
-            QLabel(
-                "System prompt: the default for new conversations (each conversation's own\n"
-                "is shown, and can be changed, at its top)"
-            )
-        )
-        right.addWidget(self.system_prompt)
         # A switch that acts at once, as the File menu's: not part of Apply.
         self.serve_check = QCheckBox("Serve on localhost (an OpenAI-compatible API on 127.0.0.1)")
         self.serve_check.setObjectName("serveCheck")
         right.addWidget(self.serve_check)
         kept = QFormLayout()
-        kept.addRow("In RAM", self.kv_ram_budget)
-        kept.addRow("On disk", self.kv_disk_budget)
+        for name in ("kv_ram_budget_mib", "kv_disk_budget_mib"):
+            kept.addRow(LOADING_NUMBERS[name].label, self.numbers[name].box)
         kept_box = QGroupBox("Conversations' keys and values kept aside")
         kept_box.setLayout(kept)
         right.addWidget(kept_box)
@@ -316,7 +337,7 @@ class SettingsDialog(QDialog):
             self.gpu_layers.valueChanged,
             self.gpu_auto.toggled,
             self.threads.valueChanged,
-            self.batch.valueChanged,
+            self.numbers["n_batch"].box.valueChanged,
             self.flash.currentIndexChanged,
             self.type_k.currentIndexChanged,
             self.type_v.currentIndexChanged,
@@ -466,23 +487,18 @@ class SettingsDialog(QDialog):
             self.gpu_layers.setMaximum(max(self.gpu_layers.maximum(), choice.n_gpu_layers))
         self.gpu_layers.setValue(choice.n_gpu_layers or 0)
         self.threads.setValue(choice.n_threads or 0)
-        self.batch.setValue(choice.n_batch)
         self.flash.setCurrentText(choice.flash_attention)
         self.type_k.setCurrentText(choice.type_k)
         self.type_v.setCurrentText(choice.type_v)
-        self.temperature.setValue(choice.temperature)
-        self.top_p.setValue(choice.top_p)
-        self.top_k.setValue(choice.top_k)
-        self.min_p.setValue(choice.min_p)
-        self.repeat_penalty.setValue(choice.repeat_penalty)
-        self.max_tokens.setValue(choice.max_tokens)
-        self.seed.setValue(-1 if choice.seed is None else choice.seed)
+        for name, setting in self.numbers.items():
+            setting.set_value(getattr(choice, name))
         self.system_prompt.setPlainText(choice.system_prompt)
-        for box, value in (
-            (self.kv_ram_budget, choice.kv_ram_budget_mib),
-            (self.kv_disk_budget, choice.kv_disk_budget_mib),
-        ):
-            box.setValue(-1 if value is None else value)
+        look = choice.appearance
+        self.appearance_box.setVisible(look is not None)
+        if look is not None:
+            self.theme.setCurrentIndex(max(self.theme.findData(look.theme), 0))
+            self.chat_width.set_value(look.chat_width)
+            self.show_thinking.setChecked(look.show_thinking)
         self._template_path = choice.model_path
         self._templates[choice.model_path] = choice.chat_template
         self._show_template(choice.chat_template)
@@ -490,31 +506,29 @@ class SettingsDialog(QDialog):
         self._sync_labels()
 
     def choice(self) -> Choice:
-        seed = round(self.seed.value())
+        numbers = {name: setting.value() for name, setting in self.numbers.items()}
         return Choice(
             model_path=self.selected_path(),
             n_ctx=None if self.context_default.isChecked() else self._snapped_context(),
             n_gpu_layers=None if self.gpu_auto.isChecked() else self.gpu_layers.value(),
             n_threads=self.threads.value() or None,
-            n_batch=self.batch.value(),
             flash_attention=self.flash.currentText(),
             type_k=self.type_k.currentText(),
             type_v=self.type_v.currentText(),
-            temperature=self.temperature.value(),
-            top_p=self.top_p.value(),
-            top_k=self.top_k.value(),
-            min_p=self.min_p.value(),
-            repeat_penalty=self.repeat_penalty.value(),
-            max_tokens=self.max_tokens.value(),
-            seed=None if seed < 0 else seed,
             system_prompt=self.system_prompt.toPlainText(),
             chat_template=self._template_value(),
-            kv_ram_budget_mib=None
-            if self.kv_ram_budget.value() < 0
-            else self.kv_ram_budget.value(),
-            kv_disk_budget_mib=None
-            if self.kv_disk_budget.value() < 0
-            else self.kv_disk_budget.value(),
+            appearance=self._appearance(),
+            # Each number has its field's type: NumberSetting reads it from the field.
+            **numbers,  # type: ignore[arg-type]
+        )
+
+    def _appearance(self) -> AppearanceChoice | None:
+        if self.appearance_box.isHidden():
+            return None  # not shown, so not chosen
+        return AppearanceChoice(
+            theme=str(self.theme.currentData()),
+            chat_width=round(self.chat_width.value() or 0),
+            show_thinking=self.show_thinking.isChecked(),
         )
 
     def selected_path(self) -> str:

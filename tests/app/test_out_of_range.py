@@ -16,8 +16,9 @@ from pytestqt.qtbot import QtBot
 from kvchat.app.main import main
 from kvchat.app.settings import EngineSettings
 from kvchat.app.settings_file import read_settings
-from kvchat.app.settings_flow import choice_of, engine_settings
-from kvchat.ui.settings_dialog import MAX_SEED, SettingsDialog
+from kvchat.app.settings_flow import choice_of, dialog_for, engine_settings
+
+MAX_SEED = 2**32 - 1
 
 BAD_VALUES = {
     "n_ctx": [-5, 0, 511, 2**40, 10**30, 4096.5, "4096", True, math.inf, math.nan],
@@ -128,13 +129,13 @@ EXTREMES = EngineSettings(
 
 
 def test_the_dialog_keeps_every_allowed_extreme_exactly(qtbot: QtBot) -> None:
-    dialog = SettingsDialog(choice_of("/m.gguf", EXTREMES), max_threads=4)
+    dialog = dialog_for(choice_of("/m.gguf", EXTREMES), max_threads=4)
     qtbot.addWidget(dialog)
     assert engine_settings(dialog.choice(), EXTREMES) == EXTREMES
 
 
-SPIN_BOXES = ["threads", "batch", "temperature", "top_p", "top_k", "min_p"]
-SPIN_BOXES += ["repeat_penalty", "max_tokens", "seed"]
+SPIN_BOXES = ["threads", "n_batch", "temperature", "top_p", "top_k", "min_p"]
+SPIN_BOXES += ["repeat_penalty", "max_tokens", "seed", "kv_ram_budget_mib", "kv_disk_budget_mib"]
 
 
 @pytest.mark.parametrize("name", SPIN_BOXES)
@@ -142,9 +143,11 @@ SPIN_BOXES += ["repeat_penalty", "max_tokens", "seed"]
 def test_the_dialog_holds_typed_numbers_inside_the_settings_bounds(
     qtbot: QtBot, name: str, typed: str
 ) -> None:
-    dialog = SettingsDialog(choice_of("/m.gguf", EngineSettings()), max_threads=4)
+    dialog = dialog_for(choice_of("/m.gguf", EngineSettings()), max_threads=4)
     qtbot.addWidget(dialog)
-    box: QSpinBox | QDoubleSpinBox = getattr(dialog, name)
+    box: QSpinBox | QDoubleSpinBox = (
+        dialog.numbers[name].box if name in dialog.numbers else dialog.threads
+    )
     box.selectAll()
     qtbot.keyClicks(box, typed)
     box.interpretText()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kvchat.app.settings import EngineSettings, Settings
+from kvchat.app.settings import Appearance, EngineSettings, Settings
 from kvchat.app.settings_file import NewerSettingsError, read_settings, write_settings
 
 
@@ -29,6 +29,7 @@ def test_round_trip_and_written_only_when_changed(tmp_path: Path) -> None:
         engine=EngineSettings(
             n_ctx=2048, type_k="q8_0", temperature=0.2, system_prompt="Be brief."
         ),
+        appearance=Appearance(theme="dark", chat_width=0, show_thinking=False),
     )
     assert write_settings(path, chosen) is True
     assert read_settings(path) == read_settings(path)
@@ -40,7 +41,7 @@ def test_round_trip_and_written_only_when_changed(tmp_path: Path) -> None:
 
 
 def test_every_field_has_bounds_described() -> None:
-    for model in (Settings, EngineSettings):
+    for model in (Settings, EngineSettings, Appearance):
         for name, field in model.model_fields.items():
             assert field.description, f"{model.__name__}.{name} has no description"
 
@@ -122,3 +123,35 @@ def test_a_newer_settings_file_is_kept_as_it_is(tmp_path: Path) -> None:
         write_settings(path, loaded.settings.model_copy(update={"model_path": "/m.gguf"}))
     assert path.read_text() == text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["settings.json"]
+
+
+def test_a_file_from_before_appearance_loads_as_it_is(tmp_path: Path) -> None:
+    """A settings file written before the appearance group: its defaults, nothing said."""
+    path = tmp_path / "settings.json"
+    text = json.dumps({"schema_version": 1, "engine": {"top_k": 5}, "serve_port": 9000})
+    path.write_text(text)
+    loaded = read_settings(path)
+    assert loaded.notice == ""
+    assert loaded.settings.appearance == Appearance()
+    assert (loaded.settings.engine.top_k, loaded.settings.serve_port) == (5, 9000)
+    assert path.read_text() == text  # not rewritten: nothing was wrong
+    assert _backups(path) == []
+
+
+def test_a_bad_appearance_value_loses_only_itself(tmp_path: Path) -> None:
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps({"appearance": {"theme": "blue", "chat_width": 640}}))
+    loaded = read_settings(path)
+    assert loaded.settings.appearance == Appearance(chat_width=640)
+    assert 'appearance.theme ("blue"' in loaded.notice
+    assert loaded.notice.count("appearance.") == 1
+    assert read_settings(path).notice == ""
+
+
+def test_an_appearance_that_is_not_a_group_takes_the_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps({"appearance": "dark", "engine": {"top_k": 5}}))
+    loaded = read_settings(path)
+    assert loaded.settings.appearance == Appearance()
+    assert loaded.settings.engine.top_k == 5
+    assert "appearance (not a group of settings)" in loaded.notice

@@ -8,16 +8,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from PySide6.QtWidgets import QFileDialog
+from PySide6.QtGui import QPalette
+from PySide6.QtWidgets import QApplication, QFileDialog
 from pytestqt.qtbot import QtBot
 
 from kvchat.app.controller import Controller
 from kvchat.app.gui import build_window
-from kvchat.app.settings import EngineSettings
-from kvchat.app.settings_file import read_settings, settings_path
-from kvchat.app.settings_flow import SettingsFlow
+from kvchat.app.settings import Appearance, EngineSettings, Settings
+from kvchat.app.settings_file import read_settings, settings_path, write_settings
+from kvchat.app.settings_flow import SettingsFlow, appearance_of, choice_of
 from kvchat.ui.main_window import MainWindow
-from kvchat.ui.settings_dialog import SettingsDialog
+from kvchat.ui.settings_dialog import AppearanceChoice, SettingsDialog
+from kvchat.ui.theme import apply_scheme
 
 WAIT_MS = 60_000
 
@@ -39,6 +41,31 @@ def opened(
     window.close()
     window.deleteLater()
     qtbot.wait(1)
+    _system_colours()
+
+
+def _system_colours() -> None:
+    """The palette is the test session's: a test that chose a theme gives it back."""
+    app = QApplication.instance()
+    assert isinstance(app, QApplication)
+    apply_scheme(app, "system")
+
+
+def _record_appearance(window: MainWindow, monkeypatch: pytest.MonkeyPatch) -> list[Appearance]:
+    """What the window is told to look like, passed on to the window's own method."""
+    told: list[Appearance] = []
+    original = window.apply_appearance
+
+    def recording(appearance: Appearance) -> None:
+        told.append(appearance)
+        original(appearance)
+
+    monkeypatch.setattr(window, "apply_appearance", recording)
+    return told
+
+
+def _window_is_dark() -> bool:
+    return QApplication.palette().color(QPalette.ColorRole.Window).lightness() < 128
 
 
 def _cpu_row(dialog: SettingsDialog) -> str:
@@ -78,7 +105,7 @@ def test_apply_saves_and_reloads_with_the_choice(
     window, controller, _flow, dialog = opened
     dialog.context_default.setChecked(False)
     dialog.context.setValue(2048)
-    dialog.temperature.setValue(0.2)
+    dialog.numbers["temperature"].box.setValue(0.2)
     with qtbot.waitSignal(controller.engine.model_loaded, timeout=WAIT_MS) as loaded:
         dialog.applied.emit(dialog.choice())
     assert loaded.args[0].n_ctx == 2048
@@ -87,7 +114,7 @@ def test_apply_saves_and_reloads_with_the_choice(
     assert saved["engine"]["n_ctx"] == 2048
     assert saved["engine"]["temperature"] == 0.2
     # A sampling-only change applies without reloading the model.
-    dialog.temperature.setValue(0.9)
+    dialog.numbers["temperature"].box.setValue(0.9)
     dialog.applied.emit(dialog.choice())
     assert controller.settings.temperature == 0.9
     assert controller.model is not None
@@ -212,9 +239,9 @@ def test_budgets_for_kept_states_are_saved_without_a_reload(
     data_dir: Path,
 ) -> None:
     _window, controller, flow, dialog = opened
-    assert dialog.kv_ram_budget.text() == "auto"
-    dialog.kv_ram_budget.setValue(64)
-    dialog.kv_disk_budget.setValue(0)
+    assert dialog.numbers["kv_ram_budget_mib"].box.text() == "auto"
+    dialog.numbers["kv_ram_budget_mib"].box.setValue(64)
+    dialog.numbers["kv_disk_budget_mib"].box.setValue(0)
     loads: list[object] = []
     controller.engine.load_progress.connect(loads.append)
     flow.apply(dialog.choice())
@@ -225,3 +252,51 @@ def test_budgets_for_kept_states_are_saved_without_a_reload(
     stored = read_settings(settings_path(data_dir)).settings.engine
     assert (stored.kv_ram_budget_mib, stored.kv_disk_budget_mib) == (64, 0)
     assert controller.settings.load_config("m").kv_ram_budget_bytes == 64 * 1024 * 1024
+
+
+def test_the_dialogs_appearance_is_the_settings_one() -> None:
+    chosen = Appearance(theme="dark", chat_width=0, show_thinking=False)
+    choice = choice_of("/m.gguf", EngineSettings(), chosen)
+    assert choice.appearance == AppearanceChoice("dark", 0, False)
+    assert appearance_of(choice) == chosen
+    # Without one (a model loaded from Get models…), the choice says nothing of the look.
+    assert appearance_of(choice_of("/m.gguf", EngineSettings())) is None
+
+
+def test_apply_saves_the_appearance_and_shows_it(
+    opened: tuple[MainWindow, Controller, SettingsFlow, SettingsDialog],
+    data_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    window, controller, flow, dialog = opened
+    told = _record_appearance(window, monkeypatch)
+    dialog.theme.setCurrentIndex(dialog.theme.findData("dark"))
+    dialog.chat_width.set_value(600)
+    dialog.show_thinking.setChecked(False)
+    flow.apply(dialog.choice())
+    chosen = Appearance(theme="dark", chat_width=600, show_thinking=False)
+    assert told == [chosen]
+    assert _window_is_dark()
+    assert read_settings(settings_path(data_dir)).settings.appearance == chosen
+    # A choice made without the dialog (Get models… loads a model) keeps it.
+    flow.apply(choice_of(controller.model.path, controller.settings))  # type: ignore[union-attr]
+    assert told == [chosen]
+    assert read_settings(settings_path(data_dir)).settings.appearance == chosen
+
+
+def test_the_saved_appearance_is_applied_at_start(
+    qtbot: QtBot, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    saved = Appearance(theme="dark", chat_width=500)
+    write_settings(settings_path(data_dir), Settings(appearance=saved))
+    window, controller = build_window(None, EngineSettings(), data_dir)
+    told = _record_appearance(window, monkeypatch)  # before the flows are made
+    try:
+        qtbot.waitUntil(lambda: controller.settings_flow is not None, timeout=WAIT_MS)
+        assert told == [saved]
+        assert _window_is_dark()
+    finally:
+        window.close()
+        window.deleteLater()
+        qtbot.wait(1)
+        _system_colours()

@@ -1,13 +1,20 @@
-"""The settings dialog gives back exactly what it was given, for every control."""
+"""The settings dialog gives back exactly what it was given, for every control,
+and takes its ranges from the settings' fields."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import typing
 
+import annotated_types
 import pytest
+from pydantic import BaseModel
+from PySide6.QtWidgets import QGroupBox
 from pytestqt.qtbot import QtBot
 
-from kvchat.ui.settings_dialog import Choice, ModelRow, SettingsDialog
+from kvchat.app.settings import Appearance, EngineSettings
+from kvchat.ui.settings_dialog import AppearanceChoice, Choice, ModelRow, SettingsDialog
 
 SAVED = Choice(
     model_path="/models/a.gguf",
@@ -26,7 +33,14 @@ SAVED = Choice(
     max_tokens=1234,
     seed=42,
     system_prompt="Be brief.\nAnd kind.",
+    appearance=AppearanceChoice(theme="dark", chat_width=640, show_thinking=False),
 )
+
+
+def _dialog(qtbot: QtBot, choice: Choice) -> SettingsDialog:
+    dialog = SettingsDialog(choice, 8, EngineSettings, Appearance)
+    qtbot.addWidget(dialog)
+    return dialog
 
 
 @pytest.mark.parametrize(
@@ -38,11 +52,13 @@ SAVED = Choice(
         dataclasses.replace(SAVED, n_ctx=None, n_gpu_layers=None, n_threads=None, seed=None),
         dataclasses.replace(SAVED, chat_template="llama.cpp:llama3"),
         dataclasses.replace(SAVED, chat_template="{{ messages[0]['content'] }}"),
+        dataclasses.replace(SAVED, appearance=AppearanceChoice("light", 0, True)),
+        dataclasses.replace(SAVED, appearance=AppearanceChoice("system", 3840, True)),
+        dataclasses.replace(SAVED, kv_ram_budget_mib=0, kv_disk_budget_mib=1 << 24),
     ],
 )
 def test_every_setting_comes_back_as_it_was_saved(qtbot: QtBot, saved: Choice) -> None:
-    dialog = SettingsDialog(saved, max_threads=8)
-    qtbot.addWidget(dialog)
+    dialog = _dialog(qtbot, saved)
     row = ModelRow("/models/a.gguf", "a", "llama", "1B", "Q4_K_M", "1 GiB", 32768)
     dialog.set_models([row], "/models/a.gguf")
     dialog.set_template_names(("chatml", "llama3"), "llama.cpp:")
@@ -54,8 +70,7 @@ def test_every_setting_comes_back_as_it_was_saved(qtbot: QtBot, saved: Choice) -
 
 
 def test_each_model_keeps_its_own_chat_template(qtbot: QtBot) -> None:
-    dialog = SettingsDialog(SAVED, max_threads=8)
-    qtbot.addWidget(dialog)
+    dialog = _dialog(qtbot, SAVED)
     dialog.set_template_names(("chatml", "gemma"), "llama.cpp:")
     rows = [
         ModelRow(path, path[-6:-5], "llama", "1B", "Q4", "1 GiB", 4096)
@@ -70,3 +85,66 @@ def test_each_model_keeps_its_own_chat_template(qtbot: QtBot) -> None:
     assert dialog.choice().chat_template == "llama.cpp:gemma"
     dialog.models.selectRow(0)
     assert dialog.choice().chat_template == "llama.cpp:chatml"
+
+
+def test_the_appearance_section_shows_and_gives_back_the_look(qtbot: QtBot) -> None:
+    dialog = _dialog(qtbot, SAVED)
+    assert dialog.theme.currentData() == "dark"
+    assert dialog.chat_width.box.text() == "640 px"
+    assert not dialog.show_thinking.isChecked()
+    dialog.theme.setCurrentIndex(dialog.theme.findData("light"))
+    dialog.chat_width.box.setValue(0)
+    dialog.show_thinking.setChecked(True)
+    assert dialog.chat_width.box.text() == "no limit"
+    assert dialog.choice().appearance == AppearanceChoice("light", 0, True)
+    # The choices are the field's, in its order.
+    offered = [dialog.theme.itemData(i) for i in range(dialog.theme.count())]
+    assert offered == ["system", "light", "dark"]
+
+
+def test_a_choice_without_appearance_leaves_it_out(qtbot: QtBot) -> None:
+    """A choice made elsewhere (a model loaded from Get models…) says nothing of the look."""
+    dialog = _dialog(qtbot, dataclasses.replace(SAVED, appearance=None))
+    assert dialog.appearance_box.isHidden()
+    assert dialog.choice().appearance is None
+
+
+def test_sampling_and_system_prompt_are_labelled_as_the_defaults(qtbot: QtBot) -> None:
+    dialog = _dialog(qtbot, SAVED)
+    titles = {box.title(): box for box in dialog.findChildren(QGroupBox)}
+    defaults = titles["Defaults for new conversations"]
+    assert defaults.isAncestorOf(dialog.system_prompt)
+    assert defaults.isAncestorOf(dialog.numbers["temperature"].box)
+    assert "Appearance" in titles
+
+
+def _bounds(model: type[BaseModel], name: str) -> tuple[float, float]:
+    """The field's range written out from its metadata, exclusive bounds made inclusive
+    at the control's resolution."""
+    info = model.model_fields[name]
+    low = high = math.nan
+    for bound in info.metadata:
+        if isinstance(bound, annotated_types.Ge):
+            low = bound.ge
+        elif isinstance(bound, annotated_types.Le):
+            high = bound.le
+        elif isinstance(bound, annotated_types.Gt):
+            low = bound.gt + 0.001  # top_p, three decimals
+        elif isinstance(bound, annotated_types.Lt):
+            high = bound.lt - 1  # seed, a whole number
+    if type(None) in typing.get_args(info.annotation):
+        low -= 1  # the "random" / "auto" slot below the range
+    return low, high
+
+
+def test_every_spin_box_range_is_its_fields(qtbot: QtBot) -> None:
+    dialog = _dialog(qtbot, SAVED)
+    for name, setting in dialog.numbers.items():
+        box = setting.box
+        assert (box.minimum(), box.maximum()) == pytest.approx(_bounds(EngineSettings, name)), name
+        assert box.toolTip().startswith(EngineSettings.model_fields[name].description or "?")
+    box = dialog.chat_width.box
+    assert (box.minimum(), box.maximum()) == _bounds(Appearance, "chat_width")
+    # The exclusive bounds, spelled out: top_p > 0, seed < 2**32.
+    assert dialog.numbers["top_p"].box.minimum() == pytest.approx(0.001)
+    assert dialog.numbers["seed"].box.maximum() == 2**32 - 1
