@@ -13,7 +13,8 @@ from pathlib import Path
 from kvchat.app.store import Conversation, Message
 
 JSON_FORMAT = "kvchat-conversation"
-JSON_VERSION = 1
+# 2: the messages are a tree (each names its parent), with the branch shown.
+JSON_VERSION = 2
 
 
 class Error(Exception):
@@ -35,8 +36,9 @@ def _iso(seconds: float) -> str:
 def to_markdown(
     conversation: Conversation, messages: Sequence[Message], footers: Sequence[str]
 ) -> str:
-    """The conversation as a Markdown document; `footers` are the lines shown
-    under each message (its figures), "" where there is none."""
+    """The branch `messages` of the conversation as a Markdown document;
+    `footers` are the lines shown under each message (its figures), "" where
+    there is none. A reply's thinking is a collapsed <details> block."""
     lines = [f"# {conversation.title}", ""]
     lines.append(f"- Model: {conversation.model_name} (`{conversation.model_path}`)")
     lines.append(
@@ -51,7 +53,11 @@ def to_markdown(
         # stays a line. A reply is the model's Markdown, quoted, so its headings
         # and rules stay inside its section.
         body = _fenced(message.content) if message.role == "user" else _quoted(message.content)
-        lines += [f"## {heading}", "", *body, ""]
+        lines += [f"## {heading}", ""]
+        if message.thinking:
+            lines += ["<details><summary>Thinking</summary>", "", *_fenced(message.thinking)]
+            lines += ["", "</details>", ""]
+        lines += [*body, ""]
         if footer:
             lines += [f"*{footer}*", ""]
     return "\n".join(lines)
@@ -69,7 +75,9 @@ def _quoted(text: str) -> list[str]:
 
 
 def to_json(conversation: Conversation, messages: Sequence[Message]) -> str:
-    """The conversation as JSON: every message with its state and figures."""
+    """The conversation as JSON: every message of every branch, each with the
+    key of the one it follows, its state and figures; `shown_branch_ends_at`
+    is the last message of the branch on screen."""
     document = {
         "format": JSON_FORMAT,
         "version": JSON_VERSION,
@@ -79,10 +87,14 @@ def to_json(conversation: Conversation, messages: Sequence[Message]) -> str:
         "created_at": _iso(conversation.created_at),
         "updated_at": _iso(conversation.updated_at),
         "model_sees_from": conversation.view_start,
+        "shown_branch_ends_at": conversation.leaf_key or None,
         "messages": [
             {
+                "key": m.key,
+                "follows": m.parent_key,
                 "role": m.role,
                 "content": m.content,
+                "thinking": m.thinking,
                 "state": m.state,
                 "created_at": _iso(m.created_at),
                 "stats": json.loads(m.stats) if m.stats else None,

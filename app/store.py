@@ -28,7 +28,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Literal
 
@@ -69,6 +69,28 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             updated_at REAL NOT NULL
         )""",
         "CREATE UNIQUE INDEX messages_in_order ON messages (conversation_key, position)",
+    ),
+    # Kept alternatives: a conversation becomes a tree. Each message names the
+    # one it follows (`parent_key`, NULL for a first message), `position` is
+    # its depth, and the conversation remembers the branch on screen by its
+    # last message (`leaf_key`). A history from version 1 is one branch: each
+    # message follows the one before it. Replies keep their thinking apart,
+    # and a conversation its own sampling values (JSON, only those changed).
+    (
+        "ALTER TABLE messages ADD COLUMN parent_key TEXT",
+        "ALTER TABLE messages ADD COLUMN thinking TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE conversations ADD COLUMN leaf_key TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE conversations ADD COLUMN sampling TEXT NOT NULL DEFAULT '{}'",
+        """UPDATE messages SET parent_key = (
+            SELECT p.key FROM messages p
+            WHERE p.conversation_key = messages.conversation_key
+                AND p.position < messages.position
+            ORDER BY p.position DESC LIMIT 1)""",
+        """UPDATE conversations SET leaf_key = coalesce((
+            SELECT m.key FROM messages m WHERE m.conversation_key = conversations.key
+            ORDER BY m.position DESC LIMIT 1), '')""",
+        "DROP INDEX messages_in_order",
+        "CREATE INDEX messages_by_parent ON messages (conversation_key, parent_key)",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -126,6 +148,9 @@ class Conversation:
 
     `view_start` is the position of the first message the model still sees;
     the ones before it left the context (the system prompt always stays).
+    `leaf_key` is the last message of the branch on screen ("" before the
+    first). `sampling` holds the sampling values this conversation changed
+    from the defaults, as JSON (app.settings.clean_overrides reads it).
     """
 
     key: str
@@ -136,6 +161,8 @@ class Conversation:
     created_at: float
     updated_at: float
     view_start: int = 0
+    leaf_key: str = ""
+    sampling: str = "{}"
 
 
 @dataclass(frozen=True)
@@ -143,8 +170,12 @@ class Message:
     """One message. A reply being generated is "streaming"; one that was
     stopped, or whose app or engine died, is "interrupted".
 
-    `stats` is the reply's TurnStats as JSON. `tokens` is what the message
-    costs in the context, as measured with the model at `tokens_model`.
+    `parent_key` is the message this one follows (None for a first message);
+    messages with the same parent are versions of one another, and
+    `position` is the depth in that tree. `stats` is the reply's TurnStats as
+    JSON. `tokens` is what the message costs in the context, as measured with
+    the model at `tokens_model`. `thinking` is a reasoning model's thinking
+    before the reply's `content`.
     """
 
     key: str
@@ -158,6 +189,8 @@ class Message:
     stats: str | None = None
     tokens: int | None = None
     tokens_model: str = ""
+    parent_key: str | None = None
+    thinking: str = ""
 
 
 @dataclass(frozen=True)
@@ -173,11 +206,11 @@ class PutMessage:
 
 
 @dataclass(frozen=True)
-class DeleteMessagesFrom:
-    """Removes the message at `position` and every one after it."""
+class DeleteMessage:
+    """Removes a message and every message that follows it, on every branch."""
 
     conversation_key: str
-    position: int
+    key: str
 
 
 @dataclass(frozen=True)
@@ -192,7 +225,14 @@ class RestoreConversation:
     key: str
 
 
-Write = PutConversation | PutMessage | DeleteMessagesFrom | TrashConversation | RestoreConversation
+Write = PutConversation | PutMessage | DeleteMessage | TrashConversation | RestoreConversation
+
+
+# The dataclasses' fields in order are the columns read and written.
+CONVERSATION_FIELDS = tuple(f.name for f in fields(Conversation))
+MESSAGE_FIELDS = tuple(f.name for f in fields(Message))
+_CONVERSATION_COLUMNS = ", ".join(CONVERSATION_FIELDS)
+_MESSAGE_COLUMNS = ", ".join(MESSAGE_FIELDS)
 
 
 def _describe(exc: sqlite3.Error) -> str:
@@ -325,10 +365,7 @@ class ConversationStore:
 
     def conversations(self, search: str = "") -> list[Conversation]:
         """The conversations, newest activity first; `search` matches titles and text."""
-        sql = (
-            "SELECT key, title, model_path, model_name, system_prompt, created_at, "
-            "updated_at, view_start FROM conversations c WHERE deleted_at IS NULL"
-        )
+        sql = f"SELECT {_CONVERSATION_COLUMNS} FROM conversations c WHERE deleted_at IS NULL"
         arguments: list[str] = []
         if search.strip():
             pattern = "%" + storable(search.strip()).replace("\\", "\\\\").replace("%", "\\%")
@@ -343,17 +380,18 @@ class ConversationStore:
 
     def conversation(self, key: str) -> Conversation | None:
         row = self._connection.execute(
-            "SELECT key, title, model_path, model_name, system_prompt, created_at, "
-            "updated_at, view_start FROM conversations WHERE key = ? AND deleted_at IS NULL",
+            f"SELECT {_CONVERSATION_COLUMNS} FROM conversations "
+            "WHERE key = ? AND deleted_at IS NULL",
             (key,),
         ).fetchone()
         return Conversation(*row) if row else None
 
     def messages(self, conversation_key: str) -> list[Message]:
+        """Every message of the conversation, on every branch: by depth, then
+        oldest first (so versions come in the order they were made)."""
         rows = self._connection.execute(
-            "SELECT key, conversation_key, position, role, content, state, created_at, "
-            "updated_at, stats, tokens, tokens_model FROM messages "
-            "WHERE conversation_key = ? ORDER BY position",
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages "
+            "WHERE conversation_key = ? ORDER BY position, created_at, rowid",
             (conversation_key,),
         )
         return [Message(*row) for row in rows]
@@ -405,28 +443,13 @@ class ConversationStore:
         if isinstance(write, PutMessage):
             m = write.message
             db.execute(
-                "INSERT INTO messages (key, conversation_key, position, role, content, state, "
-                "created_at, updated_at, stats, tokens, tokens_model) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                f"INSERT INTO messages ({_MESSAGE_COLUMNS}) "
+                f"VALUES ({', '.join('?' * len(MESSAGE_FIELDS))}) "
                 "ON CONFLICT (key) DO UPDATE SET content = excluded.content, "
                 "state = excluded.state, updated_at = excluded.updated_at, "
                 "stats = excluded.stats, tokens = excluded.tokens, "
-                "tokens_model = excluded.tokens_model",
-                _storable(
-                    (
-                        m.key,
-                        m.conversation_key,
-                        m.position,
-                        m.role,
-                        m.content,
-                        m.state,
-                        m.created_at,
-                        m.updated_at,
-                        m.stats,
-                        m.tokens,
-                        m.tokens_model,
-                    )
-                ),
+                "tokens_model = excluded.tokens_model, thinking = excluded.thinking",
+                _storable([getattr(m, name) for name in MESSAGE_FIELDS]),
             )
             db.execute(
                 "UPDATE conversations SET updated_at = max(updated_at, ?) WHERE key = ?",
@@ -435,30 +458,23 @@ class ConversationStore:
         elif isinstance(write, PutConversation):
             c = write.conversation
             db.execute(
-                "INSERT INTO conversations (key, title, model_path, model_name, system_prompt, "
-                "created_at, updated_at, view_start) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                f"INSERT INTO conversations ({_CONVERSATION_COLUMNS}) "
+                f"VALUES ({', '.join('?' * len(CONVERSATION_FIELDS))}) "
                 "ON CONFLICT (key) DO UPDATE SET title = excluded.title, "
                 "model_path = excluded.model_path, model_name = excluded.model_name, "
                 "system_prompt = excluded.system_prompt, "
                 "updated_at = max(updated_at, excluded.updated_at), "
-                "view_start = excluded.view_start",
-                _storable(
-                    (
-                        c.key,
-                        c.title,
-                        c.model_path,
-                        c.model_name,
-                        c.system_prompt,
-                        c.created_at,
-                        c.updated_at,
-                        c.view_start,
-                    )
-                ),
+                "view_start = excluded.view_start, leaf_key = excluded.leaf_key, "
+                "sampling = excluded.sampling",
+                _storable([getattr(c, name) for name in CONVERSATION_FIELDS]),
             )
-        elif isinstance(write, DeleteMessagesFrom):
+        elif isinstance(write, DeleteMessage):
             db.execute(
-                "DELETE FROM messages WHERE conversation_key = ? AND position >= ?",
-                (write.conversation_key, write.position),
+                "WITH RECURSIVE gone (key) AS (SELECT ? UNION ALL "
+                "SELECT m.key FROM messages m JOIN gone ON m.parent_key = gone.key "
+                "WHERE m.conversation_key = ?) "
+                "DELETE FROM messages WHERE key IN gone",
+                (write.key, write.conversation_key),
             )
         elif isinstance(write, TrashConversation):
             db.execute(

@@ -9,10 +9,13 @@ from kvchat.app.store import DB_NAME
 
 
 def stored_rows(data_dir: Path) -> list[tuple[str, str, str]]:
-    """Every message's role, content and state, in position order."""
+    """Every message's role, content and state, in position order (the
+    versions of one message in the order they were made)."""
     connection = sqlite3.connect(data_dir / DB_NAME)
     try:
-        rows = connection.execute("SELECT role, content, state FROM messages ORDER BY position")
+        rows = connection.execute(
+            "SELECT role, content, state FROM messages ORDER BY position, created_at, rowid"
+        )
         return [(str(r), str(c), str(s)) for r, c, s in rows]
     finally:
         connection.close()

@@ -17,7 +17,7 @@ from kvchat.app.store import (
     MIGRATIONS,
     SCHEMA_VERSION,
     Conversation,
-    DeleteMessagesFrom,
+    DeleteMessage,
     Message,
     PutConversation,
     PutMessage,
@@ -110,8 +110,14 @@ def test_newest_activity_first_and_search(store_dir: Path) -> None:
 def test_cutting_and_trashing(store_dir: Path) -> None:
     store = open_store(store_dir).store
     store.apply([PutConversation(_conversation())])
-    store.apply([PutMessage(_message(i, f"m{i}")) for i in range(5)])
-    store.apply([DeleteMessagesFrom("c1", 2), PutMessage(_message(2, "edited", key="new"))])
+    store.apply(
+        [
+            PutMessage(_message(i, f"m{i}", parent_key=f"c1-m{i - 1}" if i else None))
+            for i in range(5)
+        ]
+    )
+    # A message goes with every message that follows it, and nothing else.
+    store.apply([DeleteMessage("c1", "c1-m2"), PutMessage(_message(2, "edited", key="new"))])
     assert [m.content for m in store.messages("c1")] == ["m0", "m1", "edited"]
     store.apply([TrashConversation("c1")])
     assert store.conversations() == []
@@ -130,8 +136,8 @@ def test_a_failed_group_writes_nothing(store_dir: Path) -> None:
     store = open_store(store_dir).store
     store.apply([PutConversation(_conversation()), PutMessage(_message(0, "kept"))])
     with pytest.raises(sqlite3.IntegrityError):
-        # The second message takes a position already held by another key.
-        store.apply([PutMessage(_message(1, "one")), PutMessage(_message(0, "x", key="other"))])
+        # The second message has a role the table does not take.
+        store.apply([PutMessage(_message(1, "one")), PutMessage(_message(2, "x", role="tool"))])
     assert [m.content for m in store.messages("c1")] == ["kept"]
     store.close()
 
@@ -152,7 +158,8 @@ def test_migrations_run_in_order_once(store_dir: Path) -> None:
     connection = sqlite3.connect(path, isolation_level=None)
     assert migrate(connection, MIGRATIONS) == 0
     connection.execute(
-        "INSERT INTO conversations VALUES ('c', 't', 'p', 'n', '', 0, 1.0, 1.0, NULL)"
+        "INSERT INTO conversations (key, title, model_path, model_name, system_prompt, "
+        "created_at, updated_at) VALUES ('c', 't', 'p', 'n', '', 1.0, 1.0)"
     )
     later = (*MIGRATIONS, ("ALTER TABLE conversations ADD COLUMN pinned INTEGER DEFAULT 0",))
     assert migrate(connection, later) == len(MIGRATIONS)
