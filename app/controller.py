@@ -15,14 +15,15 @@ from pathlib import Path
 from PySide6.QtCore import QObject, QTimer, Signal
 
 from kvchat.app import context_window
+from kvchat.app.conversation_tree import ConversationTree
 from kvchat.app.engine_client import EngineClient
 from kvchat.app.export import ExportError, to_json, to_markdown, write_text
 from kvchat.app.formatting import describe_model, format_stats, model_label
-from kvchat.app.history import History, stats_of
+from kvchat.app.history import History, overrides_json, overrides_of, stats_of, thinking_note
 from kvchat.app.instance_lock import InstanceLock
 from kvchat.app.load_marker import LoadMarker
 from kvchat.app.memory_monitor import MemoryMonitor
-from kvchat.app.settings import EngineSettings
+from kvchat.app.settings import EngineSettings, apply_overrides
 from kvchat.app.store import Message, MessageState, Opened
 from kvchat.engine.models import bundled_model_path, missing_model_message
 from kvchat.engine.protocol import (
@@ -31,6 +32,7 @@ from kvchat.engine.protocol import (
     LoadFailed,
     ModelInfo,
     PromptEvaluated,
+    Sampling,
     TurnStats,
 )
 from kvchat.engine.remote_address import is_remote
@@ -50,6 +52,13 @@ REPLY_OVERHEAD = 4
 TEMPLATE_PREAMBLE = 64
 
 
+def _prompt(system: str, messages: list[Message]) -> list[ChatMessage]:
+    """What the model is sent: the system prompt, then the messages with their
+    thinking (the model's template decides whether earlier thinking stays)."""
+    prompt = [ChatMessage("system", system)] if system else []
+    return prompt + [ChatMessage(m.role, m.content, thinking=m.thinking) for m in messages]
+
+
 @dataclass
 class _Turn:
     """The request in flight: what kind, and what the model was shown."""
@@ -59,8 +68,21 @@ class _Turn:
     sent: list[Message]  # the messages in the model's view
     previous: Message | None = None  # a continued reply, as it was
     view_before: int = 0  # where the model's view started before this request
+    leaf_before: str = ""  # the branch on screen before this request, by its last message
     text: str = ""
+    thinking: str = ""
+    thinking_deltas: int = 0  # thinking text as it came: about one piece a token
+    started_at: float = 0.0
     measured: int = 0  # tokens of the prompt's last message, once the engine says
+
+    @property
+    def answer(self) -> str:
+        """The reply's answer so far, a continued reply's earlier text included."""
+        return (self.previous.content if self.previous is not None else "") + self.text
+
+    @property
+    def all_thinking(self) -> str:
+        return (self.previous.thinking if self.previous is not None else "") + self.thinking
 
 
 class Controller(QObject):
@@ -88,10 +110,10 @@ class Controller(QObject):
         super().__init__(window)
         self.window = window
         self.engine = engine
-        self.settings = settings or EngineSettings()
+        self._settings = settings or EngineSettings()
+        self.model: ModelInfo | None = None
         self.history = history
         self._lock = lock
-        self.model: ModelInfo | None = None
         self._turn: _Turn | None = None
         self._search = ""
         # Learned per model: tokens per byte of text, and the system part's tokens.
@@ -117,6 +139,7 @@ class Controller(QObject):
         # The system prompt the person set for the new conversation before its
         # first message (None: the default from settings).
         self._new_system_prompt: str | None = None
+        self._new_overrides: dict[str, object] = {}
         self.memory_monitor = MemoryMonitor(window.memory_panel, engine)
         # Set by whoever builds the window (app.gui), which owns the data dir.
         self.settings_flow: QObject | None = None
@@ -126,6 +149,7 @@ class Controller(QObject):
         window.export_requested.connect(self.export)
         window.chat_view.regenerate_requested.connect(self.regenerate)
         window.chat_view.continue_requested.connect(self.continue_reply)
+        window.chat_view.version_requested.connect(self.page)
         listing = window.conversation_list
         listing.new_requested.connect(self.new_conversation)
         listing.chosen.connect(self.open_conversation)
@@ -139,8 +163,9 @@ class Controller(QObject):
         if history.saver.problem:
             window.show_storage_problem(history.saver.problem)
         window.stop_requested.connect(self.stop)
-        window.system_prompt_edited.connect(self.set_system_prompt)
-        window.show_system_prompt(self.settings.system_prompt)
+        window.conversation_settings_edited.connect(self.set_conversation_settings)
+        window.conversation_model_requested.connect(self.load_conversation_model)
+        self._show_conversation_settings()
         window.restart_requested.connect(self.restart_engine)
         window.model_file_chosen.connect(self.switch_model)
         window.closing.connect(self.shutdown)
@@ -150,9 +175,21 @@ class Controller(QObject):
         engine.load_failed.connect(self._on_load_failed)
         engine.prompt_evaluated.connect(self._on_prompt_evaluated)
         engine.text_received.connect(self._on_text)
+        engine.thinking_received.connect(self._on_thinking)
         engine.turn_finished.connect(self._on_turn_finished)
         engine.chat_failed.connect(self._on_chat_failed)
         engine.host_exited.connect(self._on_host_exited)
+
+    @property
+    def settings(self) -> EngineSettings:
+        """The settings in use: how models load, and the defaults a conversation
+        samples with where it did not change them."""
+        return self._settings
+
+    @settings.setter
+    def settings(self, settings: EngineSettings) -> None:
+        self._settings = settings
+        self._show_conversation_settings()
 
     @property
     def busy(self) -> bool:
@@ -161,7 +198,7 @@ class Controller(QObject):
     @property
     def conversation(self) -> list[ChatMessage]:
         """The conversation so far, as the model is sent it when it all fits."""
-        return [ChatMessage(m.role, m.content) for m in self.history.messages if m.content]
+        return _prompt("", [m for m in self.history.messages if m.content or m.thinking])
 
     def start(self, model_path: str | None = None) -> None:
         """Starts the engine and loads `model_path`, or the bundled model."""
@@ -206,8 +243,8 @@ class Controller(QObject):
         conversation carries over. If the new model fails to load, the
         previous one comes back.
         """
-        if self.busy:
-            self._finish_reply(self.window.chat_view.reply_text(), "stopped: switching models")
+        if self._turn is not None:
+            self._finish_reply(self._turn.answer, "stopped: switching models")
         if self.model is not None:
             self._fallback = (self.model.path, self.settings)
         if settings is not None:
@@ -226,12 +263,23 @@ class Controller(QObject):
         system = self._new_system_prompt
         if system is None:
             system = self.settings.system_prompt
-        message = self.history.add_user(text, self.model, system)
-        self._new_system_prompt = None  # it belongs to the conversation now
+        leaf_before = self._leaf()
+        message = self.history.add_user(
+            text, self.model, system, overrides_json(self._new_overrides)
+        )
+        # They belong to the conversation now.
+        self._new_system_prompt = None
+        self._new_overrides = {}
         # As stored: the store may have replaced what UTF-8 cannot hold.
-        self.window.chat_view.add_message("You", message.content, from_person=True, key=message.key)
+        self.window.chat_view.add_message(
+            "You",
+            message.content,
+            from_person=True,
+            key=message.key,
+            versions=self.history.versions(message),
+        )
         self._refresh_list()
-        self._request("send")
+        self._request("send", leaf_before=leaf_before)
 
     def edit(self, key: str, text: str) -> None:
         """Replaces the person's message with this key by `text`, drops the
@@ -241,27 +289,34 @@ class Controller(QObject):
             return
         self._clear_error()
         self.window.accept_message()
+        leaf_before = self._leaf()
         self.window.chat_view.truncate_from(key)
-        message = self.history.replace_from(index, text)
-        self.window.chat_view.add_message("You", message.content, from_person=True, key=message.key)
+        message = self.history.edit(index, text)
+        self.window.chat_view.add_message(
+            "You",
+            message.content,
+            from_person=True,
+            key=message.key,
+            versions=self.history.versions(message),
+        )
         self._refresh_list()
-        self._request("edit")
+        self._request("edit", leaf_before=leaf_before)
 
     def regenerate(self, key: str) -> None:
-        """Replaces the last reply with a new one."""
+        """Writes a new version of the last reply; the old one is kept."""
         index = self._index(key)
         if self.busy or index is None or index != len(self.history.messages) - 1:
             return
         if self.model is None:
             self.window.show_error("The model is not loaded yet: regenerate once it is.")
             return
+        leaf_before = self._leaf()
+        if index == 0 or self.history.messages[index - 1].role != "user":
+            return
         self._clear_error()
         self.window.chat_view.truncate_from(key)
-        self.history.drop_from(index)
-        if self.history.messages and self.history.messages[-1].role == "user":
-            self._request("regenerate")
-        else:
-            self._offer_actions()
+        self.history.branch_off(index)
+        self._request("regenerate", leaf_before=leaf_before)
 
     def continue_reply(self, key: str) -> None:
         """Lets the last reply, cut at its token limit, go on where it stopped."""
@@ -277,8 +332,23 @@ class Controller(QObject):
         self.history.reopen_reply()
         self._request("continue", previous)
 
+    def page(self, key: str, step: int) -> None:
+        """Shows another version of the message with this key (`step` -1 or +1)
+        and the branch under it. A reply being written goes on in its own branch."""
+        if not self.history.page(key, step):
+            return
+        self._show_history()
+        self._prepare()
+
     def _index(self, key: str) -> int | None:
         return next((i for i, m in enumerate(self.history.messages) if m.key == key), None)
+
+    def _leaf(self) -> str:
+        return self.history.messages[-1].key if self.history.messages else ""
+
+    def _reply_on_screen(self) -> bool:
+        reply = self.history.reply
+        return reply is not None and self._index(reply.key) is not None
 
     def _clear_error(self) -> None:
         """Clears the engine's banner; a saving problem has its own, which stays."""
@@ -290,7 +360,7 @@ class Controller(QObject):
             return message.tokens
         return context_window.estimate_tokens(message.content, ratio) if message.content else 0
 
-    def _request(self, kind: str, previous: Message | None = None) -> None:
+    def _request(self, kind: str, previous: Message | None = None, leaf_before: str = "") -> None:
         """Sends the conversation, as much of it as fits, and starts the reply."""
         assert self.model is not None and self.history.conversation is not None
         model = self.model
@@ -307,7 +377,7 @@ class Controller(QObject):
                 [m.role == "user" for m in messages],
                 fixed,
                 model.n_ctx,
-                context_window.reply_budget(self.settings.max_tokens, model.n_ctx),
+                context_window.reply_budget(self._sampling().max_tokens, model.n_ctx),
                 self.history.view_start,
             )
         else:
@@ -315,18 +385,30 @@ class Controller(QObject):
             first = self.history.view_start
         view_before = self.history.view_start
         self._show_view_start(first)
-        sent = [m for m in messages[first:] if m.content]
-        prompt = [ChatMessage("system", system)] if system else []
-        prompt += [ChatMessage(m.role, m.content) for m in sent]
+        sent = [m for m in messages[first:] if m.content or m.thinking]
         if kind != "continue":
             reply = self.history.begin_reply()
-            self.window.chat_view.begin_reply(model.name, reply.key)
+            self.window.chat_view.begin_reply(
+                model.name, reply.key, versions=self.history.versions(reply)
+            )
         self.window.chat_view.set_reply_actions(regenerate=False, continue_=False)
         self.window.set_busy(True)
         self._request_id = self.engine.chat(
-            prompt, self.settings.sampling(), continue_last=kind == "continue"
+            _prompt(system, sent), self._sampling(), continue_last=kind == "continue"
         )
-        self._turn = _Turn(self._request_id, kind, sent, previous, view_before)
+        self._turn = _Turn(self._request_id, kind, sent, previous, view_before, leaf_before)
+        self._turn.started_at = time.monotonic()
+
+    def _overrides(self) -> dict[str, object]:
+        """The sampling values the conversation on screen changed from the defaults."""
+        conversation = self.history.conversation
+        if conversation is None:
+            return dict(self._new_overrides)
+        return overrides_of(conversation.sampling)
+
+    def _sampling(self) -> Sampling:
+        """How the conversation on screen samples: the defaults, with its own changes."""
+        return apply_overrides(self.settings, self._overrides()).sampling()
 
     def _show_view_start(self, first: int) -> None:
         self.history.set_view_start(first)
@@ -418,6 +500,7 @@ class Controller(QObject):
         context = f"context {info.n_ctx} tokens" if info.n_ctx else "context not reported"
         self.window.show_model(info.name, describe_model(info), context)
         self.window.select_model_choice(info.path, info.name if is_remote(info.path) else "")
+        self._show_conversation_settings()
 
     def _on_prompt_evaluated(self, event: PromptEvaluated) -> None:
         """Learns what the prompt's parts cost, from the engine's own counts."""
@@ -445,9 +528,24 @@ class Controller(QObject):
         if turn is None or request_id != turn.request_id:
             return
         turn.text += text
-        self.window.chat_view.append_reply(text)
-        before = turn.previous.content if turn.previous is not None else ""
-        self.history.reply_grew(before + turn.text)
+        if self._reply_on_screen():
+            self.window.chat_view.append_reply(text)
+        self.history.reply_grew(turn.answer, turn.all_thinking)
+
+    def _on_thinking(self, request_id: int, text: str) -> None:
+        """A reasoning model's thinking, shown apart from its answer."""
+        turn = self._turn
+        if turn is None or request_id != turn.request_id:
+            return
+        turn.thinking += text
+        turn.thinking_deltas += 1
+        if self._reply_on_screen():
+            self.window.chat_view.append_thinking(text)
+            seconds = time.monotonic() - turn.started_at
+            self.window.chat_view.set_thinking_note(
+                f"Thinking… {turn.thinking_deltas} tokens, {seconds:.1f} s"
+            )
+        self.history.reply_grew(turn.answer, turn.all_thinking)
 
     def _finish_reply(
         self,
@@ -464,8 +562,12 @@ class Controller(QObject):
             if turn.kind == "continue":
                 tokens += turn.measured
         model_path = self.model.path if tokens is not None and self.model else ""
-        self.history.finish_reply(text, state, stats, tokens, model_path)
-        self.window.chat_view.end_reply(footer)
+        on_screen = self._reply_on_screen()
+        reply = self.history.finish_reply(text, state, stats, tokens, model_path)
+        if on_screen:
+            if reply is not None and reply.thinking:
+                self.window.chat_view.set_thinking_note(thinking_note(reply))
+            self.window.chat_view.end_reply(footer)
         self.window.set_busy(False)
         self._request_id = None
         self._turn = None
@@ -496,20 +598,27 @@ class Controller(QObject):
             self._finish_reply(previous.content, self._footer(previous), previous.state)
         else:
             # The reply as far as it got is kept, marked with why it ended.
-            before = turn.previous.content if turn.previous is not None else ""
-            self._finish_reply(before + turn.text, f"interrupted: {message}")
+            self._finish_reply(turn.answer, f"interrupted: {message}")
         self.window.show_error(message)
 
     def _take_back(self, reason: str) -> None:
         """Nothing came back for the person's message: it was not taken, so it
         leaves the conversation and returns to the composer, with the reason."""
-        assert self.history.conversation is not None and self._turn is not None
-        user = self.history.messages[-2]
-        self.window.chat_view.end_reply("")
-        self.window.chat_view.truncate_from(user.key)
-        self.history.drop_from(user.position)
+        turn = self._turn
+        assert self.history.conversation is not None and turn is not None
+        reply = self.history.reply
+        assert reply is not None and reply.parent_key is not None
+        user = self.history.tree.get(reply.parent_key)
+        assert user is not None
+        on_screen = self._reply_on_screen()
+        if on_screen:
+            self.window.chat_view.end_reply("")
+            self.window.chat_view.truncate_from(user.key)
+        self.history.take_back(user.key, turn.leaf_before)
+        if on_screen and turn.kind == "edit":
+            self._show_history()  # the version that was edited comes back
         # A refusal changes nothing: the view starts where it did before.
-        self._show_view_start(self._turn.view_before)
+        self._show_view_start(turn.view_before)
         if self.model is not None:
             # The engine may have refused a prompt that an estimate said fits:
             # estimate from the upper bound again until it measures anew.
@@ -546,9 +655,9 @@ class Controller(QObject):
 
     def _stop_for_switch(self) -> None:
         """A reply in flight ends where it got to, before another conversation shows."""
-        if self._request_id is not None:
+        if self._request_id is not None and self._turn is not None:
             self.engine.cancel(self._request_id)
-            self._finish_reply(self.window.chat_view.reply_text(), "stopped")
+            self._finish_reply(self._turn.answer, "stopped")
 
     def new_conversation(self) -> None:
         """Clears the chat; the next message starts a new conversation."""
@@ -561,7 +670,8 @@ class Controller(QObject):
         self.window.conversation_list.select(None)
         self._load_notice_shown = ""
         self._new_system_prompt = None
-        self.window.show_system_prompt(self.settings.system_prompt)
+        self._new_overrides = {}
+        self._show_conversation_settings()
         self.conversation_shown.emit("")
         self.window.focus_composer()
 
@@ -576,8 +686,7 @@ class Controller(QObject):
         self.window.cancel_edit()
         self._show_history()
         self._load_notice_shown = ""
-        assert self.history.conversation is not None
-        self.window.show_system_prompt(self.history.conversation.system_prompt)
+        self._show_conversation_settings()
         self.conversation_shown.emit(key)
         self.window.focus_composer()
         self._prepare()
@@ -588,17 +697,16 @@ class Controller(QObject):
         conversation = self.history.conversation
         if self.model is None or conversation is None or self.busy:
             return
-        sent = [m for m in self.history.messages[self.history.view_start :] if m.content]
-        if not sent:
-            return
-        system = conversation.system_prompt
-        prompt = [ChatMessage("system", system)] if system else []
-        self.engine.prepare(prompt + [ChatMessage(m.role, m.content) for m in sent])
+        shown = self.history.messages[self.history.view_start :]
+        sent = [m for m in shown if (m.content or m.thinking) and m.state != "streaming"]
+        if sent:
+            self.engine.prepare(_prompt(conversation.system_prompt, sent))
 
     def _show_history(self) -> None:
         conversation = self.history.conversation
         assert conversation is not None
         heading = conversation.model_name or "Model"
+        reply = self.history.reply
         views = [
             MessageView(
                 m.key,
@@ -606,10 +714,23 @@ class Controller(QObject):
                 m.content,
                 m.role == "user",
                 "" if m.role == "user" else self._footer(m),
+                versions=self.history.versions(m),
+                thinking=m.thinking,
+                thinking_note=thinking_note(m) if m.thinking else "",
             )
             for m in self.history.messages
+            if reply is None or m.key != reply.key
         ]
         self.window.chat_view.show_conversation(views, conversation.view_start)
+        if reply is not None and self._reply_on_screen():
+            # The reply being written is on this branch: it goes on growing here.
+            view = self.window.chat_view
+            view.begin_reply(heading, reply.key, versions=self.history.versions(reply))
+            if reply.thinking:
+                view.append_thinking(reply.thinking)
+                view.set_thinking_note(thinking_note(reply))
+            if reply.content:
+                view.append_reply(reply.content)
         self._show_view_label()
         self._offer_actions()
         self.window.conversation_list.select(conversation.key)
@@ -626,14 +747,43 @@ class Controller(QObject):
         if latest:
             self.open_conversation(latest[0].key)
 
-    def set_system_prompt(self, text: str) -> None:
-        """This conversation's system prompt, from its next turn on (a new
-        conversation's, before its first message)."""
+    def set_conversation_settings(self, system_prompt: str, overrides: dict[str, object]) -> None:
+        """This conversation's system prompt and sampling values, from its next
+        turn on (a new conversation's, before its first message)."""
         if self.history.conversation is None:
-            self._new_system_prompt = text
+            self._new_system_prompt = system_prompt
+            self._new_overrides = dict(overrides)
         else:
-            self.history.set_system_prompt(text)
-        self.window.show_system_prompt(text)
+            self.history.set_system_prompt(system_prompt)
+            self.history.set_sampling(overrides_json(overrides))
+        self._show_conversation_settings()
+
+    def _show_conversation_settings(self) -> None:
+        conversation = self.history.conversation
+        loaded = self.model.name if self.model is not None else ""
+        if conversation is None:
+            system = self._new_system_prompt
+            self.window.show_conversation_settings(
+                self.settings.system_prompt if system is None else system,
+                self._new_overrides,
+                self.settings,
+                "",
+                loaded,
+            )
+        else:
+            self.window.show_conversation_settings(
+                conversation.system_prompt,
+                self._overrides(),
+                self.settings,
+                conversation.model_name,
+                loaded,
+            )
+
+    def load_conversation_model(self) -> None:
+        """Loads the model the conversation on screen was held with."""
+        conversation = self.history.conversation
+        if conversation is not None and conversation.model_path:
+            self.switch_model(conversation.model_path)
 
     def rename_conversation(self, key: str, title: str) -> None:
         self.history.rename(key, title)
@@ -695,17 +845,19 @@ class Controller(QObject):
         current = self.history.conversation
         store = self.history.saver.store
         if current is not None and current.key == key:
-            conversation, messages = current, list(self.history.messages)
+            conversation, tree = current, self.history.tree
         elif store is not None and (found := store.conversation(key)) is not None:
-            conversation, messages = found, store.messages(key)
+            conversation, tree = found, ConversationTree(store.messages(key))
         else:
             self.window.show_error("That conversation could not be exported: it is gone.")
             return
         if kind == "json":
-            text = to_json(conversation, messages)
+            text = to_json(conversation, tree.all())
         else:
-            footers = ["" if m.role == "user" else self._footer(m) for m in messages]
-            text = to_markdown(conversation, messages, footers)
+            # The branch on screen (or last shown), as the person reads it.
+            branch = tree.branch(conversation.leaf_key)
+            footers = ["" if m.role == "user" else self._footer(m) for m in branch]
+            text = to_markdown(conversation, branch, footers)
         try:
             write_text(Path(path), text)
         except ExportError as exc:
@@ -725,10 +877,8 @@ class Controller(QObject):
     def _on_host_exited(self, event: HostExited) -> None:
         """The engine ended without being asked: keep what was said, say what
         happened, and start it again after a pause, a few times, then ask."""
-        if self._request_id is not None:
-            self._finish_reply(
-                self.window.chat_view.reply_text(), f"interrupted: {event.description}"
-            )
+        if self._turn is not None:
+            self._finish_reply(self._turn.answer, f"interrupted: {event.description}")
         self.window.chat_view.add_notice(self._crash_report(event))
         said = event.description[:1].upper() + event.description[1:] + "."
         crashed_load = (self._loading_path, self.settings) if self._loading_path else None

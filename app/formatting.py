@@ -18,8 +18,9 @@ _STOP_WORDS = {
 
 def format_stats(stats: TurnStats) -> str:
     """The quiet line under a reply: what it cost and where its prompt came from."""
+    thinking = f" ({stats.thinking_tokens} thinking)" if stats.thinking_tokens else ""
     parts = [
-        f"{stats.generated_tokens} tokens",
+        f"{stats.generated_tokens} tokens{thinking}",
         f"{stats.decode_tokens_per_s:.1f} tok/s",
         f"first token {stats.time_to_first_token_s:.2f} s",
     ]

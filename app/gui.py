@@ -221,6 +221,8 @@ def run_gui(
         print(f"kvchat: {exc}", file=sys.stderr)
         QMessageBox.critical(None, "kvchat is already running", str(exc))
         return 1
+    # Before the first paint: a saved dark theme or chat width shows from the start.
+    window.apply_appearance(settings.appearance)
     if notice:
         window.chat_view.add_notice(notice)
     controller.engine.model_loaded.connect(lambda info: _remember_model(data_dir, info.path))

@@ -119,6 +119,9 @@ class MemoryMonitor(QObject):
         self.prompt: PromptEvaluated | None = None
         self.sample: MemorySample | None = None
         self.tokens = 0
+        # The reply's thinking in the cache: counted as it streams (about a
+        # token a piece), then exactly from the turn's figures.
+        self.thinking_tokens = 0
         self.view_note = ""
         self._n_ctx = 0
         self._loaded_at = time.monotonic()
@@ -127,6 +130,7 @@ class MemoryMonitor(QObject):
         engine.model_loaded.connect(self._on_model_loaded)
         engine.prompt_evaluated.connect(self._on_prompt)
         engine.cache_filled.connect(self._on_cache_filled)
+        engine.thinking_received.connect(self._on_thinking)
         engine.memory_sampled.connect(self._on_sample)
         engine.turn_finished.connect(self._on_turn_finished)
         engine.host_exited.connect(self._on_host_exited)
@@ -159,6 +163,7 @@ class MemoryMonitor(QObject):
             restored_from=prompt.restored_from if prompt else "",
             restore_ms=prompt.restore_seconds * 1000 if prompt else 0.0,
             saved_note=saved_note(self.sample),
+            thinking_tokens=self.thinking_tokens,
         )
 
     def set_model_view(self, note: str) -> None:
@@ -203,8 +208,12 @@ class MemoryMonitor(QObject):
         self._set_model(None)
         self.panel.show_engine_stopped("The engine is not running: no model is in memory.")
 
+    def _on_thinking(self, _request_id: int, _text: str) -> None:
+        self.thinking_tokens += 1
+
     def _on_prompt(self, prompt: PromptEvaluated) -> None:
         self.prompt = prompt
+        self.thinking_tokens = 0
         self.tokens = prompt.reused_tokens + prompt.evaluated_tokens
         self._speed_mark = (time.monotonic(), self.tokens)
         self._show_kv()
@@ -247,8 +256,10 @@ class MemoryMonitor(QObject):
         self._show_kv()
 
     def _on_turn_finished(self, _request_id: int, _text: str, stats: TurnStats) -> None:
+        self.thinking_tokens = stats.thinking_tokens
         if self.memory is None:
             return
+        self._show_kv()
         if stats.decode_tokens_per_s > 0:
             self.panel.add_speed_point(self._seconds(), stats.decode_tokens_per_s)
         self._speed_mark = None

@@ -1,15 +1,19 @@
 """Random sessions of a person at the window: send, stop, wait, switch models,
-start or reopen conversations, regenerate, edit, in a seeded order.
+start or reopen conversations, regenerate, edit, page through versions, in a
+seeded order.
 
 The same driver runs against the scripted engine (hundreds of sessions, in
 tests/app/test_random_sessions.py) and the real one (a few, in
 tests/test_abuse.py). `check` holds the invariants that must survive any
 order of those actions:
 
-- every message the window accepted is stored exactly once, unless an edit
-  cut it, and nothing else of the person's is stored;
-- each stored conversation alternates user, assistant, user, ..., at
-  positions 0..n-1, and what the window holds equals what is on disk;
+- every message the window accepted is stored exactly once (an edit or a
+  regenerated reply is a new version: nothing is cut), and nothing else of
+  the person's is stored;
+- each stored conversation is a tree whose every message follows one of
+  its own conversation at the position before it, a reply always following
+  the person's message and the person's message a reply (or nothing), and
+  the branch the window shows is a path of that tree, as it is on disk;
 - each stored reply holds only text that its own request produced, as a
   prefix of what that request streamed (all of it when the reply is done),
   and that request was sent with the message the reply follows.
@@ -45,6 +49,7 @@ ACTIONS = (
     ("open", 6),
     ("regenerate", 8),
     ("edit", 8),
+    ("page", 8),
 )
 WORDS = ("apple", "river", "stone", "cloud", "seven", "quiet", "north", "lamp")
 
@@ -63,7 +68,6 @@ class Session:
     settle_ms: int = 10_000
     log: list[str] = field(default_factory=list)
     accepted: list[str] = field(default_factory=list)
-    cut: set[str] = field(default_factory=set)
     streamed: dict[int, list[str]] = field(default_factory=dict)
     prompts: dict[int, list[ChatMessage]] = field(default_factory=dict)
     reply_request: dict[str, int] = field(default_factory=dict)
@@ -118,10 +122,8 @@ class Session:
         target = self.rng.choice(users)
         self.window.chat_view.edit_requested.emit(target.key)
         text = self._text()
-        later = [m.content for m in messages[target.position :] if m.role == "user"]
         if self._press_enter(text):
             self.accepted.append(text)
-            self.cut.update(later)
             self.log.append(f"edit {target.content!r} -> {text!r}")
         else:
             self.log.append(f"edit {target.content!r} (refused)")
@@ -134,6 +136,18 @@ class Session:
             return
         self.log.append(f"regenerate {messages[-1].content[:20]!r}")
         self.window.chat_view.regenerate_requested.emit(messages[-1].key)
+
+    def page(self) -> None:
+        """Another version of a message on screen, even while a reply streams."""
+        history = self.controller.history
+        kept = [m for m in history.messages if history.versions(m)[1] > 1]
+        if not kept:
+            self.log.append("page (one version of everything)")
+            return
+        target = self.rng.choice(kept)
+        step = self.rng.choice((-1, 1))
+        self.log.append(f"page {target.content[:20]!r} {step:+d}")
+        self.window.chat_view.version_requested.emit(target.key, step)
 
     def open(self) -> None:
         keys = self.window.conversation_list.keys()
@@ -155,6 +169,8 @@ class Session:
             self.regenerate()
         elif action == "open":
             self.open()
+        elif action == "page":
+            self.page()
         elif action == "stop":
             self.log.append("stop")
             self.window.stop_action.trigger()
@@ -182,22 +198,23 @@ class Session:
 
     # Invariants.
 
-    def rows(self) -> dict[str, list[tuple[int, str, str, str, str]]]:
-        """Stored conversations (not deleted): key -> (position, role, content, state, key)."""
+    def rows(self) -> dict[str, dict[str, tuple[int, str, str, str, str | None]]]:
+        """Stored conversations (not deleted): key -> message key -> (position,
+        role, content, state, the key of the message it follows)."""
         connection = sqlite3.connect(self.data_dir / DB_NAME)
         try:
-            found: dict[str, list[tuple[int, str, str, str, str]]] = {}
+            found: dict[str, dict[str, tuple[int, str, str, str, str | None]]] = {}
             for (key,) in connection.execute(
                 "SELECT key FROM conversations WHERE deleted_at IS NULL"
             ):
-                found[key] = [
-                    (int(p), str(r), str(c), str(s), str(k))
-                    for p, r, c, s, k in connection.execute(
-                        "SELECT position, role, content, state, key FROM messages "
-                        "WHERE conversation_key = ? ORDER BY position",
+                found[key] = {
+                    str(k): (int(p), str(r), str(c), str(s), parent)
+                    for k, p, r, c, s, parent in connection.execute(
+                        "SELECT key, position, role, content, state, parent_key FROM messages "
+                        "WHERE conversation_key = ?",
                         (key,),
                     )
-                ]
+                }
             return found
         finally:
             connection.close()
@@ -213,28 +230,28 @@ class Session:
         users = Counter(
             content
             for messages in stored.values()
-            for _, role, content, _, _ in messages
+            for _, role, content, _, _ in messages.values()
             if role == "user"
         )
         twice = [text for text, count in users.items() if count > 1]
         assert not twice, f"stored more than once: {twice}\n{where}"
-        expected = set(self.accepted) - self.cut
+        expected = set(self.accepted)
         assert set(users) == expected, (
             f"missing {expected - set(users)}, unexpected {set(users) - expected}\n{where}"
         )
         used: dict[int, str] = {}
         for conversation, messages in stored.items():
-            roles = [role for _, role, _, _, _ in messages]
-            assert [p for p, *_ in messages] == list(range(len(messages))), where
-            pairs = ["user", "assistant"] * (len(roles) // 2)
-            # A reply being generated is written at its first checkpoint with text.
-            current = self.controller.history.conversation
-            if not idle and current is not None and current.key == conversation:
-                pairs = ["user", "assistant"] * ((len(roles) + 1) // 2)
-                pairs = pairs[: len(roles)]
-            assert roles == pairs, f"{conversation[:6]}: roles {roles}\n{where}"
-            for index in range(1, len(messages), 2):
-                _, _, content, state, key = messages[index]
+            for key, (position, role, content, state, parent) in messages.items():
+                follows = messages.get(parent) if parent is not None else None
+                assert (parent is None) == (position == 0), f"{key[:6]} at {position}\n{where}"
+                if parent is not None:
+                    assert follows is not None, f"{key[:6]} follows a message not stored\n{where}"
+                    assert follows[0] == position - 1, where
+                    assert follows[1] != role, f"{conversation[:6]}: two {role}s\n{where}"
+                else:
+                    assert role == "user", f"{conversation[:6]} starts with {role}\n{where}"
+                if role != "assistant":
+                    continue
                 if idle:
                     assert state != "streaming", where
                 request_id = self.reply_request[key]
@@ -247,15 +264,17 @@ class Session:
                 )
                 if state == "done":
                     assert content == full, where
-                question = messages[index - 1][2]
-                assert self.prompts[request_id][-1] == ChatMessage("user", question), where
+                assert follows is not None
+                assert self.prompts[request_id][-1] == ChatMessage("user", follows[2]), where
                 if extra is not None:
                     problem = extra(content, request_id)
                     assert not problem, f"{problem}\n{where}"
         current = self.controller.history.conversation
         if idle and current is not None and current.key in stored:
-            shown = [
-                (m.position, m.role, m.content, m.state, m.key)
-                for m in self.controller.history.messages
-            ]
-            assert shown == stored[current.key], f"window and disk differ\n{where}"
+            on_disk = stored[current.key]
+            shown = self.controller.history.messages
+            assert all(
+                on_disk.get(m.key) == (m.position, m.role, m.content, m.state, m.parent_key)
+                for m in shown
+            ), f"window and disk differ\n{where}"
+            assert [m.parent_key for m in shown] == [None] + [m.key for m in shown[:-1]], where

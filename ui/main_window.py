@@ -6,8 +6,9 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
+from pydantic import BaseModel
 from PySide6.QtCore import QEvent, QObject, Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import (
     QAction,
@@ -20,11 +21,11 @@ from PySide6.QtGui import (
     QTextCursor,
 )
 from PySide6.QtWidgets import (
+    QApplication,
     QComboBox,
     QDockWidget,
     QFileDialog,
     QHBoxLayout,
-    QInputDialog,
     QLabel,
     QMainWindow,
     QMessageBox,
@@ -39,9 +40,10 @@ from PySide6.QtWidgets import (
 from kvchat.ui.chat_view import ChatView
 from kvchat.ui.composer import Composer
 from kvchat.ui.conversation_list import ConversationList
+from kvchat.ui.conversation_panel import ConversationPanel
 from kvchat.ui.memory_panel import MemoryPanel
 from kvchat.ui.serve_dialog import ServeDialog
-from kvchat.ui.theme import icon
+from kvchat.ui.theme import apply_scheme, icon
 
 if TYPE_CHECKING:
     # Made when the Help menu is first used: the window's first paint does not wait for them.
@@ -54,6 +56,17 @@ LIST_WIDTH = 240
 LIST_MIN_WIDTH = 160
 # How long a note in the status bar stays ("Diagnostics copied to the clipboard").
 STATUS_NOTE_MS = 6000
+
+
+class Appearance(Protocol):
+    """How the window looks (app.settings.Appearance; ui does not import app)."""
+
+    @property
+    def theme(self) -> str: ...
+    @property
+    def chat_width(self) -> int: ...
+    @property
+    def show_thinking(self) -> bool: ...
 
 
 class MainWindow(QMainWindow):
@@ -71,7 +84,10 @@ class MainWindow(QMainWindow):
         servers_requested(): File > Servers: the servers whose models can be chosen.
         restart_requested(): the person asked for the engine to be started again.
         closing(): the window is about to close; the owner stops the engine.
-        system_prompt_edited(str): the person changed this conversation's system prompt.
+        conversation_settings_edited(str, dict): the person changed this
+            conversation's system prompt or sampling values (the dict holds those
+            that differ from the defaults).
+        conversation_model_requested(): load the model the conversation was held with.
         first_painted(): the window has been drawn for the first time, all of it;
             what it did not need for that can start now.
         about_requested(): Help > About kvchat.
@@ -90,7 +106,8 @@ class MainWindow(QMainWindow):
     servers_requested = Signal()
     restart_requested = Signal()
     closing = Signal()
-    system_prompt_edited = Signal(str)
+    conversation_settings_edited = Signal(str, dict)
+    conversation_model_requested = Signal()
     serve_toggled = Signal(bool)
     first_painted = Signal()
     about_requested = Signal()
@@ -218,6 +235,23 @@ class MainWindow(QMainWindow):
         )
         self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.memory_dock)
 
+        # This conversation's own settings, a tab beside the memory panels.
+        self.conversation_panel = ConversationPanel()
+        self.conversation_panel.changed.connect(self._conversation_settings_changed)
+        self.conversation_panel.load_model_requested.connect(self.conversation_model_requested)
+        self.conversation_dock = QDockWidget("This conversation", self)
+        self.conversation_dock.setObjectName("conversationDock")
+        self.conversation_dock.setWidget(self.conversation_panel)
+        self.conversation_dock.setFeatures(
+            QDockWidget.DockWidgetFeature.DockWidgetClosable
+            | QDockWidget.DockWidgetFeature.DockWidgetMovable
+        )
+        # Hidden until asked for (Edit above the chat, View > This conversation):
+        # its tab bar would take the height the memory column is laid out in.
+        self.tabifyDockWidget(self.memory_dock, self.conversation_dock)
+        self.conversation_dock.hide()
+        self.memory_dock.raise_()
+
         self.conversation_list = ConversationList()
         self.conversation_list.export_requested.connect(self._choose_export_path)
         self.conversations_dock = QDockWidget("Conversations", self)
@@ -325,6 +359,10 @@ class MainWindow(QMainWindow):
         self.list_action.setText("&Conversations")
         self.list_action.setShortcut(QKeySequence("Ctrl+L"))
         view_menu.addAction(self.list_action)
+        self.conversation_panel_action = self.conversation_dock.toggleViewAction()
+        self.conversation_panel_action.setText("&This conversation")
+        self.conversation_panel_action.setShortcut(QKeySequence("Ctrl+Shift+E"))
+        view_menu.addAction(self.conversation_panel_action)
         self.stop_action = QAction("Stop", self)
         self.stop_action.setShortcut(QKeySequence(Qt.Key.Key_Escape))
         self.stop_action.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
@@ -335,7 +373,34 @@ class MainWindow(QMainWindow):
         )
         self.stop_action.triggered.connect(self._stop_pressed)
         self.addAction(self.stop_action)
+        self._build_chat_menu()
         self._build_help_menu()
+
+    def _build_chat_menu(self) -> None:
+        """The reply's actions, for the keyboard: regenerate, and page the versions."""
+        chat_menu = self.menuBar().addMenu("&Chat")
+        self.regenerate_action = QAction("&Regenerate reply", self)
+        self.regenerate_action.setShortcut(QKeySequence("Ctrl+R"))
+        self.regenerate_action.setStatusTip("A new version of the last reply; the old one stays")
+        self.regenerate_action.triggered.connect(self.chat_view.regenerate_last)
+        self.previous_version_action = QAction("&Previous version", self)
+        self.previous_version_action.setShortcut(QKeySequence("Alt+Left"))
+        self.previous_version_action.setStatusTip(
+            "The version before, of the last message that has several"
+        )
+        self.previous_version_action.triggered.connect(lambda: self.chat_view.page_last(-1))
+        self.next_version_action = QAction("&Next version", self)
+        self.next_version_action.setShortcut(QKeySequence("Alt+Right"))
+        self.next_version_action.setStatusTip(
+            "The version after, of the last message that has several"
+        )
+        self.next_version_action.triggered.connect(lambda: self.chat_view.page_last(+1))
+        for action in (
+            self.regenerate_action,
+            self.previous_version_action,
+            self.next_version_action,
+        ):
+            chat_menu.addAction(action)
 
     def _build_help_menu(self) -> None:
         help_menu = self.menuBar().addMenu("&Help")
@@ -608,42 +673,73 @@ class MainWindow(QMainWindow):
     # Internals.
 
     def _system_row(self) -> QHBoxLayout:
-        """The conversation's system prompt, at its top, with a way to change it."""
+        """The conversation's system prompt, at its top, with a way to change
+        it and the rest of the conversation's own settings."""
         self.system_label = QLabel()
         self.system_label.setObjectName("systemPromptLabel")
         self.system_label.setTextFormat(Qt.TextFormat.PlainText)
         self.system_label.setMinimumWidth(0)
         self.system_edit_button = QPushButton("Edit")
-        self.system_edit_button.setToolTip("Change the system prompt of this conversation")
-        self.system_edit_button.clicked.connect(self._edit_system_prompt)
-        self._system_prompt = ""
+        self.system_edit_button.setToolTip(
+            "This conversation's system prompt, sampling and model (a tab beside Memory)"
+        )
+        self.system_edit_button.clicked.connect(self.show_conversation_panel)
         row = QHBoxLayout()
         row.addWidget(self.system_label, 1)
         row.addWidget(self.system_edit_button, 0)
-        self.show_system_prompt("")
+        self._show_system_summary("", 0)
         return row
 
-    def show_system_prompt(self, text: str) -> None:
-        """What this conversation tells the model before anything else."""
-        self._system_prompt = text
+    def _show_system_summary(self, text: str, changed: int) -> None:
+        """The line at the top: the system prompt's first line, and how many
+        sampling values this conversation changed."""
         first_line = text.strip().splitlines()[0] if text.strip() else ""
         shown = first_line if len(first_line) <= 120 else first_line[:119] + "…"
         if text.strip() and (shown != text.strip()):
             shown += " …"
-        self.system_label.setText(f"System prompt: {shown}" if text.strip() else "No system prompt")
+        summary = f"System prompt: {shown}" if text.strip() else "No system prompt"
+        if changed:
+            summary += f" · {changed} sampling value{'s' if changed > 1 else ''} of its own"
+        self.system_label.setText(summary)
         self.system_label.setToolTip(text)
 
-    def _edit_system_prompt(self) -> None:
-        text, accepted = QInputDialog.getMultiLineText(
-            self,
-            "System prompt",
-            "This conversation's system prompt (what the model is told before anything else):",
-            self._system_prompt,
-        )
-        if accepted and text != self._system_prompt:
-            self.show_system_prompt(text)
-            self.system_prompt_edited.emit(text)
-        self.focus_composer()
+    def show_conversation_settings(
+        self,
+        system_prompt: str,
+        overrides: dict[str, object],
+        defaults: BaseModel,
+        model_name: str,
+        loaded_model_name: str,
+    ) -> None:
+        """This conversation's own settings (a new one's: `model_name` "")."""
+        if model_name:
+            self.conversation_panel.show_conversation(
+                system_prompt, overrides, defaults, model_name, loaded_model_name
+            )
+        else:
+            self.conversation_panel.set_new_conversation(defaults, system_prompt, overrides)
+        self._show_system_summary(system_prompt, len(overrides))
+
+    def _conversation_settings_changed(
+        self, system_prompt: str, overrides: dict[str, object]
+    ) -> None:
+        self._show_system_summary(system_prompt, len(overrides))
+        self.conversation_settings_edited.emit(system_prompt, overrides)
+
+    def show_conversation_panel(self) -> None:
+        """Brings this conversation's settings forward, the system prompt first."""
+        self.conversation_dock.show()
+        self.conversation_dock.raise_()
+        self.conversation_panel.focus_system_prompt()
+
+    def apply_appearance(self, appearance: Appearance) -> None:
+        """The colour scheme, the chat column's width, and whether thinking shows."""
+        application = QApplication.instance()
+        if isinstance(application, QApplication):
+            apply_scheme(application, appearance.theme)
+        self.chat_view.set_max_width(appearance.chat_width)
+        self.chat_view.set_show_thinking(appearance.show_thinking)
+        self.refresh_theme()
 
     def focus_composer(self) -> None:
         """Typing goes to the composer: after a reply, a switch, a new conversation."""

@@ -50,6 +50,7 @@ OTHER = QColor("#9ca3af")
 SYSTEM = QColor("#10b981")
 EARLIER = QColor("#3b82f6")
 CURRENT = QColor("#f59e0b")
+THINKING = QColor("#ec4899")
 
 
 def format_bytes(value: float) -> str:
@@ -99,6 +100,8 @@ class KvView:
     restore_ms: float = 0.0
     # The conversations kept aside ("2 in RAM, 8.0 MiB · 1 on disk, 4.0 MiB"), "" if none.
     saved_note: str = ""
+    # Of this turn's tokens, the reply's thinking (a reasoning model's).
+    thinking_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -282,6 +285,7 @@ class KvCachePanel(QGroupBox):
                     (SYSTEM, "system prompt"),
                     (EARLIER, "earlier turns"),
                     (CURRENT, "this turn"),
+                    (THINKING, "thinking"),
                 ]
             )
         )
@@ -296,12 +300,15 @@ class KvCachePanel(QGroupBox):
         self.fill_label.setText(f"{view.tokens:,} of {view.n_ctx:,} tokens ({fraction:.0%})")
         system = min(view.system_tokens, view.tokens)
         earlier = min(view.history_tokens, view.tokens - system)
-        current = view.tokens - system - earlier
+        thinking = min(view.thinking_tokens, view.tokens - system - earlier)
+        current = view.tokens - system - earlier - thinking
+        share = f" ({thinking / view.n_ctx:.0%} of the context)" if view.n_ctx else ""
         self.fill_bar.set_segments(
             [
                 (system, SYSTEM, f"system prompt {system:,} tokens"),
                 (earlier, EARLIER, f"earlier turns {earlier:,} tokens"),
                 (current, CURRENT, f"this turn {current:,} tokens"),
+                (thinking, THINKING, f"thinking {thinking:,} tokens{share}"),
             ],
             view.n_ctx,
         )

@@ -155,7 +155,9 @@ def test_a_reply_left_streaming_by_a_dead_app_shows_as_interrupted(
         restarted.close_all()
 
 
-def test_regenerate_replaces_the_last_reply(qtbot: QtBot, scripted: App, data_dir: Path) -> None:
+def test_regenerate_keeps_the_old_reply_as_a_version(
+    qtbot: QtBot, scripted: App, data_dir: Path
+) -> None:
     replies = iter([["alpha"], ["beta"]])
     window, controller, engine = scripted.open(lambda _m: next(replies))
     _send(qtbot, controller, "Q")
@@ -163,12 +165,26 @@ def test_regenerate_replaces_the_last_reply(qtbot: QtBot, scripted: App, data_di
     with qtbot.waitSignal(controller.reply_finished):
         window.chat_view.regenerate_requested.emit(key)
     assert [m.content for m in engine.requests[1].messages] == ["Q"]
-    assert stored_rows(data_dir) == [("user", "Q", "done"), ("assistant", "beta", "done")]
-    assert "alpha" not in window.chat_view.toPlainText()
-    assert window.chat_view.toPlainText().count("Scripted   Copy") == 1
+    assert stored_rows(data_dir) == [
+        ("user", "Q", "done"),
+        ("assistant", "alpha", "done"),
+        ("assistant", "beta", "done"),
+    ]
+    text = window.chat_view.toPlainText()
+    assert "alpha" not in text and "beta" in text and "2 / 2" in text
+    assert text.count("Copy") == 2  # the question and one reply
+    newest = controller.history.messages[-1].key
+    window.chat_view.version_requested.emit(newest, -1)
+    text = window.chat_view.toPlainText()
+    assert "alpha" in text and "beta" not in text and "1 / 2" in text
+    assert [m.content for m in controller.history.messages] == ["Q", "alpha"]
+    window.close()
+    # The version last shown is the one shown again.
+    window, controller, _engine = scripted.open()
+    assert [m.content for m in controller.history.messages] == ["Q", "alpha"]
 
 
-def test_editing_a_message_replaces_the_replies_after_it(
+def test_editing_a_message_keeps_the_branch_it_replaces(
     qtbot: QtBot, scripted: App, data_dir: Path
 ) -> None:
     window, controller, engine = scripted.open(lambda m: [f"re: {m[-1].content}"])
@@ -184,15 +200,39 @@ def test_editing_a_message_replaces_the_replies_after_it(
         qtbot.keyClicks(window.composer, "TWO, edited")
         qtbot.keyClick(window.composer, Qt.Key.Key_Return)
     assert [m.content for m in engine.requests[-1].messages] == ["one", "re: one", "TWO, edited"]
-    assert stored_rows(data_dir) == [
-        ("user", "one", "done"),
-        ("assistant", "re: one", "done"),
-        ("user", "TWO, edited", "done"),
-        ("assistant", "re: TWO, edited", "done"),
+    assert len(stored_rows(data_dir)) == 8  # nothing was lost
+    assert [m.content for m in controller.history.messages] == [
+        "one",
+        "re: one",
+        "TWO, edited",
+        "re: TWO, edited",
     ]
     text = window.chat_view.toPlainText()
-    assert "three" not in text and "re: two" not in text
+    assert "three" not in text and "re: two" not in text and "2 / 2" in text
     assert not window.edit_label.isVisibleTo(window)
+    # Back to the first version: the branch under it as it was, and a
+    # message sent from there goes on with that branch.
+    window.chat_view.version_requested.emit(controller.history.messages[2].key, -1)
+    assert [m.content for m in controller.history.messages] == [
+        "one",
+        "re: one",
+        "two",
+        "re: two",
+        "three",
+        "re: three",
+    ]
+    assert "re: two" in window.chat_view.toPlainText()
+    _send(qtbot, controller, "four")
+    assert [m.content for m in engine.requests[-1].messages] == [
+        "one",
+        "re: one",
+        "two",
+        "re: two",
+        "three",
+        "re: three",
+        "four",
+    ]
+    assert len(stored_rows(data_dir)) == 10
 
 
 def test_escape_cancels_an_edit(qtbot: QtBot, scripted: App) -> None:
@@ -550,7 +590,7 @@ def test_a_conversations_system_prompt_is_shown_and_changed_at_its_top(
     assert window.system_label.text() == "System prompt: Be terse."
     _send(qtbot, controller, "first")
     assert engine.requests[-1].messages[0] == ChatMessage("system", "Be terse.")
-    window.system_prompt_edited.emit("Answer in French.")
+    window.conversation_settings_edited.emit("Answer in French.", {})
     assert window.system_label.text() == "System prompt: Answer in French."
     _send(qtbot, controller, "second")
     assert engine.requests[-1].messages[0] == ChatMessage("system", "Answer in French.")
@@ -560,7 +600,7 @@ def test_a_conversations_system_prompt_is_shown_and_changed_at_its_top(
     # before its first message.
     window.new_action.trigger()
     assert window.system_label.text() == "System prompt: Be terse."
-    window.system_prompt_edited.emit("")
+    window.conversation_settings_edited.emit("", {})
     assert window.system_label.text() == "No system prompt"
     _send(qtbot, controller, "third")
     assert engine.requests[-1].messages[0].role == "user"

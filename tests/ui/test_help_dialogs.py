@@ -23,6 +23,10 @@ README_KEYS = {
     "Ctrl+M",
     "Ctrl+N",
     "Ctrl+L",
+    "Ctrl+Shift+E",
+    "Ctrl+R",
+    "Alt+Left",
+    "Alt+Right",
     "Ctrl+Q",
     "F1",
     "Del",
@@ -44,7 +48,12 @@ def test_the_shortcuts_list_has_every_action_that_has_a_key(qtbot: QtBot) -> Non
     qtbot.addWidget(window)
     window.show()
     qtbot.waitExposed(window)
-    assert [plain_text(a.text()) for a in window.menuBar().actions()] == ["File", "View", "Help"]
+    assert [plain_text(a.text()) for a in window.menuBar().actions()] == [
+        "File",
+        "View",
+        "Chat",
+        "Help",
+    ]
     window.shortcuts_action.trigger()
     dialog = window.shortcuts_dialog
     assert dialog is not None and dialog.isVisible()

@@ -52,11 +52,18 @@ def test_kv_panel_shows_fill_parts_and_cost(qtbot: QtBot) -> None:
     panel.refresh()
     kv = panel.kv_panel
     assert kv.fill_label.text() == "1,000 of 4,096 tokens (24%)"
-    assert [value for value, _label in kv.fill_bar.segments()] == [30, 100, 870]
+    assert [value for value, _label in kv.fill_bar.segments()] == [30, 100, 870, 0]
     assert kv.bytes_label.text() == "22.0 MiB used of 90.0 MiB allocated · 22.5 KiB per token"
     assert kv.types_label.text() == "K f16, V q8_0 · on CPU"
     assert kv.turn_label.text() == "Last prompt: 120 tokens from the cache, 15 evaluated"
     assert kv.warning_label.isHidden()
+    # A reasoning model's thinking is a part of this turn, with its share of the context.
+    panel.set_kv(replace(_kv(1000), thinking_tokens=409), seconds=2.0)
+    panel.refresh()
+    assert kv.fill_bar.segments()[2:] == [
+        (461, "this turn 461 tokens"),
+        (409, "thinking 409 tokens (10% of the context)"),
+    ]
 
 
 def test_warning_as_the_context_nears_full(qtbot: QtBot) -> None:
