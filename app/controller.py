@@ -264,12 +264,15 @@ class Controller(QObject):
         if system is None:
             system = self.settings.system_prompt
         leaf_before = self._leaf()
+        began = self.history.conversation is None
         message = self.history.add_user(
             text, self.model, system, overrides_json(self._new_overrides)
         )
-        # They belong to the conversation now.
-        self._new_system_prompt = None
-        self._new_overrides = {}
+        if began:
+            # A conversation began: they belong to it now, and the panel shows it.
+            self._new_system_prompt = None
+            self._new_overrides = {}
+            self._show_conversation_settings()
         # As stored: the store may have replaced what UTF-8 cannot hold.
         self.window.chat_view.add_message(
             "You",

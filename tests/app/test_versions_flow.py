@@ -123,3 +123,22 @@ def test_the_keyboard_regenerates_and_pages_the_last_reply(
     keys = dict(window.shortcut_rows())
     assert keys["Ctrl+R"] == "A new version of the last reply; the old one stays"
     assert "Alt+Left" in keys and "Alt+Right" in keys
+
+
+def test_the_panel_shows_the_conversation_once_its_first_message_starts_it(
+    qtbot: QtBot,
+    scripted: App,  # noqa: F811
+) -> None:
+    window, controller, _engine = scripted.open(numbered(3))
+    window.new_action.trigger()
+    panel = window.conversation_panel
+    assert panel.title.text() == "The next conversation"
+    window.conversation_settings_edited.emit("Be brief.", {"top_k": 9})
+    _send(qtbot, controller, "first")
+    assert panel.title.text() == "This conversation"
+    conversation = controller.history.conversation
+    assert conversation is not None and conversation.system_prompt == "Be brief."
+    assert conversation.sampling == '{"top_k": 9}'
+    window.show()
+    window.conversation_panel_action.trigger()
+    assert window.conversation_dock.isVisible()
