@@ -41,7 +41,7 @@ from kvchat.ui.chat_view import ChatView
 from kvchat.ui.composer import Composer
 from kvchat.ui.conversation_list import ConversationList
 from kvchat.ui.conversation_panel import ConversationPanel
-from kvchat.ui.memory_panel import MemoryPanel
+from kvchat.ui.memory_panel import LiveText, MemoryPanel
 from kvchat.ui.serve_dialog import ServeDialog
 from kvchat.ui.theme import apply_scheme, icon
 
@@ -362,6 +362,10 @@ class MainWindow(QMainWindow):
         self.conversation_panel_action = self.conversation_dock.toggleViewAction()
         self.conversation_panel_action.setText("&This conversation")
         self.conversation_panel_action.setShortcut(QKeySequence("Ctrl+Shift+E"))
+        # Shown means in front: it shares its place with the memory panels.
+        self.conversation_panel_action.triggered.connect(
+            lambda shown: self.conversation_dock.raise_() if shown else None
+        )
         view_menu.addAction(self.conversation_panel_action)
         self.stop_action = QAction("Stop", self)
         self.stop_action.setShortcut(QKeySequence(Qt.Key.Key_Escape))
@@ -675,10 +679,9 @@ class MainWindow(QMainWindow):
     def _system_row(self) -> QHBoxLayout:
         """The conversation's system prompt, at its top, with a way to change
         it and the rest of the conversation's own settings."""
-        self.system_label = QLabel()
+        # Elided to the room it has: a long prompt never sets the window's least width.
+        self.system_label = LiveText()
         self.system_label.setObjectName("systemPromptLabel")
-        self.system_label.setTextFormat(Qt.TextFormat.PlainText)
-        self.system_label.setMinimumWidth(0)
         self.system_edit_button = QPushButton("Edit")
         self.system_edit_button.setToolTip(
             "This conversation's system prompt, sampling and model (a tab beside Memory)"

@@ -186,3 +186,24 @@ def test_first_painted_follows_the_first_paint_and_the_plots_follow_it(qtbot: Qt
     window.update()
     qtbot.waitUntil(lambda: painted.count > before)
     assert len(seen) == 1  # once
+
+
+def test_a_long_system_prompt_never_widens_the_small_window(qtbot: QtBot) -> None:
+    from kvchat.app.settings import EngineSettings
+
+    window = MainWindow()
+    qtbot.addWidget(window)
+    window.show()
+    prompt = "You are a careful assistant who answers in full sentences. " * 4
+    window.show_conversation_settings(
+        prompt, {"temperature": 0.2, "top_k": 5}, EngineSettings(), "m", "m"
+    )
+    qtbot.wait(10)  # the layout takes the new text's measure
+    window.resize(900, 650)
+    qtbot.wait(10)
+    assert window.minimumSizeHint().width() <= 900
+    assert window.size().toTuple() == (900, 650)
+    summary = window.system_label.text()
+    assert summary.startswith("System prompt: You are a careful assistant")
+    assert summary.endswith("· 2 sampling values of its own")
+    assert window.system_label.toolTip() == prompt
