@@ -273,14 +273,7 @@ class Controller(QObject):
             self._new_system_prompt = None
             self._new_overrides = {}
             self._show_conversation_settings()
-        # As stored: the store may have replaced what UTF-8 cannot hold.
-        self.window.chat_view.add_message(
-            "You",
-            message.content,
-            from_person=True,
-            key=message.key,
-            versions=self.history.versions(message),
-        )
+        self._show_person(message)
         self._refresh_list()
         self._request("send", leaf_before=leaf_before)
 
@@ -294,14 +287,7 @@ class Controller(QObject):
         self.window.accept_message()
         leaf_before = self._leaf()
         self.window.chat_view.truncate_from(key)
-        message = self.history.edit(index, text)
-        self.window.chat_view.add_message(
-            "You",
-            message.content,
-            from_person=True,
-            key=message.key,
-            versions=self.history.versions(message),
-        )
+        self._show_person(self.history.edit(index, text))
         self._refresh_list()
         self._request("edit", leaf_before=leaf_before)
 
@@ -342,6 +328,17 @@ class Controller(QObject):
             return
         self._show_history()
         self._prepare()
+
+    def _show_person(self, message: Message) -> None:
+        """The person's message as stored (the store may have replaced what
+        UTF-8 cannot hold), with its versions."""
+        self.window.chat_view.add_message(
+            "You",
+            message.content,
+            from_person=True,
+            key=message.key,
+            versions=self.history.versions(message),
+        )
 
     def _index(self, key: str) -> int | None:
         return next((i for i, m in enumerate(self.history.messages) if m.key == key), None)

@@ -35,6 +35,19 @@ def _number_only(value: object) -> object:
     return value
 
 
+# The settings a conversation may change for itself, besides its system prompt:
+# they take effect at the next reply, where the others need a reload.
+SAMPLING_FIELDS: tuple[str, ...] = (
+    "temperature",
+    "top_k",
+    "top_p",
+    "min_p",
+    "repeat_penalty",
+    "max_tokens",
+    "seed",
+)
+
+
 class EngineSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -100,13 +113,7 @@ class EngineSettings(BaseModel):
         "n_threads",
         "n_gpu_layers",
         "n_batch",
-        "temperature",
-        "top_k",
-        "top_p",
-        "min_p",
-        "repeat_penalty",
-        "max_tokens",
-        "seed",
+        *SAMPLING_FIELDS,
         "kv_ram_budget_mib",
         "kv_disk_budget_mib",
         mode="before",
@@ -140,19 +147,6 @@ class EngineSettings(BaseModel):
             max_tokens=self.max_tokens,
             seed=self.seed,
         )
-
-
-# The settings a conversation may change for itself, besides its system prompt:
-# they take effect at the next reply, where the others need a reload.
-SAMPLING_FIELDS: tuple[str, ...] = (
-    "temperature",
-    "top_k",
-    "top_p",
-    "min_p",
-    "repeat_penalty",
-    "max_tokens",
-    "seed",
-)
 
 
 def clean_overrides(raw: object) -> dict[str, object]:

@@ -12,19 +12,8 @@ from kvchat.app.controller import Controller
 from kvchat.app.gui import build_window
 from kvchat.app.settings import EngineSettings
 from kvchat.engine.protocol import TurnStats
-from kvchat.ui.main_window import MainWindow
 from tests.model_factory import TINY_THINKING, ModelFactory, model_factory  # noqa: F401
-from tests.test_kv_kept import WAIT_MS, _close, _send
-
-SETTINGS = EngineSettings(seed=5, max_tokens=24)
-
-
-def _open(qtbot: QtBot, data_dir: Path) -> tuple[MainWindow, Controller]:
-    window, controller = build_window(None, SETTINGS, data_dir)
-    if controller.model is None:
-        with qtbot.waitSignal(controller.engine.model_loaded, timeout=WAIT_MS):
-            pass
-    return window, controller
+from tests.test_kv_kept import WAIT_MS, _close, _open, _send
 
 
 def _edit(qtbot: QtBot, controller: Controller, key: str, text: str) -> TurnStats:

@@ -4,28 +4,16 @@ tests/engine/test_reasoning.py)."""
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 from pytestqt.qtbot import QtBot
 
 from kvchat.app.history import stats_of
 from kvchat.app.settings import EngineSettings
-from kvchat.app.store import DB_NAME
 from tests.app.test_history_flow import App, _send, scripted  # noqa: F401
+from tests.stored import stored_rows
 
 THOUGHT = ["<think>", "The ", "person ", "greets ", "me.", "</think>", "Hello ", "there."]
-
-
-def _stored(data_dir: Path) -> list[tuple[str, str, str]]:
-    connection = sqlite3.connect(data_dir / DB_NAME)
-    try:
-        rows = connection.execute(
-            "SELECT role, content, thinking FROM messages ORDER BY position, created_at"
-        )
-        return [(str(r), str(c), str(t)) for r, c, t in rows]
-    finally:
-        connection.close()
 
 
 def test_thinking_is_shown_apart_counted_and_stored(
@@ -37,7 +25,11 @@ def test_thinking_is_shown_apart_counted_and_stored(
     _send(qtbot, controller, "Hi")
     reply = controller.history.messages[-1]
     assert (reply.content, reply.thinking) == ("Hello there.", "The person greets me.")
-    assert _stored(data_dir)[-1] == ("assistant", "Hello there.", "The person greets me.")
+    assert stored_rows(data_dir, "thinking")[-1] == (
+        "assistant",
+        "Hello there.",
+        "The person greets me.",
+    )
     text = window.chat_view.toPlainText()
     assert "▸ Thought for" in text  # collapsed: the note, not the thinking
     assert "person greets" not in text
@@ -65,7 +57,7 @@ def test_thinking_cut_off_at_the_limit_is_kept_and_marked(
     reply = controller.history.messages[-1]
     assert reply.content == ""
     assert reply.thinking == "The person greets "
-    assert _stored(data_dir)[-1] == ("assistant", "", "The person greets ")
+    assert stored_rows(data_dir, "thinking")[-1] == ("assistant", "", "The person greets ")
     assert "Thinking cut off at the token limit" in window.chat_view.toPlainText()
     assert window.chat_view.toPlainText().endswith("→ Continue")
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-import annotated_types
 import pytest
 from PySide6.QtCore import QEvent, Qt
 from PySide6.QtGui import QFocusEvent
@@ -16,6 +15,7 @@ from pytestqt.qtbot import QtBot
 
 from kvchat.app.settings import SAMPLING_FIELDS, EngineSettings
 from kvchat.ui.conversation_panel import SYSTEM_PROMPT, ConversationPanel
+from tests.ui.field_bounds import spin_box_range
 
 DEFAULTS = EngineSettings(system_prompt="Be kind.", temperature=0.7, top_k=40)
 Changes = list[tuple[str, dict[str, object]]]
@@ -156,28 +156,11 @@ def test_use_the_defaults_clears_this_conversations_changes(panel: ConversationP
     assert panel.system_prompt.toPlainText() == "Be brief."
 
 
-def _field_range(name: str) -> tuple[float, float]:
-    info = EngineSettings.model_fields[name]
-    low = high = math.nan
-    for bound in info.metadata:
-        if isinstance(bound, annotated_types.Ge):
-            low = bound.ge
-        elif isinstance(bound, annotated_types.Le):
-            high = bound.le
-        elif isinstance(bound, annotated_types.Gt):
-            low = bound.gt + 0.001  # top_p, shown to three decimals
-        elif isinstance(bound, annotated_types.Lt):
-            high = bound.lt - 1  # seed, a whole number
-    return low, high
-
-
 def test_the_ranges_are_the_settings_fields(panel: ConversationPanel) -> None:
     panel.set_new_conversation(DEFAULTS)
     assert tuple(panel.fields) == SAMPLING_FIELDS
     for name, setting in panel.fields.items():
-        low, high = _field_range(name)
-        if name == "seed":
-            low -= 1  # "random", below the range
+        low, high = spin_box_range(EngineSettings, name)
         assert (setting.box.minimum(), setting.box.maximum()) == pytest.approx((low, high)), name
         description = EngineSettings.model_fields[name].description
         assert description and description in setting.box.toolTip()

@@ -4,17 +4,14 @@ and takes its ranges from the settings' fields."""
 from __future__ import annotations
 
 import dataclasses
-import math
-import typing
 
-import annotated_types
 import pytest
-from pydantic import BaseModel
 from PySide6.QtWidgets import QGroupBox
 from pytestqt.qtbot import QtBot
 
 from kvchat.app.settings import Appearance, EngineSettings
 from kvchat.ui.settings_dialog import AppearanceChoice, Choice, ModelRow, SettingsDialog
+from tests.ui.field_bounds import spin_box_range
 
 SAVED = Choice(
     model_path="/models/a.gguf",
@@ -118,33 +115,16 @@ def test_sampling_and_system_prompt_are_labelled_as_the_defaults(qtbot: QtBot) -
     assert "Appearance" in titles
 
 
-def _bounds(model: type[BaseModel], name: str) -> tuple[float, float]:
-    """The field's range written out from its metadata, exclusive bounds made inclusive
-    at the control's resolution."""
-    info = model.model_fields[name]
-    low = high = math.nan
-    for bound in info.metadata:
-        if isinstance(bound, annotated_types.Ge):
-            low = bound.ge
-        elif isinstance(bound, annotated_types.Le):
-            high = bound.le
-        elif isinstance(bound, annotated_types.Gt):
-            low = bound.gt + 0.001  # top_p, three decimals
-        elif isinstance(bound, annotated_types.Lt):
-            high = bound.lt - 1  # seed, a whole number
-    if type(None) in typing.get_args(info.annotation):
-        low -= 1  # the "random" / "auto" slot below the range
-    return low, high
-
-
 def test_every_spin_box_range_is_its_fields(qtbot: QtBot) -> None:
     dialog = _dialog(qtbot, SAVED)
     for name, setting in dialog.numbers.items():
         box = setting.box
-        assert (box.minimum(), box.maximum()) == pytest.approx(_bounds(EngineSettings, name)), name
+        assert (box.minimum(), box.maximum()) == pytest.approx(
+            spin_box_range(EngineSettings, name)
+        ), name
         assert box.toolTip().startswith(EngineSettings.model_fields[name].description or "?")
     box = dialog.chat_width.box
-    assert (box.minimum(), box.maximum()) == _bounds(Appearance, "chat_width")
+    assert (box.minimum(), box.maximum()) == spin_box_range(Appearance, "chat_width")
     # The exclusive bounds, spelled out: top_p > 0, seed < 2**32.
     assert dialog.numbers["top_p"].box.minimum() == pytest.approx(0.001)
     assert dialog.numbers["seed"].box.maximum() == 2**32 - 1
