@@ -55,12 +55,18 @@ class Fault:
         if point != self.point:
             return
         if self.once_file is not None:
+            if self.once_file.exists():
+                return  # it struck already
             try:
                 # Exclusive creation: of two racing callers, one strikes.
-                self.once_file.open("x").close()
+                self.once_file.with_name(self.once_file.name + ".claimed").open("x").close()
             except OSError:
                 return
         print(f"--- injecting fault: {self.kind} at {point}", flush=True)
+        if self.once_file is not None:
+            # Only now, once the log says so: a test that kills the host when
+            # the file appears would otherwise kill it before the line is written.
+            self.once_file.touch()
         if self.kind == "abort":
             os.abort()
         elif self.kind == "segfault":
