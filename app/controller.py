@@ -760,24 +760,17 @@ class Controller(QObject):
 
     def _show_conversation_settings(self) -> None:
         conversation = self.history.conversation
-        loaded = self.model.name if self.model is not None else ""
-        if conversation is None:
+        model_name: str | None = None  # no conversation yet: the next one's
+        if conversation is not None:
+            system, model_name = conversation.system_prompt, conversation.model_name
+        elif self._new_system_prompt is not None:
             system = self._new_system_prompt
-            self.window.show_conversation_settings(
-                self.settings.system_prompt if system is None else system,
-                self._new_overrides,
-                self.settings,
-                "",
-                loaded,
-            )
         else:
-            self.window.show_conversation_settings(
-                conversation.system_prompt,
-                self._overrides(),
-                self.settings,
-                conversation.model_name,
-                loaded,
-            )
+            system = self.settings.system_prompt
+        loaded = self.model.name if self.model is not None else ""
+        self.window.show_conversation_settings(
+            system, self._overrides(), self.settings, model_name, loaded
+        )
 
     def load_conversation_model(self) -> None:
         """Loads the model the conversation on screen was held with."""

@@ -105,7 +105,7 @@ class History(QObject):
         self.tree = ConversationTree()
         self.messages: list[Message] = []
         self._reply_key: str | None = None
-        self._reply_saved = ""
+        self._reply_saved = ("", "")  # the reply's answer and thinking as last written
         self._checkpoint = QTimer(self)
         self._checkpoint.setInterval(CHECKPOINT_MS)
         self._checkpoint.timeout.connect(self._save_reply)
@@ -263,7 +263,7 @@ class History(QObject):
         self.tree.put(message)
         self.messages.append(message)
         self._reply_key = message.key
-        self._reply_saved = ""
+        self._reply_saved = ("", "")
         if self.conversation is not None:
             self.saver.submit(*self._show_leaf(message.key))
         self._checkpoint.start()
@@ -274,7 +274,7 @@ class History(QObject):
         last = replace(self.messages[-1], state="streaming", updated_at=time.time())
         self._update(last)
         self._reply_key = last.key
-        self._reply_saved = last.content + last.thinking
+        self._reply_saved = (last.content, last.thinking)
         self._checkpoint.start()
         return last
 
@@ -296,11 +296,11 @@ class History(QObject):
         reply = self.reply
         if reply is None or reply.state != "streaming":
             return
-        if reply.content + reply.thinking == self._reply_saved:
+        if (reply.content, reply.thinking) == self._reply_saved:
             return
         reply = replace(reply, updated_at=time.time())
         self._update(reply)
-        self._reply_saved = reply.content + reply.thinking
+        self._reply_saved = (reply.content, reply.thinking)
         self.saver.submit(PutMessage(reply), durable=False)
 
     def finish_reply(

@@ -711,11 +711,12 @@ class MainWindow(QMainWindow):
         system_prompt: str,
         overrides: dict[str, object],
         defaults: BaseModel,
-        model_name: str,
+        model_name: str | None,
         loaded_model_name: str,
     ) -> None:
-        """This conversation's own settings (a new one's: `model_name` "")."""
-        if model_name:
+        """This conversation's own settings; `model_name` None before a
+        conversation exists (what is set then goes to the next one)."""
+        if model_name is not None:
             self.conversation_panel.show_conversation(
                 system_prompt, overrides, defaults, model_name, loaded_model_name
             )
