@@ -19,7 +19,7 @@ setup: $(STAMP)
 
 # The package folders are prerequisites too: a module added or removed changes
 # the folder, and the strict editable install below links files one by one.
-$(STAMP): pyproject.toml app engine ui resources
+$(STAMP): pyproject.toml app engine ui resources $(filter-out %/__pycache__/,$(wildcard app/*/ engine/*/))
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 		{ echo "kvchat needs Python 3.11 or newer; set PYTHON=python3.12 or similar"; exit 1; }
 	$(PYTHON) -m venv $(VENV)

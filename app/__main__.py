@@ -1,6 +1,6 @@
 import sys
 
-from kvchat.app.main import main
+from kvchat.app.cli.main import main
 
 # Guarded: the engine host is started with multiprocessing's spawn, which
 # imports this module again in the child under another name.

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench.py [--model PATH] [--runs 5] [--tokens 200]
         [--json FILE] [--chart FILE] [--quick]
 
-app/bench.py says what it measures and how.
+app/bench/measure.py says what it measures and how.
 """
 
 import sys
@@ -12,6 +12,6 @@ import sys
 # multiprocessing's spawn, which runs this module's top level again in the
 # child, and the host should not carry Qt.
 if __name__ == "__main__":
-    from kvchat.app.main import main
+    from kvchat.app.cli.main import main
 
     sys.exit(main(["bench", *sys.argv[1:]]))

@@ -68,7 +68,7 @@ def _percentile(values: Sequence[float], fraction: float) -> float:
 
 def _fill(data_dir: Path, count: int) -> None:
     """Writes a conversation of `count` messages straight into the store."""
-    from kvchat.app.store import Conversation, Message, PutConversation, PutMessage, open_store
+    from kvchat.app.core.store import Conversation, Message, PutConversation, PutMessage, open_store
 
     store = open_store(data_dir).store
     now = time.time()
@@ -123,7 +123,7 @@ def main() -> int:
     from PySide6.QtCore import QEventLoop, Qt, QTimer
     from PySide6.QtWidgets import QApplication
 
-    from kvchat.app.settings import EngineSettings
+    from kvchat.app.core.settings import EngineSettings
     from tests.scripted_engine import ScriptedEngine, build_scripted_window
 
     app = QApplication(sys.argv[:1])

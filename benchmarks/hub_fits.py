@@ -26,9 +26,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from kvchat.app.core.settings import EngineSettings
 from kvchat.app.hub.catalog import Hub, ModelFile
 from kvchat.app.hub.header import estimate_remote
-from kvchat.app.settings import EngineSettings
 from kvchat.engine.estimate import estimate
 from tests.hub_fixture import BUNDLED_NAME, serve_hub
 

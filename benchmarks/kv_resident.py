@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 import llama_cpp
 
-from kvchat.engine import vocab
+from kvchat.engine.llama import vocab
 from kvchat.engine.models import bundled_model_path
 
 NOTES = (

@@ -29,9 +29,9 @@ import time
 from pathlib import Path
 
 from kvchat.engine.gguf_file import read_gguf
+from kvchat.engine.llama.runner import LlamaLog, ModelRunner
 from kvchat.engine.models import bundled_model_path
 from kvchat.engine.protocol import ChatMessage, LoadConfig, Sampling
-from kvchat.engine.runner import LlamaLog, ModelRunner
 
 SAMPLING = Sampling(temperature=0.0, max_tokens=8, repeat_penalty=1.0)
 NOTES = (

@@ -50,8 +50,8 @@ def main() -> int:
 
     from PySide6.QtWidgets import QApplication
 
-    from kvchat.app.gui import build_window
-    from kvchat.app.settings import EngineSettings
+    from kvchat.app.core.settings import EngineSettings
+    from kvchat.app.presenters.gui import build_window
 
     app = QApplication(sys.argv[:1])
     settings = EngineSettings(temperature=0.0, repeat_penalty=1.0, max_tokens=args.tokens)

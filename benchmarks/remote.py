@@ -49,7 +49,7 @@ def _start_server(kvchat: bool, port: int, folder: Path) -> subprocess.Popen[byt
 
     model = str(bundled_model_path())
     if kvchat:
-        command = [sys.executable, "-P", "-m", "kvchat.app.main", "serve", "--model", model]
+        command = [sys.executable, "-P", "-m", "kvchat.app.cli.main", "serve", "--model", model]
         command += ["--port", str(port), "--data-dir", str(folder), "--ctx", "2048"]
     else:
         command = [sys.executable, "-P", "-m", "llama_cpp.server", "--model", model]
@@ -102,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from PySide6.QtWidgets import QApplication
 
-    from kvchat.app.gui import build_window
-    from kvchat.app.settings import EngineSettings
+    from kvchat.app.core.settings import EngineSettings
+    from kvchat.app.presenters.gui import build_window
     from kvchat.engine.protocol import (
         Cancel,
         Chat,

@@ -34,8 +34,8 @@ import psutil
 
 from kvchat.app.api.background import BackgroundServer
 from kvchat.app.api.server import ServeOptions, create_app, model_id
-from kvchat.app.bench import DECODE_PROMPT, DirectProcess, Spread
-from kvchat.app.paths import engine_log_path, resolve_data_dir
+from kvchat.app.bench.measure import DECODE_PROMPT, DirectProcess, Spread
+from kvchat.app.core.paths import engine_log_path, resolve_data_dir
 from kvchat.engine.link import LocalEngine
 from kvchat.engine.models import bundled_model_path
 from kvchat.engine.protocol import ChatMessage, LoadConfig, MemorySample

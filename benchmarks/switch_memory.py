@@ -32,8 +32,8 @@ def main() -> int:
     from PySide6.QtCore import QEventLoop, QTimer
     from PySide6.QtWidgets import QApplication
 
-    from kvchat.app.gui import build_window
-    from kvchat.app.settings import EngineSettings
+    from kvchat.app.core.settings import EngineSettings
+    from kvchat.app.presenters.gui import build_window
     from kvchat.engine.models import bundled_model_path
 
     def wait(signal: object) -> tuple[object, ...]:

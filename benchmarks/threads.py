@@ -5,7 +5,7 @@ from the vendored llama.cpp by `make llama-bench`) decodes on the bundled
 model at each thread count, with OpenMP's default wait policy (spin for a
 while at each barrier, then sleep), with OMP_WAIT_POLICY=PASSIVE (sleep at
 once) and ACTIVE (spin only), on an idle machine and beside one burner
-(`kvchat.app.bench_busy.Burner`: another process busy on one core). The
+(`kvchat.app.bench.busy.Burner`: another process busy on one core). The
 configurations alternate within each run; medians and ranges over runs.
 
     .venv/bin/python benchmarks/threads.py [--runs 5] [--tokens 64]
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import psutil
 
-from kvchat.app.bench_busy import Burner
+from kvchat.app.bench.busy import Burner
 from kvchat.engine.models import bundled_model_path
 
 LLAMA_BENCH = Path("build/llama.cpp/bin/llama-bench")

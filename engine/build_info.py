@@ -85,7 +85,7 @@ def probe_engine_build(timeout_s: float = PROBE_TIMEOUT_S) -> EngineBuild:
         result = Path(folder) / "build.json"
         try:
             finished = subprocess.run(
-                python_command("kvchat.engine.build_probe", str(result)),
+                python_command("kvchat.engine.llama.build_probe", str(result)),
                 capture_output=True,
                 text=True,
                 timeout=timeout_s,

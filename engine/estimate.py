@@ -1,7 +1,7 @@
 """What a load will cost, per device, before the model is loaded.
 
 The figures come from llama.cpp itself rather than from a formula that
-drifts with each release: a short-lived child process (`kvchat.engine.dry_run`)
+drifts with each release: a short-lived child process (`kvchat.engine.llama.dry_run`)
 loads the model with `no_alloc` and creates the context, exactly as
 llama.cpp's own memory-fit code does. That takes a fraction of a second,
 allocates nothing, and logs the KV caches and compute buffers the real load
@@ -546,7 +546,7 @@ def estimate(
     with tempfile.TemporaryDirectory(prefix="kvchat-estimate-") as folder:
         result_path = Path(folder) / "result.json"
         # The answer goes to a file: llama.cpp's native code may print to stdout.
-        command = python_command("kvchat.engine.dry_run", str(result_path))
+        command = python_command("kvchat.engine.llama.dry_run", str(result_path))
         try:
             finished = subprocess.run(
                 command,

@@ -47,7 +47,7 @@ from kvchat.engine.protocol import (
 )
 
 if TYPE_CHECKING:
-    from kvchat.engine.runner import LlamaLog, ModelRunner
+    from kvchat.engine.llama.runner import LlamaLog, ModelRunner
 
 # Text deltas are coalesced so that a fast GPU does not flood the pipe and the
 # GUI's event loop with one message per token; 10 ms is below what an eye sees.
@@ -124,8 +124,8 @@ class _Host:
             self.inbox.shutting_down = True
 
     def send_memory_sample(self) -> None:
-        from kvchat.engine.devices import probe_devices
-        from kvchat.engine.runner import gpu_offload_supported
+        from kvchat.engine.llama.devices import probe_devices
+        from kvchat.engine.llama.runner import gpu_offload_supported
 
         runner = self._runner
         if runner is None:
@@ -191,7 +191,7 @@ class _Host:
 
     def _load(self, command: LoadModel) -> None:
         from kvchat.engine.gguf_file import ModelFileError, read_model
-        from kvchat.engine.runner import Error, ModelRunner
+        from kvchat.engine.llama.runner import Error, ModelRunner
 
         path = command.config.model_path
         try:
@@ -226,7 +226,7 @@ class _Host:
         self.send_memory_sample()
 
     def _chat(self, command: Chat | Complete) -> None:
-        from kvchat.engine.runner import ChatError, Error
+        from kvchat.engine.llama.runner import ChatError, Error
 
         request_id = command.request_id
         runner = self._runner
@@ -348,8 +348,8 @@ def main(connection: Connection, log_path: str, fault: faults.Fault | None = Non
     # why scrolls out of the log tail the person is shown.
     os.environ.setdefault("GGML_NO_BACKTRACE", "1")
 
-    from kvchat.engine.build_probe import engine_build
-    from kvchat.engine.runner import LlamaLog, gpu_offload_supported, llama_cpp_version
+    from kvchat.engine.llama.build_probe import engine_build
+    from kvchat.engine.llama.runner import LlamaLog, gpu_offload_supported, llama_cpp_version
 
     host = _Host(connection, LlamaLog(), fault)
     reader = threading.Thread(

@@ -99,7 +99,7 @@ def no_engine_left_running() -> Iterator[None]:
     gc.collect()
     leftovers = [f"engine host pid {p.pid}" for p in _engine_processes()]
     try:
-        from kvchat.app.engine_client import live_readers
+        from kvchat.app.presenters.engine_client import live_readers
     except ImportError:  # pragma: no cover - Qt missing
         live_readers = set()  # type: ignore[assignment]
     leftovers += [f"QThread {t.objectName()}" for t in list(live_readers) if t.isRunning()]

@@ -31,7 +31,7 @@ def main(data_dir: Path, run: int) -> int:
     from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication
 
-    from kvchat.app.settings import EngineSettings
+    from kvchat.app.core.settings import EngineSettings
     from tests.scripted_engine import ScriptedEngine, build_scripted_window
 
     app = QApplication(sys.argv[:1])

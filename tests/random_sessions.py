@@ -34,8 +34,8 @@ from pathlib import Path
 from PySide6.QtCore import Qt
 from pytestqt.qtbot import QtBot
 
-from kvchat.app.controller import Controller
-from kvchat.app.store import DB_NAME
+from kvchat.app.core.store import DB_NAME
+from kvchat.app.presenters.controller import Controller
 from kvchat.engine.protocol import ChatMessage, Sampling
 from kvchat.ui.main_window import MainWindow
 

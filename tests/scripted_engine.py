@@ -34,14 +34,14 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject, QThread, QTimer, Signal
 
-from kvchat.app.controller import Controller
-from kvchat.app.help_flow import HelpFlow
-from kvchat.app.history import History
-from kvchat.app.instance_lock import InstanceLock
-from kvchat.app.paths import engine_log_path, rescue_folders
-from kvchat.app.saving import SaveQueue
-from kvchat.app.settings import EngineSettings
-from kvchat.app.store import open_store
+from kvchat.app.core.paths import engine_log_path, rescue_folders
+from kvchat.app.core.settings import EngineSettings
+from kvchat.app.core.store import open_store
+from kvchat.app.presenters.controller import Controller
+from kvchat.app.presenters.help_flow import HelpFlow
+from kvchat.app.presenters.history import History
+from kvchat.app.presenters.instance_lock import InstanceLock
+from kvchat.app.presenters.saving import SaveQueue
 from kvchat.engine.protocol import (
     ChatMessage,
     LoadConfig,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from kvchat.app.store import DB_NAME
+from kvchat.app.core.store import DB_NAME
 
 
 def stored_rows(data_dir: Path, last: str = "state") -> list[tuple[str, str, str]]:

@@ -17,8 +17,8 @@ import pytest
 from PySide6.QtCore import Qt
 from pytestqt.qtbot import QtBot
 
-from kvchat.app.gui import build_window
-from kvchat.app.settings import EngineSettings
+from kvchat.app.core.settings import EngineSettings
+from kvchat.app.presenters.gui import build_window
 from tests.app.test_input_text import HOSTILE
 from tests.random_sessions import Session
 from tests.stored import stored_rows

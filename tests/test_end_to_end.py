@@ -11,10 +11,10 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QAction
 from pytestqt.qtbot import QtBot
 
-from kvchat.app.controller import Controller
-from kvchat.app.formatting import format_stats
-from kvchat.app.gui import build_window
-from kvchat.app.settings import EngineSettings
+from kvchat.app.core.formatting import format_stats
+from kvchat.app.core.settings import EngineSettings
+from kvchat.app.presenters.controller import Controller
+from kvchat.app.presenters.gui import build_window
 from kvchat.engine.protocol import ModelInfo, TurnStats
 from kvchat.ui.main_window import MainWindow
 

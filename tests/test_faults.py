@@ -14,11 +14,11 @@ import pytest
 from PySide6.QtCore import Qt, QTimer
 from pytestqt.qtbot import QtBot
 
-from kvchat.app.controller import Controller
-from kvchat.app.gui import build_window
-from kvchat.app.load_marker import LoadMarker
-from kvchat.app.settings import EngineSettings
-from kvchat.app.store import open_store
+from kvchat.app.core.load_marker import LoadMarker
+from kvchat.app.core.settings import EngineSettings
+from kvchat.app.core.store import open_store
+from kvchat.app.presenters.controller import Controller
+from kvchat.app.presenters.gui import build_window
 from kvchat.engine import faults
 from kvchat.engine.faults import POINTS, Fault, Kind, Point
 from kvchat.ui.main_window import MainWindow

@@ -14,11 +14,11 @@ from PySide6.QtCore import QUrl
 from PySide6.QtGui import QGuiApplication
 from pytestqt.qtbot import QtBot
 
-from kvchat.app.about import NOT_REPORTED, llama_cpp_text
-from kvchat.app.gui import build_window
-from kvchat.app.help_flow import DIAGNOSTICS_COPIED
-from kvchat.app.paths import engine_log_path
-from kvchat.app.settings import EngineSettings
+from kvchat.app.core.paths import engine_log_path
+from kvchat.app.core.settings import EngineSettings
+from kvchat.app.presenters.about import NOT_REPORTED, llama_cpp_text
+from kvchat.app.presenters.gui import build_window
+from kvchat.app.presenters.help_flow import DIAGNOSTICS_COPIED
 from kvchat.engine.build_info import probe_engine_build
 from kvchat.engine.protocol import HostStarted, TurnStats
 from tests.desktop_urls import Opened, urls_kept

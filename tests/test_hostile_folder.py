@@ -18,14 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from kvchat.app.gui import EXIT_WHEN_READY_ENV
+from kvchat.app.presenters.gui import EXIT_WHEN_READY_ENV
 
 pytestmark = pytest.mark.model
 
 TRAPS = (
     "engine/__init__.py",
-    "engine/dry_run.py",
-    "engine/bench_direct.py",
+    "engine/llama/dry_run.py",
+    "engine/llama/bench_direct.py",
     "app/__init__.py",
     "app/__main__.py",
     "ui/__init__.py",

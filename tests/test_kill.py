@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from kvchat.app.store import DB_NAME, open_store
+from kvchat.app.core.store import DB_NAME, open_store
 from tests.kill_child import LONG_REPLY
 
 KILLS = 20

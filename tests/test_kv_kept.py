@@ -7,9 +7,9 @@ from pathlib import Path
 
 from pytestqt.qtbot import QtBot
 
-from kvchat.app.controller import Controller
-from kvchat.app.gui import build_window
-from kvchat.app.settings import EngineSettings
+from kvchat.app.core.settings import EngineSettings
+from kvchat.app.presenters.controller import Controller
+from kvchat.app.presenters.gui import build_window
 from kvchat.engine.protocol import TurnStats
 from kvchat.ui.main_window import MainWindow
 

@@ -20,9 +20,9 @@ from pytestqt.qtbot import QtBot
 
 from kvchat.app.api.background import BackgroundServer
 from kvchat.app.api.server import ServeOptions, create_app
-from kvchat.app.gui import build_window
-from kvchat.app.settings import EngineSettings
-from kvchat.app.settings_flow import SettingsFlow
+from kvchat.app.core.settings import EngineSettings
+from kvchat.app.presenters.gui import build_window
+from kvchat.app.presenters.settings_flow import SettingsFlow
 from kvchat.engine.link import LocalEngine
 from kvchat.engine.protocol import (
     Cancel,
@@ -338,7 +338,7 @@ def test_the_window_chats_with_a_remote_model_and_shows_its_servers_figures(
 
 
 def _kvchat(*arguments: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-P", "-m", "kvchat.app.main", "--data-dir", str(data_dir)]
+    command = [sys.executable, "-P", "-m", "kvchat.app.cli.main", "--data-dir", str(data_dir)]
     return subprocess.run(
         [*command, *arguments], capture_output=True, text=True, timeout=120, check=False
     )

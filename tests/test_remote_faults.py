@@ -15,8 +15,8 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response, Streamin
 from pytestqt.qtbot import QtBot
 
 from kvchat.app.api.background import BackgroundServer
-from kvchat.app.gui import build_window
-from kvchat.app.settings import EngineSettings
+from kvchat.app.core.settings import EngineSettings
+from kvchat.app.presenters.gui import build_window
 from kvchat.engine.protocol import (
     Chat,
     ChatFailed,

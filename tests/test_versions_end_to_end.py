@@ -8,9 +8,9 @@ from pathlib import Path
 
 from pytestqt.qtbot import QtBot
 
-from kvchat.app.controller import Controller
-from kvchat.app.gui import build_window
-from kvchat.app.settings import EngineSettings
+from kvchat.app.core.settings import EngineSettings
+from kvchat.app.presenters.controller import Controller
+from kvchat.app.presenters.gui import build_window
 from kvchat.engine.protocol import TurnStats
 from tests.model_factory import TINY_THINKING, ModelFactory, model_factory  # noqa: F401
 from tests.test_kv_kept import WAIT_MS, _close, _open, _send

@@ -10,11 +10,11 @@ import openai
 import pytest
 from pytestqt.qtbot import QtBot
 
-from kvchat.app.api_service import attach_serving
-from kvchat.app.gui import build_window
-from kvchat.app.settings import EngineSettings, Settings
-from kvchat.app.settings_file import read_settings, settings_path
-from kvchat.app.settings_flow import SettingsFlow
+from kvchat.app.core.settings import EngineSettings, Settings
+from kvchat.app.core.settings_file import read_settings, settings_path
+from kvchat.app.presenters.api_service import attach_serving
+from kvchat.app.presenters.gui import build_window
+from kvchat.app.presenters.settings_flow import SettingsFlow
 from kvchat.engine.protocol import TurnStats
 
 WAIT_MS = 60_000

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kvchat.app.cli_estimate import format_bytes
+from kvchat.app.core.formatting import format_bytes
 from kvchat.engine.estimate import Estimate
 
 

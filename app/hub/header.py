@@ -22,8 +22,8 @@ from pathlib import Path
 import httpx
 from huggingface_hub import get_token, hf_hub_url
 
+from kvchat.app.core.settings import EngineSettings
 from kvchat.app.hub.catalog import Hub, HubError, HubFile, ModelFile, RefusedError
-from kvchat.app.settings import EngineSettings
 from kvchat.engine.estimate import Error as EstimateError
 from kvchat.engine.estimate import Estimate, estimate
 from kvchat.engine.gguf_file import HeaderIncompleteError, ModelFileError, read_gguf

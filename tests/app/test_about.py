@@ -9,7 +9,7 @@ import time
 from dataclasses import replace
 from importlib import metadata
 
-from kvchat.app.about import (
+from kvchat.app.presenters.about import (
     NOT_REPORTED,
     backends_text,
     features_text,

@@ -19,10 +19,10 @@ from PySide6.QtGui import QImage
 from PySide6.QtWidgets import QApplication
 from pytestqt.qtbot import QtBot
 
-from kvchat.app import bench
-from kvchat.app.bench_busy import Burner, recovery_tokens
-from kvchat.app.bench_chart import HEIGHT, WIDTH
-from kvchat.app.main import main
+from kvchat.app.bench import measure as bench
+from kvchat.app.bench.busy import Burner, recovery_tokens
+from kvchat.app.bench.chart import HEIGHT, WIDTH
+from kvchat.app.cli.main import main
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

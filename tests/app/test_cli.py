@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from kvchat.app.cli_chat import DIM, UNDIM, ThinkingOutput
-from kvchat.app.main import main
+from kvchat.app.cli.chat import DIM, UNDIM, ThinkingOutput
+from kvchat.app.cli.main import main
 from tests.model_factory import TINY_THINKING, ModelFactory, model_factory
 
 __all__ = ["model_factory"]  # a fixture, imported so that pytest finds it
@@ -124,7 +124,7 @@ def test_bad_arguments_get_a_clear_message(
 
 def test_gui_process_never_imports_llama_cpp() -> None:
     code = (
-        "import sys, kvchat.app.gui, kvchat.app.cli_chat, kvchat.engine.client; "
+        "import sys, kvchat.app.presenters.gui, kvchat.app.cli.chat, kvchat.engine.client; "
         "sys.exit('llama_cpp' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from kvchat.app.main import main
+from kvchat.app.cli.main import main
 from tests.model_factory import LLAMA_GQA, ModelFactory, model_factory
 
 __all__ = ["model_factory"]  # a fixture, imported so that pytest finds it
@@ -151,7 +151,7 @@ def test_unknown_kv_type_is_refused_by_name(
 
 def test_the_window_side_never_imports_llama_cpp() -> None:
     code = (
-        "import sys, kvchat.app.cli_estimate, kvchat.engine.estimate, kvchat.engine.load_params; "
+        "import sys, kvchat.app.cli.estimate, kvchat.engine.estimate, kvchat.engine.load_params; "
         "sys.exit('llama_cpp' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0

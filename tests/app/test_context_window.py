@@ -1,4 +1,4 @@
-from kvchat.app.context_window import (
+from kvchat.app.core.context_window import (
     FIRST_TOKENS_PER_BYTE,
     MESSAGE_OVERHEAD,
     estimate_tokens,

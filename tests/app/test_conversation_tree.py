@@ -6,8 +6,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from kvchat.app.conversation_tree import ConversationTree
-from kvchat.app.store import (
+from kvchat.app.core.conversation_tree import ConversationTree
+from kvchat.app.core.store import (
     DB_NAME,
     SCHEMA_VERSION,
     Conversation,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pytestqt.qtbot import QtBot
 
-from kvchat.app.engine_client import EngineClient
+from kvchat.app.presenters.engine_client import EngineClient
 from kvchat.engine.protocol import ChatMessage, LoadConfig, Sampling
 from tests.model_factory import TINY_THINKING, ModelFactory, model_factory
 

@@ -4,7 +4,7 @@ once, after what waits for the paint itself, and never for a closed window."""
 from PySide6.QtWidgets import QApplication
 from pytestqt.qtbot import QtBot
 
-from kvchat.app.gui import after_first_paint
+from kvchat.app.presenters.gui import after_first_paint
 from kvchat.ui.main_window import MainWindow
 
 

@@ -13,9 +13,9 @@ from PySide6.QtCore import QUrl
 from PySide6.QtWidgets import QMessageBox
 from pytestqt.qtbot import QtBot
 
-from kvchat.app.about import NOT_REPORTED
-from kvchat.app.controller import Controller
-from kvchat.app.paths import engine_log_path
+from kvchat.app.core.paths import engine_log_path
+from kvchat.app.presenters.about import NOT_REPORTED
+from kvchat.app.presenters.controller import Controller
 from kvchat.ui.main_window import MainWindow
 from tests.desktop_urls import Opened, urls_kept
 from tests.scripted_engine import ScriptedEngine, build_scripted_window

@@ -11,12 +11,12 @@ import pytest
 from PySide6.QtCore import Qt
 from pytestqt.qtbot import QtBot
 
-import kvchat.app.saving
-from kvchat.app.controller import Controller
-from kvchat.app.instance_lock import AlreadyRunningError
-from kvchat.app.settings import EngineSettings
-from kvchat.app.settings_flow import SettingsFlow
-from kvchat.app.store import DB_NAME
+import kvchat.app.presenters.saving
+from kvchat.app.core.settings import EngineSettings
+from kvchat.app.core.store import DB_NAME
+from kvchat.app.presenters.controller import Controller
+from kvchat.app.presenters.instance_lock import AlreadyRunningError
+from kvchat.app.presenters.settings_flow import SettingsFlow
 from kvchat.engine.protocol import ChatMessage
 from kvchat.ui.main_window import MainWindow
 from tests.read_only import read_only
@@ -435,7 +435,7 @@ def test_export_as_markdown_and_json(qtbot: QtBot, scripted: App, tmp_path: Path
 def test_a_full_disk_keeps_the_text_says_so_and_saves_it_later(
     qtbot: QtBot, scripted: App, data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(kvchat.app.saving, "RETRY_MS", 50)
+    monkeypatch.setattr(kvchat.app.presenters.saving, "RETRY_MS", 50)
     window, controller, _engine = scripted.open()
     _send(qtbot, controller, "before")
     store = controller.history.saver.store

@@ -23,6 +23,7 @@ from typing import ClassVar
 
 import pytest
 
+from kvchat.app.core.settings import EngineSettings
 from kvchat.app.hub.catalog import Hub, HubError, HubFile, group_files, quantization_of
 from kvchat.app.hub.download import (
     CancelledError,
@@ -33,7 +34,6 @@ from kvchat.app.hub.download import (
 )
 from kvchat.app.hub.fits import fits_answer
 from kvchat.app.hub.header import estimate_remote
-from kvchat.app.settings import EngineSettings
 from kvchat.engine.estimate import Estimate, estimate
 from tests.hub_fixture import BUNDLED_NAME
 from tests.hub_fixture import Hub as ServedHub

@@ -22,8 +22,8 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QGuiApplication
 from pytestqt.qtbot import QtBot
 
-from kvchat.app.controller import Controller
-from kvchat.app.store import DB_NAME, storable
+from kvchat.app.core.store import DB_NAME, storable
+from kvchat.app.presenters.controller import Controller
 from kvchat.engine.protocol import ChatMessage
 from kvchat.ui.chat_view import DRAWN_CHARACTERS
 from kvchat.ui.main_window import MainWindow

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kvchat.app.load_marker import FILE_NAME, LoadMarker
+from kvchat.app.core.load_marker import FILE_NAME, LoadMarker
 
 
 def test_a_load_is_marked_until_it_finishes(tmp_path: Path) -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from pytestqt.qtbot import QtBot
 
-from kvchat.app.engine_client import EngineClient
-from kvchat.app.memory_monitor import MemoryMonitor
+from kvchat.app.presenters.engine_client import EngineClient
+from kvchat.app.presenters.memory_monitor import MemoryMonitor
 from kvchat.engine.protocol import (
     DeviceBuffers,
     DeviceSample,

@@ -13,10 +13,10 @@ import pytest
 from PySide6.QtWidgets import QDoubleSpinBox, QSpinBox
 from pytestqt.qtbot import QtBot
 
-from kvchat.app.main import main
-from kvchat.app.settings import EngineSettings
-from kvchat.app.settings_file import read_settings
-from kvchat.app.settings_flow import choice_of, dialog_for, engine_settings
+from kvchat.app.cli.main import main
+from kvchat.app.core.settings import EngineSettings
+from kvchat.app.core.settings_file import read_settings
+from kvchat.app.presenters.settings_flow import choice_of, dialog_for, engine_settings
 
 MAX_SEED = 2**32 - 1
 

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from kvchat.app.paths import engine_log_path, resolve_data_dir
+from kvchat.app.core.paths import engine_log_path, resolve_data_dir
 
 
 def test_command_line_wins_over_environment(

@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 from pytestqt.qtbot import QtBot
 
-from kvchat.app.saving import SaveQueue
-from kvchat.app.store import (
+from kvchat.app.core.store import (
     Conversation,
     Message,
     PutConversation,
     PutMessage,
     open_store,
 )
+from kvchat.app.presenters.saving import SaveQueue
 from tests.read_only import read_only
 
 

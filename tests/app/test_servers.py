@@ -16,7 +16,7 @@ from keyring.backends import fail, null
 from keyring.errors import KeyringError, PasswordDeleteError
 from pytestqt.qtbot import QtBot
 
-from kvchat.app.servers import (
+from kvchat.app.core.servers import (
     KEYRING_SERVICE,
     KEYS_FILE,
     SERVERS_FILE,
@@ -32,7 +32,7 @@ from kvchat.app.servers import (
     usable_backend,
     write_servers,
 )
-from kvchat.app.servers_flow import ServersFlow, describe_identity
+from kvchat.app.presenters.servers_flow import ServersFlow, describe_identity
 from kvchat.engine.remote_servers import Identity, RemoteModel
 from kvchat.ui.servers_dialog import ServersDialog
 

@@ -8,7 +8,7 @@ import math
 import pytest
 from pydantic import ValidationError
 
-from kvchat.app.settings import (
+from kvchat.app.core.settings import (
     SAMPLING_FIELDS,
     Appearance,
     EngineSettings,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from kvchat.app.settings import Appearance, EngineSettings, Settings
-from kvchat.app.settings_file import NewerSettingsError, read_settings, write_settings
+from kvchat.app.core.settings import Appearance, EngineSettings, Settings
+from kvchat.app.core.settings_file import NewerSettingsError, read_settings, write_settings
 
 
 def _backups(path: Path) -> list[Path]:

@@ -12,11 +12,11 @@ from PySide6.QtGui import QPalette
 from PySide6.QtWidgets import QApplication, QFileDialog
 from pytestqt.qtbot import QtBot
 
-from kvchat.app.controller import Controller
-from kvchat.app.gui import build_window
-from kvchat.app.settings import Appearance, EngineSettings, Settings
-from kvchat.app.settings_file import read_settings, settings_path, write_settings
-from kvchat.app.settings_flow import SettingsFlow, appearance_of, choice_of
+from kvchat.app.core.settings import Appearance, EngineSettings, Settings
+from kvchat.app.core.settings_file import read_settings, settings_path, write_settings
+from kvchat.app.presenters.controller import Controller
+from kvchat.app.presenters.gui import build_window
+from kvchat.app.presenters.settings_flow import SettingsFlow, appearance_of, choice_of
 from kvchat.ui.main_window import MainWindow
 from kvchat.ui.settings_dialog import AppearanceChoice, SettingsDialog
 from kvchat.ui.theme import apply_scheme

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from kvchat.app.instance_lock import AlreadyRunningError, InstanceLock
-from kvchat.app.store import (
+from kvchat.app.core.store import (
     DB_NAME,
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -28,6 +27,7 @@ from kvchat.app.store import (
     migrate,
     open_store,
 )
+from kvchat.app.presenters.instance_lock import AlreadyRunningError, InstanceLock
 from tests.read_only import read_only
 
 
@@ -311,7 +311,7 @@ def lock_holder(store_dir: Path) -> Iterator[subprocess.Popen[str]]:
         f"""
         import sys
         from pathlib import Path
-        from kvchat.app.instance_lock import InstanceLock
+        from kvchat.app.presenters.instance_lock import InstanceLock
         lock = InstanceLock(Path({str(store_dir)!r}))
         lock.acquire()
         print("locked", flush=True)
@@ -342,7 +342,7 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(store_dir: Path) -> None:
         f"""
         import os, signal
         from pathlib import Path
-        from kvchat.app.instance_lock import InstanceLock
+        from kvchat.app.presenters.instance_lock import InstanceLock
         lock = InstanceLock(Path({str(store_dir)!r}))
         lock.acquire()
         os.kill(os.getpid(), signal.SIGKILL)

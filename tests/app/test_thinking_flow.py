@@ -8,8 +8,8 @@ from pathlib import Path
 
 from pytestqt.qtbot import QtBot
 
-from kvchat.app.history import stats_of
-from kvchat.app.settings import EngineSettings
+from kvchat.app.core.settings import EngineSettings
+from kvchat.app.presenters.history import stats_of
 from tests.app.test_history_flow import App, _send, scripted  # noqa: F401
 from tests.stored import stored_rows
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pytestqt.qtbot import QtBot
 
-from kvchat.app.settings import EngineSettings
+from kvchat.app.core.settings import EngineSettings
 from tests.app.test_history_flow import App, _send, numbered, scripted  # noqa: F401
 from tests.stored import stored_rows
 

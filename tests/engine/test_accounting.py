@@ -10,8 +10,8 @@ import pytest
 
 from kvchat.engine.buffer_report import MIB, parse_buffer_report
 from kvchat.engine.gguf_file import read_gguf
+from kvchat.engine.llama.runner import LlamaLog, ModelRunner
 from kvchat.engine.protocol import ChatMessage, LoadConfig, Sampling
-from kvchat.engine.runner import LlamaLog, ModelRunner
 
 # llama.cpp serialises each cell of a sequence with its position, its
 # sequence count and one sequence id (4 bytes each) besides the K and V rows.

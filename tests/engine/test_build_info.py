@@ -12,7 +12,7 @@ from kvchat.engine.build_info import (
     build_to_json,
     probe_engine_build,
 )
-from kvchat.engine.build_probe import engine_build
+from kvchat.engine.llama.build_probe import engine_build
 
 
 def test_the_child_reports_what_the_library_says() -> None:

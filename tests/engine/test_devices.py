@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import psutil
 
-from kvchat.engine.devices import NvmlDevice, RawDevice, ggml_devices, probe_devices
+from kvchat.engine.llama.devices import NvmlDevice, RawDevice, ggml_devices, probe_devices
 
 H100 = RawDevice("CUDA0", "NVIDIA H100 80GB HBM3", 1, 85_030_830_080, 84_480_000_000)
 CPU = RawDevice("CPU", "AMD EPYC", 0, 0, 0)

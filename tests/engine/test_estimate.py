@@ -23,10 +23,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from kvchat.engine import devices as devices_module
 from kvchat.engine.buffer_report import MIB, parse_buffer_report
-from kvchat.engine.devices import NvmlDevice, RawDevice
-from kvchat.engine.dry_run import LogCapture, cpu_features, run
 from kvchat.engine.estimate import (
     CannotEstimateError,
     DeviceUse,
@@ -41,9 +38,12 @@ from kvchat.engine.estimate import (
     read_dry_run_log,
 )
 from kvchat.engine.gguf_file import GgufInfo, ModelFileError, read_gguf
+from kvchat.engine.llama import devices as devices_module
+from kvchat.engine.llama.devices import NvmlDevice, RawDevice
+from kvchat.engine.llama.dry_run import LogCapture, cpu_features, run
+from kvchat.engine.llama.runner import LlamaLog, ModelRunner
 from kvchat.engine.load_params import KV_TYPES, LoadParams
 from kvchat.engine.protocol import DeviceSample, KvType, LoadConfig
-from kvchat.engine.runner import LlamaLog, ModelRunner
 from tests.model_factory import (
     GEMMA2_SWA,
     LLAMA_GQA,

@@ -11,9 +11,9 @@ from typing import NamedTuple
 import pytest
 
 from kvchat.engine.gguf_file import read_gguf
+from kvchat.engine.llama.runner import LlamaLog, ModelRunner
 from kvchat.engine.protocol import ChatMessage, LoadConfig, Sampling
 from kvchat.engine.reasoning import Part, ThinkingSplitter, ends_inside_thinking
-from kvchat.engine.runner import LlamaLog, ModelRunner
 from tests.model_factory import (
     TINY,
     TINY_HARMONY,

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from kvchat.app.formatting import format_stats
+from kvchat.app.core.formatting import format_stats
 from kvchat.engine.gguf_file import read_gguf
+from kvchat.engine.llama.runner import ChatError, LlamaLog, ModelRunner, physical_cores
 from kvchat.engine.protocol import ChatMessage, FlashAttention, LoadConfig, Sampling, TurnStats
-from kvchat.engine.runner import ChatError, LlamaLog, ModelRunner, physical_cores
 from kvchat.engine.text_stream import Utf8Stream
 from tests.model_factory import GEMMA3_SWA, TINY, ModelFactory, model_factory
 

@@ -15,17 +15,17 @@ import llama_cpp
 import numpy as np
 import pytest
 
-from kvchat.app.formatting import format_stats
-from kvchat.engine.bench_direct import DirectLoop
+from kvchat.app.core.formatting import format_stats
 from kvchat.engine.gguf_file import read_gguf
-from kvchat.engine.protocol import ChatMessage, LoadConfig, Sampling
-from kvchat.engine.runner import (
+from kvchat.engine.llama.bench_direct import DirectLoop
+from kvchat.engine.llama.runner import (
     PENALTY_LAST_N,
     LlamaLog,
     ModelRunner,
     Penalties,
     physical_cores,
 )
+from kvchat.engine.protocol import ChatMessage, LoadConfig, Sampling
 from kvchat.engine.threads import CpuLoad
 
 # Temperature 0 and no penalties: the most likely token each time.

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from kvchat.engine.gguf_file import read_gguf
+from kvchat.engine.llama.runner import LlamaLog, ModelRunner
 from kvchat.engine.protocol import ChatMessage, LoadConfig, Sampling
-from kvchat.engine.runner import LlamaLog, ModelRunner
 
 # Sampled, not greedy: the seed decides every token.
 SAMPLED = Sampling(temperature=0.9, top_k=60, top_p=0.95, max_tokens=64, seed=1234)

@@ -13,7 +13,7 @@ from PySide6.QtGui import QFocusEvent
 from PySide6.QtWidgets import QApplication, QDoubleSpinBox, QScrollArea, QSpinBox
 from pytestqt.qtbot import QtBot
 
-from kvchat.app.settings import SAMPLING_FIELDS, EngineSettings
+from kvchat.app.core.settings import SAMPLING_FIELDS, EngineSettings
 from kvchat.ui.conversation_panel import SYSTEM_PROMPT, ConversationPanel
 from tests.ui.field_bounds import spin_box_range
 

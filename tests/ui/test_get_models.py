@@ -22,12 +22,12 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QMenu, QTableWidget
 from pytestqt.qtbot import QtBot
 
-from kvchat.app.controller import Controller
-from kvchat.app.gui import _make_flows
 from kvchat.app.hub.catalog import SORTS as HUB_SORTS
 from kvchat.app.hub.catalog import RepoSummary
-from kvchat.app.models_flow import PROJECTOR_NOTE, GetModelsFlow, repo_row
-from kvchat.app.settings_flow import SettingsFlow
+from kvchat.app.presenters.controller import Controller
+from kvchat.app.presenters.gui import _make_flows
+from kvchat.app.presenters.models_flow import PROJECTOR_NOTE, GetModelsFlow, repo_row
+from kvchat.app.presenters.settings_flow import SettingsFlow
 from kvchat.ui.get_models_dialog import (
     BAR_STEPS,
     SORTS,

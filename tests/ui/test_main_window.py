@@ -189,7 +189,7 @@ def test_first_painted_follows_the_first_paint_and_the_plots_follow_it(qtbot: Qt
 
 
 def test_a_long_system_prompt_never_widens_the_small_window(qtbot: QtBot) -> None:
-    from kvchat.app.settings import EngineSettings
+    from kvchat.app.core.settings import EngineSettings
 
     window = MainWindow()
     qtbot.addWidget(window)

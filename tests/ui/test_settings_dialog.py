@@ -9,7 +9,7 @@ import pytest
 from PySide6.QtWidgets import QGroupBox
 from pytestqt.qtbot import QtBot
 
-from kvchat.app.settings import Appearance, EngineSettings
+from kvchat.app.core.settings import Appearance, EngineSettings
 from kvchat.ui.settings_dialog import AppearanceChoice, Choice, ModelRow, SettingsDialog
 from tests.ui.field_bounds import spin_box_range
 

@@ -1,0 +1,1 @@
+"""kvchat's command line: one parser (`main`) and a module for each subcommand."""

@@ -1,0 +1,1 @@
+"""kvchat's Qt-free core: settings, the conversation store, export, paths."""
