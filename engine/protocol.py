@@ -98,6 +98,11 @@ class Chat:
     messages: tuple[ChatMessage, ...]
     sampling: Sampling = Sampling()
     continue_last: bool = False
+    # The overflow policy (engine.overflow): tokens kept free for the reply,
+    # and whether the oldest turns may leave the model's view to keep them
+    # (the window), or a prompt that does not fit is refused (the API).
+    reply_room: int = 0
+    drop_oldest: bool = False
 
 
 @dataclass(frozen=True)
@@ -195,6 +200,8 @@ class TurnStats:
     # included), and the time from the first token to the end of thinking.
     thinking_tokens: int = 0
     thinking_seconds: float = 0.0
+    # Where the model's view started (as PromptEvaluated.view_start).
+    view_start: int = 0
 
 
 @dataclass(frozen=True)
@@ -396,6 +403,9 @@ class PromptEvaluated:
     restored_tokens: int = 0
     restored_from: str = ""
     restore_seconds: float = 0.0
+    # Where the model's view starts: the index, among the request's messages
+    # that are not the system prompt, of the first one it sees (engine.overflow).
+    view_start: int = 0
 
 
 @dataclass(frozen=True)
