@@ -290,6 +290,8 @@ class _Host:
                     on_prompt=on_prompt,
                     continue_last=command.continue_last,
                     on_thinking=lambda text: on_piece(text, True),
+                    reply_room=command.reply_room,
+                    drop_oldest=command.drop_oldest,
                 )
         except Error as exc:
             flush()

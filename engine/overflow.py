@@ -11,7 +11,9 @@ to keep for the reply (`Chat.reply_room`) and whether old turns may leave
 - once something must leave, the view starts further on than strictly
   needed, by a slack of an eighth of the context: every move of the start
   changes the prompt's beginning, and the whole prompt must then be
-  evaluated again, so it should move seldom;
+  evaluated again, so it should move seldom (the policy keeps no state: the
+  view stays put because the caller sends the conversation from where the
+  view started, and the slack leaves that room to grow);
 - if the last turn alone does not leave the room asked for, the model sees
   that turn and the reply gets what room is left; if it does not fit at all,
   the engine refuses the request, saying both numbers.
@@ -37,6 +39,22 @@ def turn_starts(messages: Sequence[ChatMessage]) -> list[int]:
     whoever wrote it, so that a view can always start at the beginning)."""
     turns = [m for m in messages if m.role != "system"]
     return [i for i, m in enumerate(turns) if i == 0 or m.role == "user"]
+
+
+def in_view(messages: Sequence[ChatMessage], start: int) -> list[ChatMessage]:
+    """The messages the model sees when its view starts at `start` (an index
+    among the messages that are not the system prompt): the system prompt
+    wherever it is, and the others from `start` on, all in their order."""
+    seen = []
+    index = 0
+    for message in messages:
+        if message.role == "system":
+            seen.append(message)
+            continue
+        if index >= start:
+            seen.append(message)
+        index += 1
+    return seen
 
 
 def first_in_view(

@@ -22,6 +22,11 @@ and `kvchat chat` drive it unchanged:
   template may open the thinking in its prompt, which is not seen here:
   that thinking arrives as answer.) A conversation's earlier thinking goes
   back as `reasoning_content` to the servers known to read it.
+- A `Chat` that lets old turns leave (`drop_oldest`) sends only the turns
+  that fit the server's context, as the engine host's runner does
+  (engine.overflow), but with counts estimated here (`PromptSize`): the
+  server tokenizes, with its own template, only what it is sent. A server
+  that does not say its context is sent everything.
 - While a model is chosen, a sampler thread asks the server for its memory
   figures every `SAMPLE_INTERVAL_S` and sends them as `MemorySample`s with
   their source, never as local measurements.
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import queue
 import threading
 import time
@@ -43,7 +49,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from kvchat.engine import remote_servers
+from kvchat.engine import overflow, remote_servers
 from kvchat.engine.client import usable_log_path
 from kvchat.engine.protocol import (
     Cancel,
@@ -100,6 +106,72 @@ REPLY_TIMEOUT_S = 300.0
 FLUSH_INTERVAL_S = 0.03
 # The servers that take an assistant message's thinking as its `reasoning_content`.
 READS_REASONING = frozenset({"kvchat", "llama-server"})
+# Tokens per UTF-8 byte before a server has reported a prompt's size: an upper
+# bound for the messages' text, since every token of a byte-level or
+# SentencePiece vocabulary covers at least a byte of it.
+FIRST_TOKENS_PER_BYTE = 1.0
+# A ratio learned from one prompt is used with this margin: the next prompt's
+# text may tokenize less well than the last one's did on average.
+RATIO_MARGIN = 1.25
+# Bytes counted for each message beyond its text, for the tokens the server's
+# template wraps around it (role markers, separators).
+MESSAGE_OVERHEAD_BYTES = 16
+# The least a prompt must hold to learn a ratio from; below it the template's
+# own text (a default system prompt, a date) would dominate.
+LEARN_FROM_BYTES = 256
+
+
+class PromptSize:
+    """An estimate of a prompt's tokens on a server elsewhere, which counts
+    them only after it was sent the prompt.
+
+    A prompt is measured in UTF-8 bytes, of the messages' texts as sent plus
+    `MESSAGE_OVERHEAD_BYTES` each, and its tokens are taken as those bytes
+    times a ratio: `FIRST_TOKENS_PER_BYTE` until the server has reported
+    (`usage.prompt_tokens`) what a prompt of enough bytes cost, then the
+    last such report's ratio with `RATIO_MARGIN`, never above the first.
+    The estimate is meant to err high; where it errs low, the server
+    refuses the prompt, and the person reads its reason as for any refusal.
+    """
+
+    def __init__(self) -> None:
+        self.tokens_per_byte = FIRST_TOKENS_PER_BYTE
+
+    @staticmethod
+    def size_bytes(messages: list[dict[str, str]]) -> int:
+        """The bytes of messages as the request carries them (`_message`)."""
+        return sum(
+            MESSAGE_OVERHEAD_BYTES
+            + len(message["content"].encode("utf-8"))
+            + len(message.get("reasoning_content", "").encode("utf-8"))
+            for message in messages
+        )
+
+    def learn(self, messages: list[dict[str, str]], prompt_tokens: int) -> None:
+        """Takes the server's count of a prompt of these messages."""
+        size = self.size_bytes(messages)
+        if prompt_tokens > 0 and size >= LEARN_FROM_BYTES:
+            ratio = prompt_tokens / size * RATIO_MARGIN
+            self.tokens_per_byte = min(ratio, FIRST_TOKENS_PER_BYTE)
+
+    def first_in_view(
+        self, messages: list[ChatMessage], with_thinking: bool, n_ctx: int, reply_room: int
+    ) -> int:
+        """Where the model's view starts (engine.overflow), by this estimate."""
+        sent = [_message(m, with_thinking) for m in messages]
+        system = [body for m, body in zip(messages, sent, strict=True) if m.role == "system"]
+        turns = [body for m, body in zip(messages, sent, strict=True) if m.role != "system"]
+        fixed = self.size_bytes(system)
+        # The bytes from each turn on, so that each view costs no new count.
+        after = [0] * (len(turns) + 1)
+        for index in range(len(turns) - 1, -1, -1):
+            after[index] = after[index + 1] + self.size_bytes(turns[index : index + 1])
+        return overflow.first_in_view(
+            lambda index: math.ceil((fixed + after[index]) * self.tokens_per_byte),
+            overflow.turn_starts(messages),
+            n_ctx,
+            reply_room,
+        )
 
 
 def choose_model(base_url: str, model_id: str | None, api_key: str | None) -> str:
@@ -174,6 +246,10 @@ class RemoteHost:
         self._cancelled: set[int] = set()
         self._identity: Identity | None = None
         self._model_id = ""
+        # The chosen model's context as the server says it (0: it does not),
+        # and what its prompts are estimated to cost; the worker's alone.
+        self._n_ctx = 0
+        self._prompt_size = PromptSize()
         self._loaded_at = 0.0
         self._stopping = threading.Event()
         self._exited = False
@@ -278,6 +354,8 @@ class RemoteHost:
             self._events.put(LoadFailed(config.model_path, message))
             return
         self._identity, self._model_id = identity, model_id
+        self._n_ctx = model.context_length or 0
+        self._prompt_size = PromptSize()  # another model, another tokenizer
         self._loaded_at = time.perf_counter()
         self._log(f"chose {model_id} on {identity.label} at {base}")
         info = ModelInfo(
@@ -343,8 +421,19 @@ class RemoteHost:
             )
             return
         started = time.perf_counter()
-        turn = _Turn(request_id, started)
+        view_start = 0
+        if command.drop_oldest and self._n_ctx:
+            view_start = self._prompt_size.first_in_view(
+                list(command.messages),
+                identity.kind in READS_REASONING,
+                self._n_ctx,
+                command.reply_room,
+            )
+            seen = overflow.in_view(command.messages, view_start)
+            command = replace(command, messages=tuple(seen))
+        turn = _Turn(request_id, started, view_start=view_start)
         body = _request_body(identity, self._model_id, command)
+        turn.sent = body["messages"]
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         try:
             with self._client.stream(
@@ -471,6 +560,7 @@ class RemoteHost:
         self._drain(turn)
         stats = turn.stats(reason)
         if stats.prompt_tokens:
+            self._prompt_size.learn(turn.sent, stats.prompt_tokens)
             # What the server said of the prompt, for the KV panel: only once it said it.
             self._events.put(
                 PromptEvaluated(
@@ -480,6 +570,7 @@ class RemoteHost:
                     0,
                     stats.reused_tokens,
                     stats.evaluated_tokens,
+                    view_start=turn.view_start,
                 )
             )
         self._events.put(TurnFinished(turn.request_id, turn.text, stats))
@@ -559,6 +650,9 @@ def _events_of(response: httpx.Response) -> Iterator[dict[str, Any]]:
 class _Turn:
     request_id: int
     started: float
+    # Where the model's view started, and the messages sent from there (as the request has them).
+    view_start: int = 0
+    sent: list[dict[str, str]] = field(default_factory=list)
     text: str = ""  # the answer so far
     # Text not yet sent, all of one side (thinking or answer).
     pending: str = ""
@@ -603,6 +697,7 @@ class _Turn:
             thinking_seconds=(
                 self.thinking_ended_at - self.first_at if self.thinking_pieces else 0.0
             ),
+            view_start=self.view_start,
         )
 
 

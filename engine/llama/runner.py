@@ -27,6 +27,7 @@ import llama_cpp
 import numpy as np
 import psutil
 
+from kvchat.engine import overflow
 from kvchat.engine.accounting import load_memory
 from kvchat.engine.buffer_report import parse_buffer_report
 from kvchat.engine.chat_template import ChatTemplate, PromptTemplate, TemplateError
@@ -253,6 +254,17 @@ class _Prompt(NamedTuple):
     template_notice: str
     # The prompt leaves the reply inside its thinking (engine.reasoning).
     opens_thinking: bool
+
+
+class _Text(NamedTuple):
+    """A conversation's prompt as text, before the tokenizer (`ModelRunner._prompt_text`)."""
+
+    messages: list[ChatMessage]  # as rendered, defused (`ModelRunner._defuse`)
+    text: str
+    notice: str  # why ChatML stood in for the model's template ("" if it did not)
+    # The tokenizer adds the BOS token (the template did not write it).
+    add_bos: bool
+    continue_last: bool
 
 
 class _ReplyText:
@@ -686,21 +698,18 @@ class ModelRunner:
     def _render(self, messages: Sequence[ChatMessage], continue_last: bool = False) -> _Prompt:
         """The prompt's tokens, where the system part and the earlier turns end,
         the template notice (see `_render_text`), and whether the prompt opens
-        the reply's thinking.
+        the reply's thinking (see `_prompt_text` and `_parts`)."""
+        text = self._prompt_text(self._defuse(messages), continue_last)
+        return self._parts(text, self.tokenize(text.text, add_special=text.add_bos))
 
-        The boundaries are found where each message's text starts in the
-        rendered prompt, so the template's own wrapping around a message
-        counts with the part before it. With `continue_last`, the prompt ends
-        with the last message's text, left open: what the template closes a
-        message with (its end-of-turn marker) is cut, and no new turn begins;
-        a reply cut inside its thinking is continued there (`_resume_thinking`).
+    def _prompt_text(self, messages: Sequence[ChatMessage], continue_last: bool) -> _Text:
+        """The prompt's text for messages already defused (`_defuse`).
 
-        Whether the reply starts inside its thinking is read from the prompt
-        after the last message before the reply: the template's generation
-        prompt, and the continued reply's own words. A `<think>` a person
-        typed is never taken for the template's.
+        With `continue_last`, the prompt ends with the last message's text,
+        left open: what the template closes a message with (its end-of-turn
+        marker) is cut, and no new turn begins; a reply cut inside its
+        thinking is continued there (`_resume_thinking`).
         """
-        messages = self._defuse(messages)
         reply = messages[-1] if continue_last and messages else None
         if reply is not None and reply.thinking and not reply.content.strip():
             text, notice = self._resume_thinking(messages)
@@ -714,14 +723,30 @@ class ModelRunner:
                     raise ChatError("the reply to continue is not in the prompt the template made")
                 text = text[: end + len(kept)]
         add_bos = self._add_bos and not (self._bos_text and text.startswith(self._bos_text))
-        tokens = self.tokenize(text, add_special=add_bos)
+        return _Text(list(messages), text, notice, add_bos, continue_last)
 
-        starts = _message_starts(text, messages)
+    def _parts(self, text: _Text, tokens: list[int]) -> _Prompt:
+        """The prompt of `text` (whose tokens are `tokens`), told into its parts.
+
+        The boundaries are found where each message's text starts in the
+        rendered prompt, so the template's own wrapping around a message
+        counts with the part before it. This costs two more tokenizations
+        (of the text before each boundary), which is why choosing a view
+        (`_view`) counts tokens without it.
+
+        Whether the reply starts inside its thinking is read from the prompt
+        after the last message before the reply: the template's generation
+        prompt, and the continued reply's own words. A `<think>` a person
+        typed is never taken for the template's.
+        """
+        messages, prompt = text.messages, text.text
+        reply = messages[-1] if text.continue_last and messages else None
+        starts = _message_starts(prompt, messages)
         first_turn = next(
             (start for start, m in zip(starts, messages, strict=True) if m.role != "system"),
-            len(text),
+            len(prompt),
         )
-        last_turn = starts[-1] if messages and messages[-1].role != "system" else len(text)
+        last_turn = starts[-1] if messages and messages[-1].role != "system" else len(prompt)
         before_reply = len(messages) - (reply is not None)
         reply_from = (
             starts[before_reply - 1] + len(messages[before_reply - 1].content)
@@ -730,7 +755,7 @@ class ModelRunner:
         )
 
         def tokens_before(offset: int) -> int:
-            return len(self.tokenize(text[:offset], add_special=add_bos)) if offset else 0
+            return len(self.tokenize(prompt[:offset], add_special=text.add_bos)) if offset else 0
 
         system = tokens_before(first_turn)
         history = max(tokens_before(last_turn) - system, 0)
@@ -738,9 +763,37 @@ class ModelRunner:
             tokens,
             min(system, len(tokens)),
             min(history, len(tokens) - system),
-            notice,
-            ends_inside_thinking(text[reply_from:], harmony=self._harmony),
+            text.notice,
+            ends_inside_thinking(prompt[reply_from:], harmony=self._harmony),
         )
+
+    def _view(
+        self, text: _Text, tokens: list[int], reply_room: int
+    ) -> tuple[int, _Text, list[int]]:
+        """Where the model's view starts (engine.overflow), and that view's
+        text and tokens, for a conversation whose whole prompt (`text`, of
+        `tokens`) leaves less than `reply_room` free in the context.
+
+        Each view the policy asks about costs one render and one
+        tokenization, and it asks about O(log n) of n turns; the chosen
+        view's prompt is kept, so it is not rendered again.
+        """
+        messages = text.messages
+        tried: dict[int, tuple[_Text, list[int]]] = {0: (text, tokens)}
+
+        def prompt_from(index: int) -> tuple[_Text, list[int]]:
+            if index not in tried:
+                view = self._prompt_text(overflow.in_view(messages, index), text.continue_last)
+                tried[index] = (view, self.tokenize(view.text, add_special=view.add_bos))
+            return tried[index]
+
+        start = overflow.first_in_view(
+            lambda index: len(prompt_from(index)[1]),
+            overflow.turn_starts(messages),
+            self.n_ctx,
+            reply_room,
+        )
+        return (start, *prompt_from(start))
 
     def _resume_thinking(self, messages: Sequence[ChatMessage]) -> tuple[str, str]:
         """The prompt's text for a reply cut inside its thinking, and the template notice.
@@ -955,6 +1008,8 @@ class ModelRunner:
         on_prompt: Callable[[PromptEvaluated], None] = lambda _prompt: None,
         continue_last: bool = False,
         on_thinking: Callable[[str], None] = lambda _text: None,
+        reply_room: int = 0,
+        drop_oldest: bool = False,
     ) -> tuple[str, TurnStats]:
         """Generates the assistant's reply to the conversation.
 
@@ -968,6 +1023,14 @@ class ModelRunner:
         prompt is in the cache. With `continue_last`, the last message is a
         reply to go on with, in its thinking when it was cut there.
 
+        With `drop_oldest`, a conversation that leaves less than `reply_room`
+        of the context free loses its oldest turns from the model's view
+        (engine.overflow, with exact counts: `_view`), and the view's start
+        is reported as `view_start`; without it, the whole conversation is
+        the prompt. A conversation that fits costs what it always did: one
+        render and three tokenizations (the prompt, and the text before each
+        boundary between its parts).
+
         Returns:
             The reply's answer (its thinking only went to `on_thinking`) and
             the turn's statistics.
@@ -978,13 +1041,18 @@ class ModelRunner:
                 and `TurnStats.template_notice` says why.)
         """
         started = time.perf_counter()
-        prompt = self._render(messages, continue_last)
-        if len(prompt.tokens) >= self.n_ctx:
+        text = self._prompt_text(self._defuse(messages), continue_last)
+        tokens = self.tokenize(text.text, add_special=text.add_bos)
+        view_start = 0
+        if drop_oldest and len(tokens) + reply_room > self.n_ctx:
+            view_start, text, tokens = self._view(text, tokens, reply_room)
+        if len(tokens) >= self.n_ctx:
             raise ChatError(
-                f"the conversation is {len(prompt.tokens)} tokens long, and the context holds "
+                f"the conversation is {len(tokens)} tokens long, and the context holds "
                 f"{self.n_ctx}: start a new conversation or raise the context size",
                 by_request=True,
             )
+        prompt = self._parts(text, tokens)
         splitter = ThinkingSplitter(prompt.opens_thinking, harmony=self._harmony)
         reply = _ReplyText(splitter, sampling.stop, on_text, on_thinking)
         return self._generate(
@@ -996,6 +1064,7 @@ class ModelRunner:
             started,
             (prompt.system_tokens, prompt.history_tokens),
             prompt.template_notice,
+            view_start,
         )
 
     def prepare(self, messages: Sequence[ChatMessage]) -> None:
@@ -1048,8 +1117,11 @@ class ModelRunner:
         started: float,
         parts_before: tuple[int, int],
         template_notice: str,
+        view_start: int = 0,
     ) -> tuple[str, TurnStats]:
         """Evaluates the prompt's new tokens and samples the reply into `reply`.
+
+        `view_start` is only reported: where a chat's view started (`chat`).
 
         A chat's reasoning markers are rendered even where they are control
         tokens, for the splitter to see (`_reasoning_markers`); a raw
@@ -1094,6 +1166,7 @@ class ModelRunner:
                     reuse.restored,
                     reuse.source,
                     reuse.seconds,
+                    view_start,
                 )
             )
 
@@ -1159,5 +1232,6 @@ class ModelRunner:
             thinking_seconds=(
                 reply.thinking_ended_at - first_token_at if reply.thinking_tokens else 0.0
             ),
+            view_start=view_start,
         )
         return answer, stats
