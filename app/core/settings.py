@@ -19,6 +19,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from kvchat.engine.protocol import FlashAttention, KvType, LoadConfig, Sampling
 
 SCHEMA_VERSION = 1
+# The engine's defaults (engine.protocol), which the settings start from: each
+# value is written once, where the engine, below the app, can read it too.
+# The bounds and descriptions are the settings' own, read by the dialog, the
+# conversation panel and the command line (ui.setting_fields, app.cli.command_line).
+_SAMPLING = Sampling()
+_LOAD = LoadConfig("")
 
 
 def _bytes(mib: int | None) -> int | None:
@@ -66,29 +72,44 @@ class EngineSettings(BaseModel):
         le=999,
         description="Layers offloaded to the GPU; default: all, when the build supports it.",
     )
-    n_batch: int = Field(default=512, ge=32, le=8192, description="Prompt tokens per batch.")
+    n_batch: int = Field(
+        default=_LOAD.n_batch, ge=32, le=8192, description="Prompt tokens per batch."
+    )
     flash_attention: FlashAttention = Field(
-        default="auto",
+        default=_LOAD.flash_attention,
         description="Flash attention: auto is off on the CPU (faster there past a few "
         "hundred tokens) and llama.cpp's choice on a GPU.",
     )
-    type_k: KvType = Field(default="f16", description="Type of the cached keys.")
+    type_k: KvType = Field(default=_LOAD.type_k, description="Type of the cached keys.")
     type_v: KvType = Field(
-        default="f16", description="Type of the cached values (quantized needs flash attention)."
+        default=_LOAD.type_v,
+        description="Type of the cached values (quantized needs flash attention).",
     )
     chat_templates: dict[str, str] = Field(
         default_factory=dict,
         description="The prompt format chosen per model file: llama.cpp:NAME for one of "
         "llama.cpp's built-in formats, or a Jinja template; a model not listed uses its own.",
     )
-    temperature: float = Field(default=0.7, ge=0.0, le=5.0, description="0 samples greedily.")
-    top_k: int = Field(default=40, ge=0, le=1000, description="Keep the k likeliest tokens.")
-    top_p: float = Field(default=0.95, gt=0.0, le=1.0, description="Nucleus sampling mass.")
-    min_p: float = Field(default=0.05, ge=0.0, le=1.0, description="Drop tokens below p x best.")
-    repeat_penalty: float = Field(default=1.1, ge=0.5, le=2.0, description="1.0 disables it.")
-    max_tokens: int = Field(default=1024, ge=1, le=1 << 20, description="Longest reply.")
+    temperature: float = Field(
+        default=_SAMPLING.temperature, ge=0.0, le=5.0, description="0 samples greedily."
+    )
+    top_k: int = Field(
+        default=_SAMPLING.top_k, ge=0, le=1000, description="Keep the k likeliest tokens."
+    )
+    top_p: float = Field(
+        default=_SAMPLING.top_p, gt=0.0, le=1.0, description="Nucleus sampling mass."
+    )
+    min_p: float = Field(
+        default=_SAMPLING.min_p, ge=0.0, le=1.0, description="Drop tokens below p x best."
+    )
+    repeat_penalty: float = Field(
+        default=_SAMPLING.repeat_penalty, ge=0.5, le=2.0, description="1.0 disables it."
+    )
+    max_tokens: int = Field(
+        default=_SAMPLING.max_tokens, ge=1, le=1 << 20, description="Longest reply."
+    )
     seed: int | None = Field(
-        default=None, ge=0, lt=1 << 32, description="Sampling seed; default: random."
+        default=_SAMPLING.seed, ge=0, lt=1 << 32, description="Sampling seed; default: random."
     )
     system_prompt: str = Field(
         default="", max_length=100_000, description="Sent first in every conversation."
