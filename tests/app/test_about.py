@@ -5,7 +5,6 @@ from __future__ import annotations
 import platform
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from importlib import metadata
 
@@ -32,14 +31,12 @@ BUILD = EngineBuild(
 
 
 def test_kvchat_version_prints_every_version_and_exits_0() -> None:
-    started = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-m", "kvchat.app", "--version"],
         capture_output=True,
         text=True,
         timeout=60,
     )
-    seconds = time.monotonic() - started
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     shown = {line.split(None, 1)[0]: line.split(None, 1)[1] for line in lines}
@@ -52,8 +49,6 @@ def test_kvchat_version_prints_every_version_and_exits_0() -> None:
     assert shown["Python"].startswith(platform.python_version())
     assert shown["PySide6"].startswith(metadata.version("PySide6-Essentials"))
     assert list(shown) == [name for name, _value in version_rows(build)]
-    # Well under a second on an idle machine; the bound leaves room for a busy one.
-    assert seconds < 10
 
 
 def test_the_rows_read_the_engines_report() -> None:
