@@ -1,5 +1,5 @@
 """Shared fixtures: the bundled model, a private data folder, and a check that
-no test leaves an engine process or an engine thread running."""
+no test leaves a thread, a timer or a process running."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
+from PySide6.QtCore import QCoreApplication, QEvent
 
 from kvchat.engine.models import bundled_model_path, missing_model_message
+from tests import leaks
 from tests.hub_fixture import hub  # noqa: F401  (the download tests' mirror; one olah per session)
 
 # What marks a test `model` (it runs real llama.cpp, so it is not in the fast
@@ -65,44 +66,25 @@ def safe_path_restored() -> Iterator[None]:
         os.environ["PYTHONSAFEPATH"] = before
 
 
-# Engine host pids that a module-scoped fixture keeps running on purpose
-# (one engine for a module's tests); the fixture removes its pid as it ends.
-shared_engine_pids: set[int] = set()
-
-
-def _engine_processes() -> list[psutil.Process]:
-    found = []
-    kept = set(shared_engine_pids)
-    for pid in shared_engine_pids:
-        try:
-            kept |= {p.pid for p in psutil.Process(pid).children(recursive=True)}
-        except psutil.NoSuchProcess:
-            continue
-    for child in psutil.Process().children(recursive=True):
-        if child.pid in kept:
-            continue
-        try:
-            if child.is_running() and "spawn_main" in " ".join(child.cmdline()):
-                found.append(child)
-        except (psutil.NoSuchProcess, psutil.ZombieProcess):
-            continue
-    return found
-
-
 @pytest.fixture(autouse=True)
-def no_engine_left_running() -> Iterator[None]:
-    """Fails a test that leaves an engine host process or a reader QThread running."""
+def nothing_left_running() -> Iterator[None]:
+    """Fails a test that leaves a thread, a QThread, an active QTimer or a child
+    process running that was not there when it started (tests/leaks.py)."""
+    leaks.install()
+    before = leaks.Snapshot.take()
     yield
     # Collect the test's Qt wrappers here, on the main thread. Left to chance,
     # a collection may run on the engine reader thread, and Shiboken then
     # deletes widgets from there.
     gc.collect()
-    leftovers = [f"engine host pid {p.pid}" for p in _engine_processes()]
-    try:
-        from kvchat.app.presenters.engine_client import live_readers
-    except ImportError:  # pragma: no cover - Qt missing
-        live_readers = set()  # type: ignore[assignment]
-    leftovers += [f"QThread {t.objectName()}" for t in list(live_readers) if t.isRunning()]
-    for process in _engine_processes():
-        process.kill()
-    assert not leftovers, f"left running after the test: {', '.join(leftovers)}"
+    left = leaks.leftovers(before, settle=_settle_qt)
+    assert not left, f"left running after the test: {', '.join(left)}"
+
+
+def _settle_qt() -> None:
+    """Lets Qt deliver what is queued (a thread's finished signal, a deferred
+    delete), so that what ends on its own is seen to end."""
+    app = QCoreApplication.instance()
+    if app is not None:
+        QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
+        app.processEvents()

@@ -42,7 +42,6 @@ from kvchat.engine.protocol import (
 from kvchat.engine.remote import RemoteHost, choose_model
 from kvchat.engine.remote_address import model_url
 from kvchat.engine.remote_servers import RemoteError
-from tests import conftest
 from tests.model_factory import TINY_OPENS_THINKING, TINY_THINKING, ModelFactory, model_factory
 from tests.remote_events import events_until
 
@@ -82,9 +81,6 @@ def _kvchat_serving(model_path: Path, folder: Path) -> Iterator[Server]:
     engine.start()
     state = engine.wait_ready(WAIT_S)
     assert state.ready and state.model is not None, state
-    pid = engine.pid
-    assert pid is not None
-    conftest.shared_engine_pids.add(pid)
     app, gateway = create_app(engine, ServeOptions(), lambda _line: None)
     server = BackgroundServer(app)
     assert server.wait_started()
@@ -94,7 +90,6 @@ def _kvchat_serving(model_path: Path, folder: Path) -> Iterator[Server]:
         server.stop(10.0)
         gateway.close()
         engine.stop()
-        conftest.shared_engine_pids.discard(pid)
 
 
 @pytest.fixture(scope="module")

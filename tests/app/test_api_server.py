@@ -20,7 +20,6 @@ from kvchat.app.api.background import BackgroundServer
 from kvchat.app.api.server import ASGIApp, ServeOptions, create_app, refusal_to_listen
 from kvchat.engine.link import LocalEngine
 from kvchat.engine.protocol import Event, LoadConfig, TurnFinished
-from tests import conftest
 from tests.model_factory import TINY_THINKING, ModelFactory, model_factory
 
 __all__ = ["model_factory"]  # a fixture, imported so that pytest finds it
@@ -61,9 +60,6 @@ def _serving(model_path: Path, folder: Path) -> Iterator[Served]:
     engine = _start_engine(model_path, folder)
     state = engine.wait_ready(120)
     assert state.ready and state.model is not None, state
-    pid = engine.pid
-    assert pid is not None
-    conftest.shared_engine_pids.add(pid)
     log: list[str] = []
     events: list[Event] = []
     engine.subscribe(events.append)
@@ -75,7 +71,6 @@ def _serving(model_path: Path, folder: Path) -> Iterator[Served]:
         server.stop()
         gateway.close()
         engine.stop()
-        conftest.shared_engine_pids.discard(pid)
 
 
 @pytest.fixture(scope="module")

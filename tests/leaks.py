@@ -1,0 +1,135 @@
+"""What a test leaves running: Python threads, QThreads, active QTimers and
+child processes that were not there when it started.
+
+Anyone's count: kvchat's own threads and timers, a library's, a test's. A
+QThread or QTimer is seen once Python starts it (`install` wraps their
+`start`), so timers Qt starts inside C++ for its own widgets are not.
+Things that end on their own shortly after a test (a writer thread that
+drains its last command, a process being reaped) are given `GRACE_S` to
+do so before they count.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+import shiboken6
+from PySide6.QtCore import QThread, QTimer
+
+GRACE_S = 5.0
+POLL_S = 0.02
+
+_qthreads: weakref.WeakSet[QThread] = weakref.WeakSet()
+_qtimers: weakref.WeakSet[QTimer] = weakref.WeakSet()
+
+
+def _tracking(original: Callable[..., Any], seen: weakref.WeakSet[Any]) -> Callable[..., Any]:
+    def start(self: Any, *args: Any) -> Any:
+        seen.add(self)
+        return original(self, *args)
+
+    start.__doc__ = original.__doc__
+    return start
+
+
+def install() -> None:
+    """Has every QThread and QTimer started from Python noted (once per process)."""
+    if getattr(QThread.start, "_kvchat_tracked", False):
+        return
+    for cls, seen in ((QThread, _qthreads), (QTimer, _qtimers)):
+        wrapped = _tracking(cls.start, seen)
+        wrapped._kvchat_tracked = True  # type: ignore[attr-defined]
+        cls.start = wrapped  # type: ignore[method-assign]
+
+
+def _alive(obj: Any) -> bool:
+    return bool(shiboken6.isValid(obj))
+
+
+# Children that live as long as the process that started them, by design:
+# multiprocessing's resource tracker, started at the first spawn.
+LIFELONG_CHILDREN = ("multiprocessing.resource_tracker",)
+
+
+def _children() -> dict[int, psutil.Process]:
+    found = {}
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.status() == psutil.STATUS_ZOMBIE:
+                continue
+            command = " ".join(child.cmdline())
+        except psutil.Error:
+            continue
+        if not any(name in command for name in LIFELONG_CHILDREN):
+            found[child.pid] = child
+    return found
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What ran when the test started."""
+
+    threads: frozenset[int]
+    children: frozenset[int]
+    qthreads: frozenset[int]
+    qtimers: frozenset[int]
+
+    @classmethod
+    def take(cls) -> Snapshot:
+        return cls(
+            frozenset(t.ident or 0 for t in threading.enumerate()),
+            frozenset(_children()),
+            frozenset(id(t) for t in list(_qthreads) if _alive(t) and t.isRunning()),
+            frozenset(id(t) for t in list(_qtimers) if _alive(t) and t.isActive()),
+        )
+
+
+def _new(before: Snapshot) -> tuple[list[str], list[psutil.Process]]:
+    left = [
+        f"thread {t.name!r}"
+        for t in threading.enumerate()
+        if t.ident not in before.threads and t.is_alive()
+    ]
+    processes = [p for pid, p in _children().items() if pid not in before.children]
+    for process in processes:
+        try:
+            left.append(f"child process {process.pid} ({' '.join(process.cmdline()[:4])})")
+        except psutil.Error:
+            left.append(f"child process {process.pid}")
+    left += [
+        f"QThread {t.objectName() or type(t).__name__!r}"
+        for t in list(_qthreads)
+        if _alive(t) and t.isRunning() and id(t) not in before.qthreads
+    ]
+    left += [
+        f"QTimer {t.objectName() or '(unnamed)'!r} of {type(t.parent()).__name__}, "
+        f"every {t.interval()} ms"
+        for t in list(_qtimers)
+        if _alive(t) and t.isActive() and id(t) not in before.qtimers
+    ]
+    return left, processes
+
+
+def leftovers(before: Snapshot, settle: Callable[[], None] = lambda: None) -> list[str]:
+    """What is still running that was not at `before`, after up to GRACE_S for
+    it to end; child processes left are killed, so that they cannot disturb
+    the next test. `settle` runs between looks (to let Qt deliver its events)."""
+    deadline = time.monotonic() + GRACE_S
+    while True:
+        settle()
+        left, processes = _new(before)
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(POLL_S)
+    for process in processes:
+        try:
+            process.kill()
+        except psutil.Error:
+            continue
+    return left
