@@ -124,7 +124,7 @@ def main() -> int:
     from PySide6.QtWidgets import QApplication
 
     from kvchat.app.core.settings import EngineSettings
-    from tests.scripted_engine import ScriptedEngine, build_scripted_window
+    from tests.scripted_engine import ScriptedEngine, open_window, wait_for_model
 
     app = QApplication(sys.argv[:1])
     words = re.findall(r"\S+\s*", f"{PROSE}\n\n1. the keys\n2. the values\n\n{CODE}\n\n")
@@ -136,8 +136,9 @@ def main() -> int:
         data_dir = Path(folder)
         _fill(data_dir, LONG)
         _fill(data_dir, 2)
-        window, controller = build_scripted_window(data_dir, engine, settings)
+        window, controller = open_window(data_dir, engine, settings)
         window.resize(1280, 800)
+        wait_for_model(controller)
         loop = QEventLoop()
         QTimer.singleShot(100, loop.quit)
         loop.exec()

@@ -49,7 +49,7 @@ def main() -> int:
     from PySide6.QtCore import QEventLoop, QTimer
     from PySide6.QtWidgets import QApplication
 
-    from tests.scripted_engine import ScriptedEngine, build_scripted_window
+    from tests.scripted_engine import ScriptedEngine, open_window, wait_for_model
 
     app = QApplication(sys.argv[:1])
     gaps: list[float] = []
@@ -84,11 +84,12 @@ def main() -> int:
     def measure(text: str) -> dict[str, tuple[float, float]]:
         with tempfile.TemporaryDirectory() as folder:
             engine = ScriptedEngine(lambda _m: ["ok"], n_ctx=4096)
-            window, _controller = build_scripted_window(Path(folder), engine)
+            window, controller = open_window(Path(folder), engine)
             window.resize(1280, 800)
+            wait_for_model(controller)
             run_loop(50)
             refused: list[str] = []
-            engine.chat_failed.connect(lambda _id, message: refused.append(message))
+            controller.engine.chat_failed.connect(lambda _id, message: refused.append(message))
             figures = {
                 "paste into the composer": phase(lambda: window.composer.setPlainText(text)),
                 # The refusal arrives on the next turn of the loop, and the

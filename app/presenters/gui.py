@@ -45,6 +45,7 @@ def build_window(
     settings: EngineSettings,
     data_dir: Path,
     api_key: str | None = None,
+    engine: EngineClient | None = None,
 ) -> tuple[MainWindow, Controller]:
     """The window and its controller; the model starts to load once the window is painted.
 
@@ -55,13 +56,18 @@ def build_window(
     (`after_first_paint`): the servers and settings flows (`controller.settings_flow`
     is None until then), the engine, and the search for models.
 
+    `engine` is the engine to use, not started yet (None: the engine host
+    process, or a server's); tests pass one whose hosts are scripted
+    (tests/scripted_engine.py), and get this same window.
+
     Raises:
         AlreadyRunningError: another kvchat uses this data folder.
     """
     lock = InstanceLock(data_dir)
     lock.acquire()
     window = MainWindow()
-    engine = EngineClient(engine_log_path(data_dir), kv_cache_dir=kv_cache_path(data_dir))
+    if engine is None:
+        engine = EngineClient(engine_log_path(data_dir), kv_cache_dir=kv_cache_path(data_dir))
     if api_key and model_path and is_remote(model_path):
         keyed = split_model_url(model_path)[0]
         engine.server_key = lambda base_url: api_key if base_url == keyed else None
@@ -158,6 +164,8 @@ def _make_flows(controller: Controller, data_dir: Path) -> None:
     window, engine = controller.window, controller.engine
     servers = ServersFlow(data_dir, window)
     window.servers_requested.connect(lambda: servers.open(window))
+    # Its worker thread ends with the window, as the other flows' do.
+    window.closing.connect(servers.close)
     cli_key = engine.server_key
     engine.server_key = lambda base_url: cli_key(base_url) or servers.key_for(base_url)
     if servers.load_notice:

@@ -18,7 +18,7 @@ from kvchat.app.presenters.about import NOT_REPORTED
 from kvchat.app.presenters.controller import Controller
 from kvchat.ui.main_window import MainWindow
 from tests.desktop_urls import Opened, urls_kept
-from tests.scripted_engine import ScriptedEngine, build_scripted_window
+from tests.scripted_engine import ScriptedEngine, open_window
 
 
 @pytest.fixture
@@ -31,7 +31,7 @@ def opened() -> Iterator[Opened]:
 @pytest.fixture
 def scripted(qtbot: QtBot, data_dir: Path) -> Iterator[tuple[MainWindow, Controller]]:
     engine = ScriptedEngine(lambda _messages: ["Hello ", "there."])
-    window, controller = build_scripted_window(data_dir, engine)
+    window, controller = open_window(data_dir, engine)
     qtbot.waitUntil(lambda: controller.model is not None)
     yield window, controller
     window.close()

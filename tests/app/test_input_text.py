@@ -27,7 +27,8 @@ from kvchat.app.presenters.controller import Controller
 from kvchat.engine.protocol import ChatMessage
 from kvchat.ui.chat_view import DRAWN_CHARACTERS
 from kvchat.ui.main_window import MainWindow
-from tests.scripted_engine import ScriptedEngine, build_scripted_window
+from tests.scripted_engine import ScriptedEngine, open_window
+from tests.stored import wait_until_saved
 
 # name: (typed, what the composer holds)
 HOSTILE = {
@@ -47,7 +48,7 @@ HOSTILE = {
 @pytest.fixture
 def chat(qtbot: QtBot, data_dir: Path) -> Iterator[tuple[MainWindow, Controller, ScriptedEngine]]:
     engine = ScriptedEngine(lambda m: ["echo: ", m[-1].content], n_ctx=1 << 20)
-    window, controller = build_scripted_window(data_dir, engine)
+    window, controller = open_window(data_dir, engine)
     qtbot.waitUntil(lambda: controller.model is not None)
     yield window, controller, engine
     window.close()
@@ -66,6 +67,7 @@ def _paste_and_send(qtbot: QtBot, window: MainWindow, controller: Controller, te
     window.composer.setPlainText(text)  # what a paste does
     with qtbot.waitSignal(controller.reply_finished, timeout=10_000):
         qtbot.keyClick(window.composer, Qt.Key.Key_Return)
+    wait_until_saved(qtbot, controller.history.saver)
 
 
 @pytest.mark.parametrize("name", HOSTILE)
@@ -134,6 +136,7 @@ def test_a_lone_surrogate_from_outside_qt_is_stored_replaced_not_crashing(
     window, controller, engine = chat
     with qtbot.waitSignal(controller.reply_finished, timeout=10_000):
         controller.send("broken\ud800here \udcff")
+    wait_until_saved(qtbot, controller.history.saver)
     kept = "broken\ufffdhere \ufffd"
     assert _rows(data_dir)[0] == ("user", kept)
     assert controller.history.messages[0].content == kept

@@ -25,7 +25,6 @@ from pytestqt.qtbot import QtBot
 from kvchat.app.hub.catalog import SORTS as HUB_SORTS
 from kvchat.app.hub.catalog import RepoSummary
 from kvchat.app.presenters.controller import Controller
-from kvchat.app.presenters.gui import _make_flows
 from kvchat.app.presenters.models_flow import PROJECTOR_NOTE, GetModelsFlow, repo_row
 from kvchat.app.presenters.settings_flow import SettingsFlow
 from kvchat.ui.get_models_dialog import (
@@ -40,7 +39,7 @@ from kvchat.ui.get_models_dialog import (
 from kvchat.ui.main_window import MainWindow
 from kvchat.ui.memory_panel import format_bytes
 from tests.hub_fixture import BUNDLED_NAME, Hub
-from tests.scripted_engine import ScriptedEngine, build_scripted_window
+from tests.scripted_engine import ScriptedEngine, open_window
 
 WAIT_MS = 60_000
 FLOW_THREADS = ("kvchat-hub", "kvchat-downloads")
@@ -85,9 +84,10 @@ def app(
     cache = tmp_path / "hf-cache"
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))  # where the model search looks
     before = _children()  # olah, the session's hub, among them
-    window, controller = build_scripted_window(data_dir, ScriptedEngine(lambda _m: ["ok"]))
+    window, controller = open_window(data_dir, ScriptedEngine(lambda _m: ["ok"]))
     qtbot.waitUntil(lambda: controller.model is not None)
-    settings_flow = SettingsFlow(controller, data_dir)
+    settings_flow = controller.settings_flow  # made by the time the engine started
+    assert isinstance(settings_flow, SettingsFlow)
     yield App(qtbot, window, controller, settings_flow, data_dir, cache)
     flows = controller.findChildren(GetModelsFlow)
     if window.isVisible():
@@ -379,11 +379,7 @@ def test_the_file_menu_and_the_settings_dialog_open_it(
 ) -> None:
     # The app's own wiring, with the hub that HF_ENDPOINT would name.
     monkeypatch.setattr(constants, "ENDPOINT", hub.endpoint)
-    # What the real engine link has and the scripted one lacks: the servers' keys.
-    monkeypatch.setattr(app.controller.engine, "server_key", lambda _url: None, raising=False)
-    _make_flows(app.controller, app.data_dir)
-    settings_flow = app.controller.settings_flow
-    assert isinstance(settings_flow, SettingsFlow)
+    settings_flow = app.settings_flow
     (flow,) = [f for f in app.controller.findChildren(GetModelsFlow) if f.endpoint is None]
     file_menu = app.window.menuBar().actions()[0].menu()
     assert isinstance(file_menu, QMenu)
