@@ -38,6 +38,7 @@ from kvchat.app.core.store import DB_NAME
 from kvchat.app.presenters.controller import Controller
 from kvchat.engine.protocol import ChatMessage, Sampling
 from kvchat.ui.main_window import MainWindow
+from tests.stored import wait_until_saved
 
 ACTIONS = (
     ("send", 30),
@@ -78,11 +79,24 @@ class Session:
         real_chat = engine.chat
 
         def chat(
-            messages: Sequence[ChatMessage], sampling: Sampling, continue_last: bool = False
+            messages: Sequence[ChatMessage],
+            sampling: Sampling,
+            continue_last: bool = False,
+            *,
+            reply_room: int = 0,
+            drop_oldest: bool = False,
         ) -> int:
-            request_id = real_chat(messages, sampling, continue_last)
+            request_id = real_chat(
+                messages,
+                sampling,
+                continue_last,
+                reply_room=reply_room,
+                drop_oldest=drop_oldest,
+            )
             self.prompts[request_id] = list(messages)
-            self.reply_request[self.controller.history.messages[-1].key] = request_id
+            reply = self.controller.history.reply  # not always the last one shown
+            assert reply is not None
+            self.reply_request[reply.key] = request_id
             return request_id
 
         engine.chat = chat  # type: ignore[method-assign]
@@ -223,8 +237,10 @@ class Session:
         """Asserts the invariants on the store (and on the window when `idle`).
 
         `extra(content, request_id)` may add an engine's own check of a
-        reply; it returns what is wrong, or "".
+        reply; it returns what is wrong, or "". What the window wrote is
+        waited for first: the save queue commits on a worker thread.
         """
+        wait_until_saved(self.qtbot, self.controller.history.saver)
         stored = self.rows()
         where = "\n".join(self.log[-40:])
         users = Counter(
@@ -254,7 +270,12 @@ class Session:
                     continue
                 if idle:
                     assert state != "streaming", where
-                request_id = self.reply_request[key]
+                request_id = self.reply_request.get(key)
+                if request_id is None:
+                    # Stopped, or left, before its request went out (it goes
+                    # once the person's message is on disk): nothing in it.
+                    assert (content, state) == ("", "interrupted"), where
+                    continue
                 assert request_id not in used, f"request {request_id} in two replies\n{where}"
                 used[request_id] = key
                 full = "".join(self.streamed.get(request_id, []))

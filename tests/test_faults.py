@@ -227,7 +227,7 @@ def test_restarts_back_off_then_the_person_is_asked(
     banners: list[str] = []
 
     def note_restart() -> None:
-        delays.append(controller._restart_timer.interval())
+        delays.append(controller.supervisor.restart_timer.interval())
         banners.append(window.banner.text())
 
     controller.engine.host_exited.connect(note_restart)
@@ -320,7 +320,7 @@ def test_a_host_that_stops_answering_is_ended_and_restarted(
     once_file = tmp_path / "struck"
     _inject(monkeypatch, Fault("stall", "decode", once_file))
     window, controller = _start(data_dir, open_windows)
-    controller.engine.answer_timeout_s = 1.0
+    controller.supervisor.watchdog.answer_timeout_s = 1.0
     _wait_loaded(qtbot, controller)
     window.composer.setPlainText("Tell me a long story about a lighthouse.")
     window.send_button.click()
@@ -346,7 +346,7 @@ def test_a_stopped_engine_never_freezes_the_window(
     watchdog (a timer on that same thread) must still end the host.
     """
     window, controller = _start(data_dir, open_windows)
-    controller.engine.answer_timeout_s = 1.0
+    controller.supervisor.watchdog.answer_timeout_s = 1.0
     _wait_loaded(qtbot, controller)
     pid = controller.engine.pid
     assert pid is not None
@@ -384,7 +384,7 @@ def test_a_load_that_makes_no_progress_is_ended_and_reported(
     once_file = tmp_path / "struck"
     _inject(monkeypatch, Fault("stall", "load", once_file))
     window, controller = _start(data_dir, open_windows)
-    controller.engine.load_stall_s = 2.0
+    controller.supervisor.watchdog.load_stall_s = 2.0
     with qtbot.waitSignal(controller.engine.host_exited, timeout=WAIT_MS) as exited:
         pass
     assert once_file.exists()
@@ -409,7 +409,7 @@ def test_stop_works_during_a_load(
     once_file = tmp_path / "struck"
     _inject(monkeypatch, Fault("stall", "load", once_file))
     window, controller = _start(data_dir, open_windows)
-    controller.engine.answer_timeout_s = 1.0
+    controller.supervisor.watchdog.answer_timeout_s = 1.0
     qtbot.waitUntil(once_file.exists, timeout=WAIT_MS)
     assert window.loading_panel.isVisible()
     assert window.stop_button.isEnabled()
@@ -461,7 +461,8 @@ def test_each_banner_keeps_its_action(
     assert "SIGKILL" in window.banner.text()
     assert window.restart_button.isVisible()
     store._connection.execute("PRAGMA max_page_count = 1073741823")
-    controller.history.saver.retry()
+    with qtbot.waitSignal(controller.history.saver.saved_again, timeout=WAIT_MS):
+        controller.history.saver.retry()  # on the save worker
     assert not window.storage_banner.isVisibleTo(window)
     assert window.restart_button.isVisible()
     assert "SIGKILL" in window.banner.text()
