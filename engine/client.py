@@ -3,6 +3,10 @@
 This is the GUI side of the pipe and never imports `llama_cpp` (an
 import-linter contract holds it to that). It is used from a plain thread by
 the window's engine thread and directly by `kvchat chat`.
+
+A host can be stopped without the caller waiting for it (`retire`): the
+window's GUI thread hands the old host of a model switch to a thread of its
+own, and the new host holds back its commands until the old one has ended.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import queue
 import signal
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -87,6 +92,18 @@ def usable_log_path(wanted: Path) -> tuple[Path, str]:
     )
 
 
+# Hosts being stopped on a thread of their own (`retire`), each by the event
+# set once it has ended. An engine host process started meanwhile sends its
+# host nothing until they have.
+_retiring_lock = threading.Lock()
+_retiring: set[threading.Event] = set()
+
+
+def _still_retiring() -> list[threading.Event]:
+    with _retiring_lock:
+        return list(_retiring)
+
+
 class EngineHost(Protocol):
     """What drives a model: the engine host process here, or a server
     elsewhere (engine.remote.RemoteHost). Commands in, events out."""
@@ -117,6 +134,10 @@ class HostProcess:
     writer thread that puts them down the pipe in order, so a host that is
     stopped or swapped out (its pipe full) cannot freeze the caller.
     `receive` is for one thread only.
+
+    Commands wait for the hosts being retired when this one started (see
+    `retire`): the process starts at once, but its model loads only once
+    the memory of the one before, GPU memory included, is back.
     """
 
     def __init__(self, log_path: Path) -> None:
@@ -133,6 +154,7 @@ class HostProcess:
         self._pipe_broken = threading.Event()
         self._exit_reported = False
         self._kill_reason = ""
+        self._after = _still_retiring()
         self._process.start()
         # Without closing our copy of the child's end, the pipe never reports EOF.
         child_end.close()
@@ -142,6 +164,8 @@ class HostProcess:
         self._writer.start()
 
     def _write_commands(self) -> None:
+        for ended in self._after:
+            ended.wait()
         while True:
             command = self._outbox.get()
             if command is None:
@@ -200,6 +224,10 @@ class HostProcess:
             self._process.kill()
             self._process.join(grace)
 
+    def wait_ended(self) -> None:
+        """Waits, with no limit, for the process to be gone (after `stop` or `kill`)."""
+        self._process.join()
+
     def close(self) -> None:
         """Stops the host if needed and releases the pipe and the process object."""
         if self._process.is_alive():
@@ -209,3 +237,39 @@ class HostProcess:
         self._writer.join(SHUTDOWN_GRACE_S)
         self._connection.close()
         self._process.close()
+
+
+def retire(host: EngineHost, before_close: Callable[[], None] = lambda: None) -> threading.Thread:
+    """Stops `host` (killing it after a grace period) and closes it, on a
+    thread of its own: the caller never waits.
+
+    Until the host has ended (an engine host process: until the process is
+    gone, and the memory it held with it), a HostProcess started after this
+    call holds back its commands, so the next model loads once the memory of
+    this one is back. `before_close` runs on that thread after the host has
+    ended and before it is closed: there the caller's thread that receives
+    the host's events is waited for.
+
+    Returns the thread. It is not a daemon: a process that exits waits for it.
+    """
+    ended = threading.Event()
+    with _retiring_lock:
+        _retiring.add(ended)
+
+    def run() -> None:
+        try:
+            try:
+                host.stop()
+                if isinstance(host, HostProcess):
+                    host.wait_ended()  # killed after the grace period: gone only now
+            finally:
+                with _retiring_lock:
+                    _retiring.discard(ended)
+                ended.set()
+            before_close()
+        finally:
+            host.close()
+
+    thread = threading.Thread(target=run, name="kvchat-engine-stopper")
+    thread.start()
+    return thread

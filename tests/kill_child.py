@@ -32,11 +32,11 @@ def main(data_dir: Path, run: int) -> int:
     from PySide6.QtWidgets import QApplication
 
     from kvchat.app.core.settings import EngineSettings
-    from tests.scripted_engine import ScriptedEngine, build_scripted_window
+    from tests.scripted_engine import ScriptedEngine, open_window
 
     app = QApplication(sys.argv[:1])
     engine = ScriptedEngine(reply_for, rate=RATE)
-    _window, controller = build_scripted_window(data_dir, engine, EngineSettings(max_tokens=4000))
+    _window, controller = open_window(data_dir, engine, EngineSettings(max_tokens=4000))
     turns = 0
 
     def next_turn() -> None:
@@ -45,11 +45,23 @@ def main(data_dir: Path, run: int) -> int:
         turns += 1
         controller.send(text)
         user = controller.history.messages[-2]
-        if user.content == text and controller.history.saver.pending == 0:
-            print(f"ACK {user.key} {text}", flush=True)
+        saver = controller.history.saver
+
+        def acknowledge() -> None:
+            # On disk: the save queue commits on a worker, and says when
+            # (or that the disk refused, which `problem` tells apart).
+            if user.content == text and not saver.problem:
+                print(f"ACK {user.key} {text}", flush=True)
+
+        saver.when_saved(acknowledge)
+
+    def first_turn(_info: object) -> None:
+        """The window loads its model once painted: the first turn waits for it."""
+        controller.engine.model_loaded.disconnect(first_turn)
+        QTimer.singleShot(0, next_turn)
 
     controller.reply_finished.connect(lambda _stats: QTimer.singleShot(0, next_turn))
-    QTimer.singleShot(50, next_turn)
+    controller.engine.model_loaded.connect(first_turn)
     print("READY", flush=True)
     return app.exec()
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from pytestqt.qtbot import QtBot
+
 from kvchat.app.core.store import DB_NAME
+from kvchat.app.presenters.saving import SaveQueue
 
 
 def stored_rows(data_dir: Path, last: str = "state") -> list[tuple[str, str, str]]:
@@ -21,3 +24,14 @@ def stored_rows(data_dir: Path, last: str = "state") -> list[tuple[str, str, str
         return [(str(r), str(c), str(s)) for r, c, s in rows]
     finally:
         connection.close()
+
+
+def wait_until_saved(qtbot: QtBot, saver: SaveQueue, timeout_ms: int = 5000) -> None:
+    """Waits until every write submitted so far is on disk, or refused by it.
+
+    The save queue commits on a worker thread, so the file lags the window
+    by a commit or so: a test that reads it after an action waits first.
+    """
+    done: list[bool] = []
+    saver.when_saved(lambda: done.append(True))
+    qtbot.waitUntil(lambda: bool(done), timeout=timeout_ms)

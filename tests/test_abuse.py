@@ -21,7 +21,7 @@ from kvchat.app.core.settings import EngineSettings
 from kvchat.app.presenters.gui import build_window
 from tests.app.test_input_text import HOSTILE
 from tests.random_sessions import Session
-from tests.stored import stored_rows
+from tests.stored import stored_rows, wait_until_saved
 
 WAIT_MS = 60_000
 SEEDS = range(6)
@@ -75,6 +75,7 @@ def test_unusual_text_reaches_the_real_model_and_comes_back_stored(
         assert finished.args[0].prompt_tokens > 20  # the engine tokenized all of it
         assert not window.banner.isVisibleTo(window)
         reply = controller.history.messages[-1].content
+        wait_until_saved(qtbot, controller.history.saver)
         assert stored_rows(data_dir) == [("user", composed, "done"), ("assistant", reply, "done")]
         assert "before\x00after" in composed and "\ud800" not in composed
         # The engine is still there for the next message.
@@ -105,12 +106,14 @@ def test_a_megabyte_message_is_refused_with_both_sizes_and_given_back(
         assert "tokens long, and the context holds 4096" in message
         assert window.banner.text() == f"The message was not sent: {message}"
         assert window.composer.toPlainText() == big  # nothing typed is lost
+        wait_until_saved(qtbot, controller.history.saver)
         assert stored_rows(data_dir) == []  # nor stored as if it was sent
         assert "line 000000" not in window.chat_view.toPlainText()
         print(f"\n1 MB send: GUI thread busy {blocked * 1000:.0f} ms in the send call")
         # The window goes on: a short message is answered.
         with qtbot.waitSignal(controller.reply_finished, timeout=WAIT_MS):
             controller.send("Short one.")
+        wait_until_saved(qtbot, controller.history.saver)
         assert [row[0] for row in stored_rows(data_dir)] == ["user", "assistant"]
     finally:
         window.close()

@@ -19,18 +19,25 @@ moments when nothing streams (`checkpoint`), never to a commit mid-reply.
 A file that is corrupt, or that a newer kvchat wrote, is never written to:
 it is moved aside (with its WAL) and a fresh one is started, and the caller
 gets a notice saying where the old one went.
+
+An open store has two connections: one that writes and one that reads. WAL
+lets a reader go on beside a writer, so the window's reads never wait for a
+commit that is waiting for the disk (app.presenters.saving commits on a
+worker thread). A read can be handed the writes not committed yet, and
+shows them as if they were.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import string
 import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from kvchat.engine.protocol import Role
 
@@ -235,6 +242,127 @@ _CONVERSATION_COLUMNS = ", ".join(CONVERSATION_FIELDS)
 _MESSAGE_COLUMNS = ", ".join(MESSAGE_FIELDS)
 
 
+# What `apply` does, done in Python for reads given writes not committed yet.
+
+_Row = TypeVar("_Row", Conversation, Message)
+# SQLite's LIKE folds the case of ASCII letters only.
+_ASCII_FOLD = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
+
+def _conversation_of(write: Write) -> str:
+    """The key of the conversation a write changes."""
+    if isinstance(write, PutConversation):
+        return write.conversation.key
+    if isinstance(write, PutMessage):
+        return write.message.conversation_key
+    if isinstance(write, DeleteMessage):
+        return write.conversation_key
+    return write.key
+
+
+def _as_stored(row: _Row) -> _Row:
+    """The row as SQLite would give it back: its text as `storable` makes it."""
+    texts: dict[str, Any] = {
+        f.name: storable(value)
+        for f in fields(row)
+        if isinstance(value := getattr(row, f.name), str)
+    }
+    return replace(row, **texts)
+
+
+def _like(text: str, needle: str) -> bool:
+    """`text LIKE '%needle%'` as SQLite matches it (the needle's % and _ literal)."""
+    return needle.translate(_ASCII_FOLD) in text.translate(_ASCII_FOLD)
+
+
+def _put_message(messages: list[Message], message: Message) -> None:
+    """`PutMessage` on a list in the store's order: an update keeps its place."""
+    for index, old in enumerate(messages):
+        if old.key == message.key:
+            messages[index] = replace(
+                old,
+                content=message.content,
+                state=message.state,
+                updated_at=message.updated_at,
+                stats=message.stats,
+                tokens=message.tokens,
+                tokens_model=message.tokens_model,
+                thinking=message.thinking,
+            )
+            return
+    messages.append(message)
+
+
+def _delete_message(messages: list[Message], write: DeleteMessage) -> None:
+    """`DeleteMessage`: the message and every message that follows it."""
+    gone = {write.key}
+    for message in sorted(messages, key=lambda m: m.position):
+        if message.conversation_key == write.conversation_key and message.parent_key in gone:
+            gone.add(message.key)
+    messages[:] = [m for m in messages if m.key not in gone]
+
+
+def _replay_messages(
+    messages: Sequence[Message], writes: Sequence[PutMessage | DeleteMessage]
+) -> list[Message]:
+    """A conversation's messages, as read, with these writes applied, in the store's order."""
+    replayed = list(messages)
+    for write in writes:
+        if isinstance(write, PutMessage):
+            _put_message(replayed, _as_stored(write.message))
+        else:
+            _delete_message(replayed, write)
+    # Stable: what ties keeps its order, which is the order the rows were made.
+    replayed.sort(key=lambda m: (m.position, m.created_at))
+    return replayed
+
+
+@dataclass
+class _Draft:
+    """One conversation as committed, then as the unsaved writes leave it.
+
+    `messages` is None when they were not read (nothing asked for them).
+    """
+
+    conversation: Conversation | None
+    deleted: bool
+    messages: list[Message] | None
+
+    def apply(self, write: Write) -> None:
+        """Applies one write of this conversation as `ConversationStore.apply` does."""
+        c = self.conversation
+        if isinstance(write, PutConversation):
+            new = _as_stored(write.conversation)
+            if c is None:
+                self.conversation, self.deleted = new, False
+            else:
+                self.conversation = replace(
+                    new, created_at=c.created_at, updated_at=max(c.updated_at, new.updated_at)
+                )
+        elif isinstance(write, PutMessage):
+            if c is not None:
+                self.conversation = replace(
+                    c, updated_at=max(c.updated_at, write.message.updated_at)
+                )
+            if self.messages is not None:
+                _put_message(self.messages, _as_stored(write.message))
+        elif isinstance(write, DeleteMessage):
+            if self.messages is not None:
+                _delete_message(self.messages, write)
+        elif c is not None:
+            self.deleted = isinstance(write, TrashConversation)
+
+    def shown(self, search: str = "") -> bool:
+        """Whether a read lists it: it exists, is not in the trash, and matches `search`."""
+        if self.conversation is None or self.deleted:
+            return False
+        needle = storable(search.strip())
+        if not needle:
+            return True
+        texts = [m.content for m in self.messages or ()]
+        return any(_like(text, needle) for text in (self.conversation.title, *texts))
+
+
 def _describe(exc: sqlite3.Error) -> str:
     name = getattr(exc, "sqlite_errorname", "")
     for prefix, words in _WRITE_REFUSED.items():
@@ -243,9 +371,27 @@ def _describe(exc: sqlite3.Error) -> str:
     return str(exc)
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=True)
+def _connect(
+    path: Path, connection_class: type[sqlite3.Connection] = sqlite3.Connection
+) -> sqlite3.Connection:
+    """The connection that writes. Made on one thread and used on another
+    (the save worker's), never by two at once."""
+    connection = sqlite3.connect(
+        path, isolation_level=None, check_same_thread=False, factory=connection_class
+    )
     connection.execute("PRAGMA busy_timeout = 2000")
+    return connection
+
+
+def _connect_reader(path: Path) -> sqlite3.Connection:
+    """The connection that reads, beside the writer's (WAL mode); it refuses to write.
+
+    It may be made on the save worker (a store opened at a retry) and used
+    on the GUI thread, never by two threads at once.
+    """
+    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    connection.execute("PRAGMA busy_timeout = 2000")
+    connection.execute("PRAGMA query_only = ON")
     return connection
 
 
@@ -347,24 +493,91 @@ def migrate(
 
 
 class ConversationStore:
-    """The open database. Use `open_store`; all calls from one thread."""
+    """The open database. Use `open_store`.
+
+    Reading (`conversations`, `conversation`, `messages`, `integrity`) is for
+    one thread, writing (`apply`, `checkpoint`) for one thread, which may be
+    another: each has a connection of its own. `close` once neither runs.
+
+    Each read may be given `unsaved`, writes in the order they were made
+    that are not committed yet (or are being committed as it reads): it
+    answers as if they were. They are applied in Python over what is
+    committed, as `apply` would apply them; applying one that did reach the
+    disk meanwhile again changes nothing, since writes are idempotent.
+    """
 
     def __init__(
-        self, connection: sqlite3.Connection, path: Path, read_only_reason: str = ""
+        self,
+        connection: sqlite3.Connection,
+        path: Path,
+        read_only_reason: str = "",
+        reader: sqlite3.Connection | None = None,
     ) -> None:
+        """`reader`: the connection reads go through (None: `connection`,
+        for a store that cannot be written)."""
         self._connection = connection
+        self._reader = reader if reader is not None else connection
         self.path = path
         self._durable = True
         # Set for a view of a database that cannot be written: why, for a person.
         self.read_only_reason = read_only_reason
 
     def close(self) -> None:
+        if self._reader is not self._connection:
+            self._reader.close()  # first: the writer's close folds the WAL in
         self._connection.close()
 
     # Reading.
 
-    def conversations(self, search: str = "") -> list[Conversation]:
+    @contextmanager
+    def _snapshot(self) -> Iterator[sqlite3.Connection]:
+        """One read transaction: what several statements read was committed together."""
+        self._reader.execute("BEGIN")
+        try:
+            yield self._reader
+        finally:
+            self._reader.execute("COMMIT")
+
+    def conversations(self, search: str = "", unsaved: Sequence[Write] = ()) -> list[Conversation]:
         """The conversations, newest activity first; `search` matches titles and text."""
+        touched = {_conversation_of(write) for write in unsaved}
+        if not touched:
+            return self._listed(search)
+        with self._snapshot():
+            listed = [c for c in self._listed(search) if c.key not in touched]
+            for key in touched:
+                draft = self._draft(key, unsaved, with_messages=bool(search.strip()))
+                if draft.shown(search):
+                    assert draft.conversation is not None
+                    listed.append(draft.conversation)
+        # Stable, so conversations as active as one another keep SQLite's order.
+        listed.sort(key=lambda c: c.updated_at, reverse=True)
+        return listed
+
+    def conversation(self, key: str, unsaved: Sequence[Write] = ()) -> Conversation | None:
+        if any(_conversation_of(write) == key for write in unsaved):
+            with self._snapshot():
+                draft = self._draft(key, unsaved, with_messages=False)
+            return draft.conversation if draft.shown() else None
+        row = self._reader.execute(
+            f"SELECT {_CONVERSATION_COLUMNS} FROM conversations "
+            "WHERE key = ? AND deleted_at IS NULL",
+            (key,),
+        ).fetchone()
+        return Conversation(*row) if row else None
+
+    def messages(self, conversation_key: str, unsaved: Sequence[Write] = ()) -> list[Message]:
+        """Every message of the conversation, on every branch: by depth, then
+        oldest first (so versions come in the order they were made)."""
+        mine = [
+            w
+            for w in unsaved
+            if isinstance(w, PutMessage | DeleteMessage) and _conversation_of(w) == conversation_key
+        ]
+        messages = self._messages(conversation_key)
+        return _replay_messages(messages, mine) if mine else messages
+
+    def _listed(self, search: str) -> list[Conversation]:
         sql = f"SELECT {_CONVERSATION_COLUMNS} FROM conversations c WHERE deleted_at IS NULL"
         arguments: list[str] = []
         if search.strip():
@@ -376,29 +589,36 @@ class ConversationStore:
             )
             arguments = [pattern, pattern]
         sql += " ORDER BY updated_at DESC"
-        return [Conversation(*row) for row in self._connection.execute(sql, arguments)]
+        return [Conversation(*row) for row in self._reader.execute(sql, arguments)]
 
-    def conversation(self, key: str) -> Conversation | None:
-        row = self._connection.execute(
-            f"SELECT {_CONVERSATION_COLUMNS} FROM conversations "
-            "WHERE key = ? AND deleted_at IS NULL",
-            (key,),
-        ).fetchone()
-        return Conversation(*row) if row else None
-
-    def messages(self, conversation_key: str) -> list[Message]:
-        """Every message of the conversation, on every branch: by depth, then
-        oldest first (so versions come in the order they were made)."""
-        rows = self._connection.execute(
+    def _messages(self, conversation_key: str) -> list[Message]:
+        rows = self._reader.execute(
             f"SELECT {_MESSAGE_COLUMNS} FROM messages "
             "WHERE conversation_key = ? ORDER BY position, created_at, rowid",
             (conversation_key,),
         )
         return [Message(*row) for row in rows]
 
+    def _draft(self, key: str, unsaved: Sequence[Write], with_messages: bool) -> _Draft:
+        """The conversation with this key as committed, with the unsaved writes applied."""
+        row = self._reader.execute(
+            f"SELECT {_CONVERSATION_COLUMNS}, deleted_at IS NOT NULL FROM conversations "
+            "WHERE key = ?",
+            (key,),
+        ).fetchone()
+        draft = _Draft(
+            Conversation(*row[:-1]) if row else None,
+            bool(row[-1]) if row else False,
+            self._messages(key) if with_messages else None,
+        )
+        for write in unsaved:
+            if _conversation_of(write) == key:
+                draft.apply(write)
+        return draft
+
     def integrity(self) -> str:
         """SQLite's full integrity check: "ok", or what is wrong."""
-        rows = self._connection.execute("PRAGMA integrity_check").fetchall()
+        rows = self._reader.execute("PRAGMA integrity_check").fetchall()
         return "; ".join(str(row[0]) for row in rows)
 
     # Writing.
@@ -488,6 +708,8 @@ class ConversationStore:
 
         A checkpoint that cannot run now loses nothing (the WAL keeps it).
         """
+        if self.read_only_reason:
+            return
         try:
             self._connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
         except sqlite3.OperationalError:
@@ -513,7 +735,9 @@ class Opened:
     interrupted: int
 
 
-def open_store(data_dir: Path) -> Opened:
+def open_store(
+    data_dir: Path, connection_class: type[sqlite3.Connection] = sqlite3.Connection
+) -> Opened:
     """Opens (or creates) the database in `data_dir`, migrated to this version.
 
     A corrupt database, or one from a newer kvchat, is moved aside and a fresh
@@ -521,12 +745,15 @@ def open_store(data_dir: Path) -> Opened:
     writes, an existing database is opened read-only, so the history can
     still be shown: its store's `read_only_reason` says why it cannot save.
 
+    `connection_class` is the class of the connection that writes: tests and
+    benchmarks watch its commits, or slow them down as a slow disk would.
+
     Raises:
         StoreUnavailableError: the database cannot be opened even to read,
             or the bad database could not be moved aside.
     """
     try:
-        return _open_writable(data_dir)
+        return _open_writable(data_dir, connection_class)
     except StoreUnavailableError as exc:
         view = _read_only_view(data_dir / DB_NAME, str(exc))
         if view is None:
@@ -542,8 +769,12 @@ def _read_only_view(path: Path, reason: str) -> ConversationStore | None:
     # that needs a file the folder will not take.
     for options in ("mode=ro", "mode=ro&immutable=1"):
         try:
+            # Made on the save worker when a retry opens it, read on the GUI thread.
             connection = sqlite3.connect(
-                f"{path.as_uri()}?{options}", uri=True, isolation_level=None
+                f"{path.as_uri()}?{options}",
+                uri=True,
+                isolation_level=None,
+                check_same_thread=False,
             )
         except sqlite3.Error:
             continue
@@ -572,7 +803,7 @@ _SET_ASIDE = {
 }
 
 
-def _open_writable(data_dir: Path) -> Opened:
+def _open_writable(data_dir: Path, connection_class: type[sqlite3.Connection]) -> Opened:
     path = data_dir / DB_NAME
     notice = ""
     try:
@@ -584,7 +815,7 @@ def _open_writable(data_dir: Path) -> Opened:
                 f"The conversation history {what}, so it was kept as {kept.name} "
                 "and kvchat started a new one."
             )
-        connection = _connect(path)
+        connection = _connect(path, connection_class)
         if problem == "adopt":
             # kvchat's own tables, without the version mark: use them as they are.
             connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -600,6 +831,7 @@ def _open_writable(data_dir: Path) -> Opened:
         raise StoreUnavailableError(
             f"Conversations cannot be saved: {_describe(exc)} ({data_dir})."
         ) from exc
+    reader: sqlite3.Connection | None = None
     try:
         mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if mode != "wal":
@@ -613,9 +845,12 @@ def _open_writable(data_dir: Path) -> Opened:
         connection.execute("PRAGMA wal_autocheckpoint = 0")
         connection.execute("PRAGMA foreign_keys = ON")
         migrate(connection)
-        store = ConversationStore(connection, path)
+        reader = _connect_reader(path)
+        store = ConversationStore(connection, path, reader=reader)
         interrupted = store._recover()
     except (sqlite3.Error, SaveError) as exc:
+        if reader is not None:
+            reader.close()
         connection.close()
         reason = _describe(exc) if isinstance(exc, sqlite3.Error) else str(exc)
         raise StoreUnavailableError(

@@ -14,9 +14,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+import shiboken6
 from PySide6.QtCore import QObject, QThread, QTimer, Signal
 
-from kvchat.engine.client import EngineHost, HostProcess
+from kvchat.engine.client import EngineHost, HostProcess, describe_exit, retire
 from kvchat.engine.link import EngineState, Listener, Listeners
 from kvchat.engine.protocol import (
     Cancel,
@@ -43,17 +44,19 @@ from kvchat.engine.protocol import (
 from kvchat.engine.remote_address import is_remote, split_model_url
 
 READER_JOIN_MS = 1000
-# How long a cancelled request may take to end before its host counts as
-# hung. The host checks for a cancel between tokens and between prefill
-# batches, so this only has to cover one batch of a large model on a CPU.
-ANSWER_TIMEOUT_S = 15.0
-# How long a load may go without reporting progress before it counts as hung.
-# llama.cpp reports progress tensor by tensor; the longest silence is while a
-# large context is allocated and the first graph reserved.
-LOAD_STALL_S = 120.0
 
 # Every reader thread ever started, so tests can fail one that is left running.
 live_readers: weakref.WeakSet[EventReader] = weakref.WeakSet()
+# The readers of hosts let go of (EngineClient._discard), held here, on the
+# GUI thread, until Qt has deleted them: a QThread destroyed while it runs
+# takes the process down with it, and its EngineClient may go first.
+_ending_readers: set[EventReader] = set()
+
+
+def _keep_until_deleted(reader: EventReader) -> None:
+    _ending_readers.difference_update([r for r in _ending_readers if not shiboken6.isValid(r)])
+    reader.setParent(None)
+    _ending_readers.add(reader)
 
 
 class EventReader(QThread):
@@ -71,6 +74,10 @@ class EventReader(QThread):
         self._host = host
         self._listeners = listeners
         live_readers.add(self)
+
+    def detach(self) -> None:
+        """Publishes what comes from now on to no one: its host is being let go of."""
+        self._listeners = Listeners(EngineState("stopped"))
 
     def run(self) -> None:
         while True:
@@ -152,31 +159,30 @@ class EngineClient(QObject):
     host_exited = Signal(object)
 
     def __init__(
-        self, log_path: Path, parent: QObject | None = None, kv_cache_dir: Path | None = None
+        self,
+        log_path: Path,
+        parent: QObject | None = None,
+        kv_cache_dir: Path | None = None,
+        host_factory: Callable[[str], EngineHost] | None = None,
     ) -> None:
         """`kv_cache_dir`: where conversations' keys and values are kept between
-        runs, for loads that do not name a folder (None: kept in RAM only)."""
+        runs, for loads that do not name a folder (None: kept in RAM only).
+
+        `host_factory` makes the host for a model path (None: `_default_host`).
+        Any engine.client.EngineHost will do: the tests' scripted one goes
+        through this class and its reader as the real hosts do.
+        """
         super().__init__(parent)
         self._log_path = log_path
         self._kv_cache_dir = kv_cache_dir
+        self._host_factory = host_factory or self._default_host
         self._host: EngineHost | None = None
         # The API key for a server's base URL (a remote model), from the app's keyring.
         self.server_key: Callable[[str], str | None] = lambda _base_url: None
         self._reader: EventReader | None = None
         self._request_ids = itertools.count(1)
         self._stopping = False
-        self._open_requests: set[int] = set()
-        self._cancelled: set[int] = set()  # open, and asked to stop
-        self.answer_timeout_s = ANSWER_TIMEOUT_S
-        self._watchdog = QTimer(self)
-        self._watchdog.setSingleShot(True)
-        self._watchdog.timeout.connect(self._end_hung_host)
-        self.load_stall_s = LOAD_STALL_S
         self._loading = False
-        self._load_stopped = False
-        self._load_watchdog = QTimer(self)
-        self._load_watchdog.setSingleShot(True)
-        self._load_watchdog.timeout.connect(self._end_stalled_load)
         self.link = WindowEngineLink()
         self._host_for = ""
 
@@ -205,27 +211,28 @@ class EngineClient(QObject):
         """The server the engine talks to ("" for the engine process here)."""
         return self._host_for if self._host is not None else ""
 
-    def start(self, model_path: str = "") -> None:
-        """Starts a host for `model_path` and its reader; a no-op while a fitting one runs.
+    def _default_host(self, model_path: str) -> EngineHost:
+        """A remote model's URL (engine.remote) gets a RemoteHost for its server,
+        anything else the engine host process."""
+        if is_remote(model_path):
+            # Imported here: httpx and the server code load only for a remote model.
+            from kvchat.engine.remote import RemoteHost
 
-        A remote model's URL (engine.remote) gets a RemoteHost for its server,
-        anything else the engine host process.
-        """
+            server = split_model_url(model_path)[0]
+            return RemoteHost(self._log_path, self.server_key(server))
+        return HostProcess(self._log_path)
+
+    def start(self, model_path: str = "") -> None:
+        """Starts a host for `model_path` (made by the host factory) and its
+        reader; a no-op while a fitting one runs: one for the same server, or
+        the engine here for a model here."""
         server = split_model_url(model_path)[0] if is_remote(model_path) else ""
         if self.running and (not model_path or server == self._host_for):
             return
         self._discard()
         self._stopping = False
-        self._open_requests.clear()
-        self._cancelled.clear()
         self._host_for = server
-        if server:
-            # Imported here: httpx and the server code load only for a remote model.
-            from kvchat.engine.remote import RemoteHost
-
-            self._host = RemoteHost(self._log_path, self.server_key(server))
-        else:
-            self._host = HostProcess(self._log_path)
+        self._host = self._host_factory(model_path)
         self.link.host = self._host
         # Parented, so that dropping our reference inside a slot that this
         # reader's own signal invoked (a restart after a crash) does not
@@ -250,32 +257,17 @@ class EngineClient(QObject):
         self._host.send(Cancel())
         self._host.send(LoadModel(config))
         self._loading = True
-        self._load_stopped = False
-        self._load_watchdog.start(round(self.load_stall_s * 1000))
 
     def stop_load(self) -> None:
-        """Stops the load under way; a host that does not end it within
-        `answer_timeout_s` is killed, and `host_exited` says so."""
-        if self._host is None or not self._loading:
-            return
-        self._host.send(Cancel())
-        self._load_stopped = True
-        self._load_watchdog.start(round(self.answer_timeout_s * 1000))
+        """Stops the load under way (the engine answers with LoadFailed)."""
+        if self._host is not None and self._loading:
+            self._host.send(Cancel())
 
-    def _end_stalled_load(self) -> None:
-        if self._host is None or not self._loading:
-            return
-        if self._load_stopped:
-            reason = (
-                f"the model load did not stop within {self.answer_timeout_s:g} s of being asked to"
-            )
-        else:
-            reason = f"the model load made no progress for {self.load_stall_s:g} s"
-        self._host.kill(f"{reason}, so kvchat ended it")
-
-    def _load_ended(self) -> None:
-        self._loading = False
-        self._load_watchdog.stop()
+    def kill(self, reason: str) -> None:
+        """Kills an engine that stopped answering; `host_exited` says `reason`
+        (app.presenters.watchdog decides when)."""
+        if self._host is not None:
+            self._host.kill(reason)
 
     def switch(self, config: LoadConfig) -> None:
         """Loads a model in a fresh host process.
@@ -289,18 +281,26 @@ class EngineClient(QObject):
         self.load(config)
 
     def chat(
-        self, messages: Sequence[ChatMessage], sampling: Sampling, continue_last: bool = False
+        self,
+        messages: Sequence[ChatMessage],
+        sampling: Sampling,
+        continue_last: bool = False,
+        *,
+        reply_room: int = 0,
+        drop_oldest: bool = False,
     ) -> int:
         """Asks for a reply; returns the request id its events will carry.
 
         With `continue_last`, the last message is a reply cut short, which the
-        model is to continue.
+        model is to continue. `reply_room` and `drop_oldest` are the overflow
+        policy's (engine.overflow): the engine keeps that room for the reply,
+        and may drop the oldest turns to keep it.
         """
         request_id = next(self._request_ids)
-        command = Chat(request_id, tuple(messages), sampling, continue_last)
-        self._open_requests.add(request_id)
+        command = Chat(
+            request_id, tuple(messages), sampling, continue_last, reply_room, drop_oldest
+        )
         if self._host is None or not self._host.send(command):
-            self._open_requests.discard(request_id)
             # Emitted later, so that the caller knows the request id by then.
             QTimer.singleShot(
                 0, lambda: self.chat_failed.emit(request_id, "the engine is not running")
@@ -318,52 +318,65 @@ class EngineClient(QObject):
             self._host.send(ClearSavedStates())
 
     def cancel(self, request_id: int | None = None) -> None:
-        """Stops a request (None: whatever runs); a host that does not end it
-        within `answer_timeout_s` is killed, and `host_exited` says so."""
-        if self._host is None:
-            return
-        self._host.send(Cancel(request_id))
-        cancelled = self._open_requests if request_id is None else {request_id}
-        self._cancelled |= cancelled & self._open_requests
-        if self._cancelled and not self._watchdog.isActive():
-            self._watchdog.start(round(self.answer_timeout_s * 1000))
-
-    def _end_hung_host(self) -> None:
-        if self._host is not None and self._cancelled:
-            self._host.kill(
-                f"the engine did not stop within {self.answer_timeout_s:g} s "
-                "of being asked to, so kvchat ended it"
-            )
+        """Stops a request (None: whatever runs); it ends with what it has."""
+        if self._host is not None:
+            self._host.send(Cancel(request_id))
 
     def shutdown(self) -> None:
-        """Stops the host (killing it after a grace period) and joins the reader."""
+        """Stops the host (killing it after a grace period), without waiting for it.
+
+        See `_discard`: the GUI thread goes on at once, and a host started
+        next (a switch's) loads its model only once this one has ended.
+        """
         self._stopping = True
-        self._watchdog.stop()
-        self._load_ended()
-        if self._host is not None:
-            self._host.stop()
+        self._loading = False
         self._discard()
 
     def _discard(self) -> None:
-        if self._reader is not None:
-            self._reader.event_received.disconnect(self._dispatch)
-            self._reader.wait(READER_JOIN_MS)
-            self._reader.deleteLater()
-            self._reader = None
-        if self._host is not None:
-            self.link.host = None
-            self._host.close()
-            self._host = None
-            self.link.listeners.set_state(EngineState("stopped"))
+        """Lets go of the host and its reader at once; they end on a thread of their own.
+
+        engine.client.retire stops the host there, waits for the reader to
+        finish, and closes the host; an engine host process started meanwhile
+        holds back its commands until the old process is gone, so the memory
+        it held is back before the next model asks for it. Nothing the old
+        reader receives from now on reaches the window or the API server's
+        listeners. A process that exits waits for that thread (it is no daemon).
+        """
+        reader, host = self._reader, self._host
+        self._reader = None
+        self._host = None
+        if reader is not None:
+            reader.event_received.disconnect(self._dispatch)
+            reader.detach()
+            if host is not None and reader.isRunning():
+                # Its host's own exit now goes to no one: the API server's
+                # requests on that host end here.
+                self.link.listeners.publish(HostExited(0, describe_exit(0), ""))
+            _keep_until_deleted(reader)
+        if host is None:
+            if reader is not None:
+                reader.finished.connect(reader.deleteLater)
+                if not reader.isRunning():
+                    reader.deleteLater()  # twice is harmless
+            return
+        self.link.host = None
+        self.link.listeners.set_state(EngineState("stopped"))
+
+        def reader_ended() -> None:
+            # On retire's thread: QThread.wait and deleteLater may be called
+            # from any thread, and the reader is deleted on the GUI thread,
+            # after the events it queued. One still running (its host's pipe
+            # never closed) is left to end on its own, never deleted running.
+            # No Python callable is connected to it: Qt would disconnect one
+            # on whichever thread lets go of the callable's object.
+            if reader is not None and reader.wait(READER_JOIN_MS):
+                reader.deleteLater()
+
+        retire(host, before_close=reader_ended)
 
     def _dispatch(self, event: Event) -> None:
         if self.sender() is not self._reader:
             return  # queued before its host was replaced: that host is gone
-        if isinstance(event, TurnFinished | ChatFailed):
-            self._open_requests.discard(event.request_id)
-            self._cancelled.discard(event.request_id)
-            if not self._cancelled:
-                self._watchdog.stop()
         if isinstance(event, TextDelta):
             if event.thinking:
                 self.thinking_received.emit(event.request_id, event.text)
@@ -378,24 +391,19 @@ class EngineClient(QObject):
         elif isinstance(event, TurnFinished):
             self.turn_finished.emit(event.request_id, event.text, event.stats)
         elif isinstance(event, LoadProgress):
-            if self._loading and not self._load_stopped:
-                self._load_watchdog.start(round(self.load_stall_s * 1000))
             self.load_progress.emit(event.fraction)
         elif isinstance(event, ModelLoaded):
-            self._load_ended()
+            self._loading = False
             self.memory_reported.emit(event.memory)
             self.model_loaded.emit(event.info)
         elif isinstance(event, LoadFailed):
-            self._load_ended()
+            self._loading = False
             self.load_failed.emit(event)
         elif isinstance(event, ChatFailed):
             self.chat_failed.emit(event.request_id, event.message)
         elif isinstance(event, HostStarted):
             self.host_started.emit(event)
         elif isinstance(event, HostExited):
-            self._watchdog.stop()
-            self._load_ended()
-            self._open_requests.clear()
-            self._cancelled.clear()
+            self._loading = False
             if not self._stopping:
                 self.host_exited.emit(event)

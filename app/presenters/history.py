@@ -1,10 +1,12 @@
 """The conversation on screen, kept in step with the store.
 
-Every change is written as it happens: the person's message is committed
-before the request leaves for the engine, a reply being generated is
-checkpointed every CHECKPOINT_MS, and its end (done, or interrupted) is
-written with its figures. Writes go through the SaveQueue, so a full disk
-delays them but never loses them.
+Every change is written as it happens: the person's message first (the
+request for its reply is to leave once it is on disk: SaveQueue.when_saved),
+then a reply being generated is checkpointed every CHECKPOINT_MS, and its
+end (done, or interrupted) is written with its figures. Writes go through
+the SaveQueue, so a full disk delays them but never loses them, and a slow
+one never holds up the window. Reads go through it too: they see the writes
+not on disk yet.
 """
 
 from __future__ import annotations
@@ -113,19 +115,17 @@ class History(QObject):
     # Reading.
 
     def conversations(self, search: str = "") -> list[Conversation]:
-        store = self.saver.store
-        return store.conversations(search) if store is not None else []
+        return self.saver.conversations(search)
 
     def open(self, key: str) -> bool:
         """Makes the stored conversation with this key the current one, on the
         branch it was last shown on."""
-        store = self.saver.store
-        conversation = store.conversation(key) if store is not None else None
-        if store is None or conversation is None:
+        conversation = self.saver.conversation(key)
+        if conversation is None:
             return False
         self._forget_reply()
         self.conversation = conversation
-        self.tree = ConversationTree(store.messages(key))
+        self.tree = ConversationTree(self.saver.messages(key))
         self.messages = self.tree.branch(conversation.leaf_key)
         return True
 
@@ -372,12 +372,11 @@ class History(QObject):
         self.saver.submit(PutConversation(self.conversation))
 
     def rename(self, key: str, title: str) -> None:
-        store = self.saver.store
         conversation = (
             self.conversation if self.conversation and self.conversation.key == key else None
         )
-        if conversation is None and store is not None:
-            conversation = store.conversation(key)
+        if conversation is None:
+            conversation = self.saver.conversation(key)
         if conversation is None:
             return
         conversation = replace(conversation, title=storable(title))

@@ -20,8 +20,8 @@ from kvchat.app.presenters.settings_flow import SettingsFlow
 from kvchat.engine.protocol import ChatMessage
 from kvchat.ui.main_window import MainWindow
 from tests.read_only import read_only
-from tests.scripted_engine import ScriptedEngine, build_scripted_window
-from tests.stored import stored_rows
+from tests.scripted_engine import ScriptedEngine, open_window
+from tests.stored import stored_rows, wait_until_saved
 
 Words = Callable[[list[ChatMessage]], list[str]]
 
@@ -46,7 +46,7 @@ class App:
         settings: EngineSettings | None = None,
     ) -> tuple[MainWindow, Controller, ScriptedEngine]:
         engine = ScriptedEngine(words or numbered(20), rate=rate, n_ctx=n_ctx)
-        window, controller = build_scripted_window(self.data_dir, engine, settings)
+        window, controller = open_window(self.data_dir, engine, settings)
         self.windows.append(window)
         self.qtbot.waitUntil(lambda: controller.model is not None)
         return window, controller, engine
@@ -69,20 +69,21 @@ def scripted(qtbot: QtBot, data_dir: Path) -> Iterator[App]:
 def _send(qtbot: QtBot, controller: Controller, text: str) -> None:
     with qtbot.waitSignal(controller.reply_finished, timeout=10_000):
         controller.send(text)
+    wait_until_saved(qtbot, controller.history.saver)
 
 
 def test_messages_are_stored_and_come_back_after_a_restart(
     qtbot: QtBot, scripted: App, data_dir: Path
 ) -> None:
-    window, controller, engine = scripted.open()
+    window, controller, _engine = scripted.open()
     committed: list[list[tuple[str, str, str]]] = []
-    real_chat = engine.chat
+    real_chat = controller.engine.chat
 
     def chat_and_look(*args: object, **kwargs: object) -> int:
         committed.append(stored_rows(data_dir))  # what is on disk as the request leaves
         return real_chat(*args, **kwargs)  # type: ignore[arg-type]
 
-    engine.chat = chat_and_look  # type: ignore[method-assign]
+    controller.engine.chat = chat_and_look  # type: ignore[method-assign]
     _send(qtbot, controller, "First question\nwith two lines")
     _send(qtbot, controller, "Second question")
     reply = "".join(f"w{i} " for i in range(20))
@@ -129,6 +130,7 @@ def test_a_streaming_reply_is_checkpointed_and_a_stopped_one_is_interrupted(
     with qtbot.waitSignal(controller.reply_finished) as finished:
         window.stop_action.trigger()
     assert finished.args[0].stop_reason == "cancelled"
+    wait_until_saved(qtbot, controller.history.saver)
     role, content, state = stored_rows(data_dir)[1]
     assert state == "interrupted"
     assert content == window.chat_view.message_text(controller.history.messages[1].key)
@@ -164,6 +166,7 @@ def test_regenerate_keeps_the_old_reply_as_a_version(
     key = controller.history.messages[-1].key
     with qtbot.waitSignal(controller.reply_finished):
         window.chat_view.regenerate_requested.emit(key)
+    wait_until_saved(qtbot, controller.history.saver)
     assert [m.content for m in engine.requests[1].messages] == ["Q"]
     assert stored_rows(data_dir) == [
         ("user", "Q", "done"),
@@ -199,6 +202,7 @@ def test_editing_a_message_keeps_the_branch_it_replaces(
     with qtbot.waitSignal(controller.reply_finished):
         qtbot.keyClicks(window.composer, "TWO, edited")
         qtbot.keyClick(window.composer, Qt.Key.Key_Return)
+    wait_until_saved(qtbot, controller.history.saver)
     assert [m.content for m in engine.requests[-1].messages] == ["one", "re: one", "TWO, edited"]
     assert len(stored_rows(data_dir)) == 8  # nothing was lost
     assert [m.content for m in controller.history.messages] == [
@@ -255,6 +259,7 @@ def test_continue_asks_the_engine_to_go_on_with_the_reply(
     engine.reply = lambda _m: ["more ", "words"]
     with qtbot.waitSignal(controller.reply_finished):
         window.chat_view.continue_requested.emit(reply.key)
+    wait_until_saved(qtbot, controller.history.saver)
     request = engine.requests[-1]
     assert request.continue_last
     assert request.messages[-1] == ChatMessage("assistant", reply.content)
@@ -314,6 +319,7 @@ def test_a_message_longer_than_the_context_is_refused_and_given_back(
     with qtbot.waitSignal(controller.engine.chat_failed):
         controller.send(long)
     qtbot.wait(1)
+    wait_until_saved(qtbot, controller.history.saver)
     assert window.banner.text().startswith("The message was not sent: the conversation is ")
     assert "tokens long, and the context holds 300" in window.banner.text()
     assert window.composer.toPlainText() == long
@@ -473,8 +479,8 @@ def test_a_read_only_data_folder_keeps_messages_until_it_can_save(
         _send(qtbot, controller, "kept in memory")
         assert "kept in memory" in window.chat_view.toPlainText()
         assert controller.history.saver.pending > 0
-    controller.history.saver.retry()
-    assert controller.history.saver.pending == 0
+    controller.history.saver.retry()  # on the save worker
+    qtbot.waitUntil(lambda: controller.history.saver.pending == 0, timeout=5000)
     assert stored_rows(data_dir)[0][1] == "kept in memory"
     assert window.conversation_list.titles() == ["kept in memory"]
 
@@ -494,8 +500,8 @@ def test_a_read_only_folder_still_shows_the_history(
         _send(qtbot, controller, "typed while read-only")
         assert "typed while read-only" in window.chat_view.toPlainText()
         assert controller.history.saver.pending > 0
-    controller.history.saver.retry()
-    assert controller.history.saver.pending == 0
+    controller.history.saver.retry()  # on the save worker
+    qtbot.waitUntil(lambda: controller.history.saver.pending == 0, timeout=5000)
     assert {row[1] for row in stored_rows(data_dir)} >= {"written before", "typed while read-only"}
 
 

@@ -1,4 +1,8 @@
-"""The save queue: order, retries, and nothing dropped, on a real store."""
+"""The save queue: order, retries, and nothing dropped, on a real store.
+
+Commits run on the queue's worker thread; `wait_until_saved` waits for
+them (the threading itself is tested in tests/app/test_saving_worker.py).
+"""
 
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from kvchat.app.core.store import (
 )
 from kvchat.app.presenters.saving import SaveQueue
 from tests.read_only import read_only
+from tests.stored import wait_until_saved
 
 
 def _put(position: int, text: str, state: str = "done") -> PutMessage:
@@ -45,17 +50,19 @@ def _free_the_disk(queue: SaveQueue) -> None:
 def test_writes_land_in_order_and_a_failure_is_retried(qtbot: QtBot, data_dir: Path) -> None:
     queue = SaveQueue(lambda: open_store(data_dir), retry_ms=30)
     assert queue.open() is not None
-    assert queue.submit(CONVERSATION, _put(0, "first"))
+    queue.submit(CONVERSATION, _put(0, "first"))
+    wait_until_saved(qtbot, queue)
+    assert queue.pending == 0
     _fill_the_disk(queue)
     with qtbot.waitSignal(queue.save_failed) as failed:
-        assert not queue.submit(_put(1, "x" * 50_000))
+        queue.submit(_put(1, "x" * 50_000))
     assert failed.args == [
         "Could not save the conversation: the disk is full. Everything stays on screen, "
         "and kvchat keeps trying to save it every few seconds."
     ]  # no rescue folders given: no copy promised
     # While it fails, later writes wait behind it; checkpoints of one reply fold into one.
-    assert not queue.submit(_put(2, "rep", "streaming"), durable=False)
-    assert not queue.submit(_put(2, "reply so far", "streaming"), durable=False)
+    queue.submit(_put(2, "rep", "streaming"), durable=False)
+    queue.submit(_put(2, "reply so far", "streaming"), durable=False)
     assert queue.pending == 2
     _free_the_disk(queue)
     with qtbot.waitSignal(queue.saved_again, timeout=2000):
@@ -76,7 +83,7 @@ def test_a_store_that_cannot_open_is_opened_later(qtbot: QtBot, data_dir: Path) 
     with read_only(data_dir):
         assert queue.open() is None
         assert queue.problem.startswith("Conversations cannot be saved: ")
-        assert not queue.submit(CONVERSATION, _put(0, "kept"))
+        queue.submit(CONVERSATION, _put(0, "kept"))
     with qtbot.waitSignal(queue.store_opened, timeout=2000):
         pass
     assert queue.pending == 0
@@ -92,6 +99,7 @@ def test_quitting_while_the_disk_refuses_keeps_the_writes_in_an_owner_only_file(
     queue = SaveQueue(lambda: open_store(data_dir), [folder])
     queue.open()
     queue.submit(CONVERSATION)
+    wait_until_saved(qtbot, queue)
     _fill_the_disk(queue)
     with qtbot.waitSignal(queue.save_failed) as failed:
         queue.submit(_put(0, "y" * 50_000))
@@ -119,6 +127,7 @@ def test_the_rescue_file_never_follows_a_planted_link(
     queue = SaveQueue(lambda: open_store(data_dir), [folder, second])
     queue.open()
     queue.submit(CONVERSATION)
+    wait_until_saved(qtbot, queue)
     _fill_the_disk(queue)
     queue.submit(_put(0, "secret " * 10_000))
     rescue = queue.close()
@@ -134,8 +143,10 @@ def test_the_rescue_file_goes_once_everything_is_saved(
     queue = SaveQueue(lambda: open_store(data_dir), [folder], retry_ms=30)
     queue.open()
     queue.submit(CONVERSATION)
+    wait_until_saved(qtbot, queue)
     _fill_the_disk(queue)
-    queue.submit(_put(0, "later " * 10_000))
+    with qtbot.waitSignal(queue.save_failed):
+        queue.submit(_put(0, "later " * 10_000))
     assert len(list(folder.iterdir())) == 1
     _free_the_disk(queue)
     with qtbot.waitSignal(queue.saved_again, timeout=2000):

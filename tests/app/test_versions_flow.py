@@ -10,7 +10,7 @@ from pytestqt.qtbot import QtBot
 
 from kvchat.app.core.settings import EngineSettings
 from tests.app.test_history_flow import App, _send, numbered, scripted  # noqa: F401
-from tests.stored import stored_rows
+from tests.stored import stored_rows, wait_until_saved
 
 
 def test_paging_while_a_reply_streams_leaves_it_in_its_own_branch(
@@ -34,6 +34,7 @@ def test_paging_while_a_reply_streams_leaves_it_in_its_own_branch(
         # And forward again: the reply goes on growing on screen.
         window.chat_view.version_requested.emit(old, +1)
         qtbot.waitUntil(lambda: "w200 " in window.chat_view.toPlainText(), timeout=10_000)
+    wait_until_saved(qtbot, controller.history.saver)
     whole = "".join(f"w{i} " for i in range(400))
     assert stored_rows(data_dir) == [
         ("user", "Q", "done"),
@@ -53,6 +54,7 @@ def test_a_refused_edit_brings_the_version_it_edited_back(
     engine.fail_next = "the engine is busy"
     controller.edit(controller.history.messages[0].key, "ONE")
     qtbot.waitUntil(lambda: not controller.busy)
+    wait_until_saved(qtbot, controller.history.saver)
     assert [m.content for m in controller.history.messages] == ["one", "re: one"]
     assert stored_rows(data_dir) == [("user", "one", "done"), ("assistant", "re: one", "done")]
     text = window.chat_view.toPlainText()
