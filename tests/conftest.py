@@ -66,6 +66,18 @@ def safe_path_restored() -> Iterator[None]:
         os.environ["PYTHONSAFEPATH"] = before
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_fixture_setup(fixturedef: pytest.FixtureDef[object]) -> Iterator[None]:
+    """What a module's or the session's fixture starts is that fixture's, even
+    when a test's own fixture asks for it first (after the check's snapshot)."""
+    if fixturedef.scope == "function":
+        yield
+        return
+    before = leaks.Snapshot.take()
+    yield
+    leaks.share_what_started_since(before)
+
+
 @pytest.fixture(autouse=True)
 def nothing_left_running() -> Iterator[None]:
     """Fails a test that leaves a thread, a QThread, an active QTimer or a child

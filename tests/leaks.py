@@ -71,11 +71,34 @@ def _children() -> dict[int, psutil.Process]:
     return found
 
 
+def _kept(process: psutil.Process, before: Snapshot) -> bool:
+    """Whether a process descends from a child that ran before the test (a
+    session's server starting its own helpers): that child's business."""
+    try:
+        started = before.children | _shared_children
+        return any(parent.pid in started for parent in process.parents())
+    except psutil.Error:
+        return False
+
+
+# What fixtures wider than a test (a module's server, the session's hub)
+# started: theirs to end, at their own teardown.
+_shared_threads: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
+_shared_children: set[int] = set()
+
+
+def share_what_started_since(before: Snapshot) -> None:
+    """Counts what started since `before` as a wider fixture's, never a test's leak."""
+    now = Snapshot.take()
+    _shared_threads.update(now.threads - before.threads)
+    _shared_children.update(now.children - before.children)
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """What ran when the test started."""
 
-    threads: frozenset[int]
+    threads: frozenset[threading.Thread]
     children: frozenset[int]
     qthreads: frozenset[int]
     qtimers: frozenset[int]
@@ -83,8 +106,8 @@ class Snapshot:
     @classmethod
     def take(cls) -> Snapshot:
         return cls(
-            frozenset(t.ident or 0 for t in threading.enumerate()),
-            frozenset(_children()),
+            frozenset(threading.enumerate()) | frozenset(_shared_threads),
+            frozenset(_children()) | _shared_children,
             frozenset(id(t) for t in list(_qthreads) if _alive(t) and t.isRunning()),
             frozenset(id(t) for t in list(_qtimers) if _alive(t) and t.isActive()),
         )
@@ -94,9 +117,13 @@ def _new(before: Snapshot) -> tuple[list[str], list[psutil.Process]]:
     left = [
         f"thread {t.name!r}"
         for t in threading.enumerate()
-        if t.ident not in before.threads and t.is_alive()
+        if t not in before.threads and t not in _shared_threads and t.is_alive()
     ]
-    processes = [p for pid, p in _children().items() if pid not in before.children]
+    processes = [
+        p
+        for pid, p in _children().items()
+        if pid not in before.children | _shared_children and not _kept(p, before)
+    ]
     for process in processes:
         try:
             left.append(f"child process {process.pid} ({' '.join(process.cmdline()[:4])})")
