@@ -52,9 +52,11 @@ def _alive(obj: Any) -> bool:
     return bool(shiboken6.isValid(obj))
 
 
-# Children that live as long as the process that started them, by design:
-# multiprocessing's resource tracker, started at the first spawn.
+# Children and threads that live as long as the process that started them, by
+# design: multiprocessing's resource tracker, started at the first spawn, and
+# tqdm's monitor of stalled progress bars, started at the first bar.
 LIFELONG_CHILDREN = ("multiprocessing.resource_tracker",)
+LIFELONG_THREADS = ("tqdm_monitor",)
 
 
 def _children() -> dict[int, psutil.Process]:
@@ -117,7 +119,10 @@ def _new(before: Snapshot) -> tuple[list[str], list[psutil.Process]]:
     left = [
         f"thread {t.name!r}"
         for t in threading.enumerate()
-        if t not in before.threads and t not in _shared_threads and t.is_alive()
+        if t not in before.threads
+        and t not in _shared_threads
+        and t.name not in LIFELONG_THREADS
+        and t.is_alive()
     ]
     processes = [
         p
