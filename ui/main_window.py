@@ -469,9 +469,13 @@ class MainWindow(QMainWindow):
         self.about_dialog.show()
         self.about_dialog.raise_()
 
+    def about_is_open(self) -> bool:
+        return self.about_dialog is not None and self.about_dialog.isVisible()
+
     def refresh_about(self, heading: str, summary: str, rows: Sequence[tuple[str, str]]) -> None:
         """New rows for the About box, if it is open (the engine reported meanwhile)."""
-        if self.about_dialog is not None and self.about_dialog.isVisible():
+        if self.about_is_open():
+            assert self.about_dialog is not None
             self.about_dialog.show_rows(heading, summary, rows)
 
     def open_local(self, path: str) -> bool:
@@ -580,12 +584,13 @@ class MainWindow(QMainWindow):
         self._sync_buttons(busy=True)
 
     def set_loading_progress(self, fraction: float) -> None:
+        """Kept for the next tick of the loading timer: a load reports a few hundred
+        steps, and QProgressBar.setValue repaints the window at once, each time."""
         self._loading_fraction = fraction
-        self.loading_bar.setValue(round(fraction * 1000))
-        self._show_loading()
 
     def _show_loading(self) -> None:
         elapsed = time.monotonic() - self._loading_started
+        self.loading_bar.setValue(round(self._loading_fraction * 1000))
         self.loading_label.setText(
             f"Loading {self._loading_name}: {self._loading_fraction:.0%} · {elapsed:.1f} s"
         )

@@ -11,6 +11,7 @@ this module imports only when asked (the command line otherwise does without).
 
 from __future__ import annotations
 
+import functools
 import platform
 from importlib import metadata
 
@@ -21,14 +22,30 @@ NOT_REPORTED = "(the engine has not reported yet)"
 PYSIDE_DISTRIBUTIONS = ("PySide6-Essentials", "PySide6")
 
 
+@functools.cache
 def package_version(name: str) -> str:
-    """An installed distribution's version; "not installed" for one that is not."""
+    """An installed distribution's version; "not installed" for one that is not.
+
+    Read once a process: what runs is what was imported, whatever is
+    installed meanwhile, and each read parses the package's metadata file
+    (milliseconds, on the GUI thread when a model loads).
+    """
     try:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return "not installed"
 
 
+@functools.cache
+def package_summary(name: str) -> str:
+    """An installed distribution's one-line summary ("" when it has none)."""
+    try:
+        return metadata.metadata(name)["Summary"] or ""
+    except metadata.PackageNotFoundError:
+        return ""
+
+
+@functools.cache
 def pyside_version() -> str:
     """PySide6's version from its wheel's metadata, else from the module itself
     (a distribution's packaged PySide6 may have no metadata)."""

@@ -21,7 +21,6 @@ import os
 import platform
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 
 from PySide6.QtCore import QObject
@@ -33,6 +32,7 @@ from kvchat.app.presenters.about import (
     NOT_REPORTED,
     devices_text,
     features_text,
+    package_summary,
     package_version,
     version_rows,
 )
@@ -182,7 +182,9 @@ class HelpFlow(QObject):
     def _on_host_started(self, event: HostStarted) -> None:
         if event.build is not None:
             self.build = event.build
-            self._controller.window.refresh_about(*self._about())
+            window = self._controller.window
+            if window.about_is_open():  # else the rows are made when it opens
+                window.refresh_about(*self._about())
 
     @property
     def log_path(self) -> Path:
@@ -207,11 +209,7 @@ class HelpFlow(QObject):
         return rows
 
     def _about(self) -> tuple[str, str, list[tuple[str, str]]]:
-        try:
-            summary = metadata.metadata("kvchat")["Summary"] or ""
-        except metadata.PackageNotFoundError:
-            summary = ""
-        return f"kvchat {package_version('kvchat')}", summary, self.about_rows()
+        return f"kvchat {package_version('kvchat')}", package_summary("kvchat"), self.about_rows()
 
     def show_about(self) -> None:
         self._controller.window.show_about(*self._about())

@@ -20,7 +20,8 @@ def test_message_waits_while_the_model_loads(qtbot: QtBot) -> None:
     assert sent == []
     assert window.composer.toPlainText() == "early question"
     window.set_loading_progress(0.5)
-    assert window.loading_bar.value() == 500
+    # Shown at the loading timer's next tick.
+    qtbot.waitUntil(lambda: window.loading_bar.value() == 500)
     assert "50%" in window.loading_label.text()
 
     window.show_model("model", "details", "context 4096 tokens")
