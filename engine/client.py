@@ -18,6 +18,7 @@ import signal
 import tempfile
 import threading
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Protocol
 
@@ -138,6 +139,11 @@ class HostProcess:
     Commands wait for the hosts being retired when this one started (see
     `retire`): the process starts at once, but its model loads only once
     the memory of the one before, GPU memory included, is back.
+
+    The process itself is started by the writer thread, which then writes
+    the commands: starting a Python process (its pipe, its arguments
+    pickled, a fork and exec) takes the caller 5-15 ms, and the caller is
+    the GUI thread at a model switch.
     """
 
     def __init__(self, log_path: Path) -> None:
@@ -155,15 +161,29 @@ class HostProcess:
         self._exit_reported = False
         self._kill_reason = ""
         self._after = _still_retiring()
-        self._process.start()
-        # Without closing our copy of the child's end, the pipe never reports EOF.
-        child_end.close()
+        self._started = threading.Event()
+        self._start_failed: OSError | None = None
         self._writer = threading.Thread(
-            target=self._write_commands, name="kvchat-engine-writer", daemon=True
+            target=self._write_commands, args=(child_end,), name="kvchat-engine-writer", daemon=True
         )
         self._writer.start()
 
-    def _write_commands(self) -> None:
+    def _start(self, child_end: Connection) -> bool:
+        try:
+            self._process.start()
+        except OSError as exc:  # no memory or no process left to fork
+            self._start_failed = exc
+            self._pipe_broken.set()
+            return False
+        finally:
+            # Without closing our copy of the child's end, the pipe never reports EOF.
+            child_end.close()
+            self._started.set()
+        return True
+
+    def _write_commands(self, child_end: Connection) -> None:
+        if not self._start(child_end):
+            return
         for ended in self._after:
             ended.wait()
         while True:
@@ -178,10 +198,12 @@ class HostProcess:
 
     @property
     def pid(self) -> int | None:
+        self._started.wait()
         return self._process.pid
 
     def is_alive(self) -> bool:
-        return self._process.is_alive()
+        self._started.wait()
+        return self._start_failed is None and self._process.is_alive()
 
     def send(self, command: Command) -> bool:
         """Queues a command for the host; returns False when the host is known gone."""
@@ -201,6 +223,10 @@ class HostProcess:
             return event
         except (EOFError, OSError):
             self._exit_reported = True
+            self._started.wait()
+            if self._start_failed is not None:
+                reason = self._start_failed.strerror or str(self._start_failed)
+                return HostExited(None, f"the engine could not be started ({reason})", "")
             self._process.join(SHUTDOWN_GRACE_S)
             exit_code = self._process.exitcode
             description = self._kill_reason or describe_exit(exit_code)
@@ -209,7 +235,7 @@ class HostProcess:
     def kill(self, reason: str) -> None:
         """Kills a host that has stopped answering; its HostExited says `reason`."""
         self._kill_reason = reason
-        if self._process.is_alive():
+        if self.is_alive():
             self._process.kill()
 
     def stop(self, grace: float = SHUTDOWN_GRACE_S) -> None:
@@ -219,6 +245,8 @@ class HostProcess:
         exit; call `close` once that thread has finished.
         """
         self.send(Shutdown())
+        if not self.is_alive():
+            return
         self._process.join(grace)
         if self._process.is_alive():
             self._process.kill()
@@ -226,17 +254,20 @@ class HostProcess:
 
     def wait_ended(self) -> None:
         """Waits, with no limit, for the process to be gone (after `stop` or `kill`)."""
-        self._process.join()
+        self._started.wait()
+        if self._start_failed is None:
+            self._process.join()
 
     def close(self) -> None:
         """Stops the host if needed and releases the pipe and the process object."""
-        if self._process.is_alive():
+        if self.is_alive():
             self.stop()
         # The host is gone, so a writer blocked on the pipe has failed by now.
         self._outbox.put(None)
         self._writer.join(SHUTDOWN_GRACE_S)
         self._connection.close()
-        self._process.close()
+        if self._start_failed is None:
+            self._process.close()
 
 
 def retire(host: EngineHost, before_close: Callable[[], None] = lambda: None) -> threading.Thread:

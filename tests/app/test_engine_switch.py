@@ -209,6 +209,9 @@ def test_a_switch_loads_the_new_model_once_the_old_process_is_gone(
 
     def factory(_model_path: str) -> HostProcess:
         host = HostProcess(tmp_path / "engine.log")
+        # Once started (its writer thread starts it): patched before, the join
+        # below would be pickled with the process object.
+        assert host.pid is not None
         earlier = list(pids)
         first = threading.Event()
 
@@ -225,7 +228,6 @@ def test_a_switch_loads_the_new_model_once_the_old_process_is_gone(
             process_join(timeout)
 
         host._process.join = join  # type: ignore[method-assign]
-        assert host.pid is not None
         pids.append(host.pid)
         return host
 
