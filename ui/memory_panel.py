@@ -563,6 +563,8 @@ MIN_SPAN_MIB = 1.0
 MIN_SPAN_TOKENS_PER_S = 10.0
 # Points of the decode speed further apart than this are separate replies.
 SPEED_GAP_S = 3.0
+# The least the time axis shows.
+MIN_SPAN_S = 5.0
 
 
 # A plot is never shorter than this: its title, and a data area that still
@@ -579,6 +581,22 @@ def _tick_step(span: float) -> float:
     target = span / 3
     power = 10.0 ** math.floor(math.log10(target))
     return next(f * power for f in (1, 2, 5, 10) if f * power >= target)
+
+
+def _steady_range(
+    low: float, high: float, least_span: float, snap: float = 1.0
+) -> tuple[float, float, float]:
+    """An axis range of at least `least_span` that holds `low`..`high`, its ends
+    rounded out to `snap` of a tick step. Returns (start, end, tick step).
+
+    pyqtgraph draws an axis again, in Python, only when its range changes (a
+    few milliseconds each, on the GUI thread): a range with rounded ends stays
+    put while the data grow inside it, so most redraws draw the line and no axis.
+    """
+    step = _tick_step(max(high - low, least_span))
+    unit = step * snap
+    start = math.floor(low / unit) * unit
+    return start, math.ceil(max(high, start + least_span) / unit) * unit, step
 
 
 def _plot(background: QColor) -> pg.PlotWidget:
@@ -718,8 +736,9 @@ class LivePlot(QWidget):
             plot.setXLink(self._made[0][0])
         curve = plot.plot(pen=pg.mkPen(color, width=2))
         # Sizes and rates start at zero: an axis that zooms to the data's
-        # own span makes noise of a few KiB look like a climb.
-        item.enableAutoRange(y=False)
+        # own span makes noise of a few KiB look like a climb. Both ranges
+        # are set by `redraw`.
+        item.enableAutoRange(x=False, y=False)
         item.setLabel("bottom", "s since load")
         return plot, curve
 
@@ -833,6 +852,7 @@ class LivePlot(QWidget):
             (self.speed_points, MIN_SPAN_TOKENS_PER_S, SPEED_GAP_S),
         )
         lines = zip(self.plots, self._curves, rows, strict=True)
+        first_x, last_x = math.inf, 0.0
         for plot, curve, (points, min_span, gap) in lines:
             xs: list[float] = []
             ys: list[float] = []
@@ -843,11 +863,17 @@ class LivePlot(QWidget):
                 xs.append(x)
                 ys.append(y)
             curve.setData(xs, ys, connect="finite")
+            if xs:
+                first_x, last_x = min(first_x, xs[0]), max(last_x, xs[-1])
             top = max((y for y in ys if not math.isnan(y)), default=0.0)
-            span = max(top * 1.15, min_span)
+            _low, span, step = _steady_range(0.0, top * 1.05, min_span)
             item = plot.getPlotItem()
             item.setYRange(0.0, span, padding=0)
-            item.getAxis("left").setTickSpacing(levels=[(_tick_step(span), 0.0)])
+            item.getAxis("left").setTickSpacing(levels=[(step, 0.0)])
+        # The plots share the time axis (linked to the first plot's), which moves
+        # in half steps: the line's end stays near the right edge.
+        start, end, _step = _steady_range(min(first_x, last_x), last_x, MIN_SPAN_S, snap=0.5)
+        self.plots[0].getPlotItem().setXRange(start, end, padding=0)
 
 
 class MemoryPanel(QScrollArea):
@@ -889,6 +915,8 @@ class MemoryPanel(QScrollArea):
         self._server: ServerView | None = None
         self._plot_dirty = False
         self._refreshes = 0
+        # The figures that keep their height while a model loads (`show_loading`).
+        self._held: list[QWidget] = []
         self._timer = QTimer(self)
         self._timer.setInterval(REFRESH_MS)
         self._timer.timeout.connect(self.refresh)
@@ -926,15 +954,41 @@ class MemoryPanel(QScrollArea):
 
     def set_estimate(self, text: str) -> None:
         self.estimate_label.setText(text)
-        self.estimate_label.setVisible(bool(text))
+        self.estimate_label.setVisible(bool(text) or self.estimate_label in self._held)
 
     def reset(self) -> None:
         """A new model: the plot starts again from its load."""
         self.plot.clear()
         self._plot_dirty = True
 
+    def show_loading(self, text: str) -> None:
+        """Another model loads: the last one's figures are gone, and the new
+        one's come once it is in memory.
+
+        Meanwhile the figures keep their heights (`refresh` lets go when the
+        new model's devices are shown): a column that shrank and grew back
+        would resize the plots below it twice, and pyqtgraph lays a plot out
+        again, in Python, at each resize.
+        """
+        figures = [self.kv_panel, self.device_panel, self.estimate_label]
+        for widget in figures:
+            if widget.isVisible() and widget not in self._held:
+                widget.setMinimumHeight(widget.height())
+                self._held.append(widget)
+        self._clear(text)
+
+    def _let_go(self) -> None:
+        for widget in self._held:
+            widget.setMinimumHeight(0)
+        self._held = []
+        self.estimate_label.setVisible(bool(self.estimate_label.text()))
+
     def show_engine_stopped(self, text: str) -> None:
         """The engine has ended: the figures it reported are gone with it."""
+        self._let_go()
+        self._clear(text)
+
+    def _clear(self, text: str) -> None:
         self._kv = None
         self._devices = None
         self._server = None
@@ -952,6 +1006,8 @@ class MemoryPanel(QScrollArea):
         if self._devices is not None:
             self.device_panel.show_devices(*self._devices)
             self._devices = None
+            if self._held:
+                self._let_go()  # the new model's figures are all in
         if self._speed is not None:
             self.speed_panel.show_speed(self._speed)
             self._speed = None

@@ -201,8 +201,8 @@ class MemoryMonitor(QObject):
         if self.memory is None:
             return
         self._set_model(None)
+        self.panel.show_loading("Loading a model: its figures come once it is in memory.")
         self.panel.set_estimate("")
-        self.panel.show_engine_stopped("Loading a model: its figures come once it is in memory.")
 
     def _on_host_exited(self, _event: object) -> None:
         self._set_model(None)

@@ -102,18 +102,28 @@ def test_figures_of_the_last_model_go_when_another_load_begins(
     engine.memory_sampled.emit(MemorySample(1.0, (HOST, GPU), 477, True, ""))
     panel.set_estimate("Estimate / actual: …")
     panel.refresh()
+    qtbot.waitUntil(lambda: panel.device_panel.height() > 0 and panel.estimate_label.height() > 0)
+    heights = [w.height() for w in (panel.kv_panel, panel.device_panel, panel.estimate_label)]
     engine.load_progress.emit(0.0)
     panel.refresh()
     assert monitor.kv_view() is None
     waiting = "Loading a model: its figures come once it is in memory."
     assert panel.kv_panel.fill_label.text() == waiting
     assert panel.device_panel.rows() == []
-    assert not panel.estimate_label.isVisibleTo(panel)
+    assert panel.estimate_label.text() == ""
+    # Meanwhile they keep their heights: the plots below are not resized twice.
+    held = [w.minimumHeight() for w in (panel.kv_panel, panel.device_panel, panel.estimate_label)]
+    assert held == heights
     # The new model's figures arrive with it, starting from an empty cache.
     engine.memory_reported.emit(MEMORY)
     engine.model_loaded.emit(_Info())
     view = monitor.kv_view()
     assert view is not None and view.tokens == 0 and view.reused_tokens is None
+    engine.memory_sampled.emit(MemorySample(1.0, (HOST, GPU), 0, True, ""))
+    panel.refresh()
+    assert len(panel.device_panel.rows()) == 2
+    assert panel.device_panel.minimumHeight() == 0
+    assert not panel.estimate_label.isVisibleTo(panel)
 
 
 def test_restored_tokens_and_the_conversations_kept_aside_are_shown(
