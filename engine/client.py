@@ -202,7 +202,9 @@ class HostProcess:
         return self._process.pid
 
     def is_alive(self) -> bool:
-        self._started.wait()
+        """Whether the process runs, or is being started (asking never waits)."""
+        if not self._started.is_set():
+            return True
         return self._start_failed is None and self._process.is_alive()
 
     def send(self, command: Command) -> bool:
@@ -235,6 +237,7 @@ class HostProcess:
     def kill(self, reason: str) -> None:
         """Kills a host that has stopped answering; its HostExited says `reason`."""
         self._kill_reason = reason
+        self._started.wait()
         if self.is_alive():
             self._process.kill()
 
@@ -245,6 +248,7 @@ class HostProcess:
         exit; call `close` once that thread has finished.
         """
         self.send(Shutdown())
+        self._started.wait()
         if not self.is_alive():
             return
         self._process.join(grace)
@@ -260,6 +264,7 @@ class HostProcess:
 
     def close(self) -> None:
         """Stops the host if needed and releases the pipe and the process object."""
+        self._started.wait()
         if self.is_alive():
             self.stop()
         # The host is gone, so a writer blocked on the pipe has failed by now.
