@@ -220,6 +220,20 @@ def start_block(cursor: QTextCursor, top_margin: float = 0.0) -> bool:
     return False
 
 
+def _keep_margins(cursor: QTextCursor, start: int) -> None:
+    """Gives the blocks markdown made from `start` on the prose margins of the
+    first: a line break there starts a block of its own, with none."""
+    first = plain_block()
+    margins = QTextBlockFormat()
+    margins.setLeftMargin(first.leftMargin())
+    margins.setRightMargin(first.rightMargin())
+    block = cursor.document().findBlock(start)
+    while block.isValid() and block.position() <= cursor.position():
+        if not block.blockFormat().leftMargin():  # a quote's or a list's own margin stays
+            QTextCursor(block).mergeBlockFormat(margins)
+        block = block.next()
+
+
 def _drop_empty_block(cursor: QTextCursor, start: int) -> None:
     """Removes the block inserted at `start` if the content went after it, as
     a list does, rather than into it."""
@@ -250,6 +264,7 @@ def render_block(cursor: QTextCursor, block: Block, code_id: str, look: Look) ->
         text = _hard_breaks(block.text.strip("\n"))
         if text:
             cursor.insertMarkdown(text, _MARKDOWN)
+            _keep_margins(cursor, start)
     else:
         _render_code(cursor, block, code_id, look)
     if inserted:

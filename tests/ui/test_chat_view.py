@@ -74,6 +74,22 @@ def test_reply_grows_in_place(qtbot: QtBot) -> None:
     assert not view.replying
 
 
+def test_every_line_of_a_reply_starts_at_the_same_margin(qtbot: QtBot) -> None:
+    # A poem's single newlines are line breaks, each a block of its own in Qt's
+    # markdown: the second and later lines once lost the margin of the first.
+    view = _view(qtbot)
+    view.add_message("You", "A poem, please.", from_person=True)
+    view.begin_reply("Model")
+    lines = ["In the realm of memory,", "A new tale with no edges,", "To cherish forevermore."]
+    view.append_reply("\n".join(lines) + "\n\nAnd a paragraph after.")
+    view.end_reply("")
+    margins = set()
+    for line in [*lines, "And a paragraph after.", "A poem, please."]:
+        block = view.document().findBlock(view.toPlainText().index(line))
+        margins.add(block.blockFormat().leftMargin())
+    assert margins == {6.0}
+
+
 def test_reply_is_rendered_as_markdown_with_highlighted_code(qtbot: QtBot) -> None:
     view = _view(qtbot)
     view.add_message("Model", REPLY, key="r1")
