@@ -178,7 +178,9 @@ def main() -> int:
                 if case == "empty":
                     controller.delete_conversation(history.conversation.key)  # type: ignore[union-attr]
                 else:
-                    history.drop_from(len(history.messages) - 2)  # the same 1,000 next time
+                    # The question and its reply leave: the same 1,000 next time.
+                    question, last = history.messages[-2], history.messages[-3]
+                    history.take_back(question.key, last.key)
                     controller.new_conversation()
                 if run:  # the first round warms up
                     per_token[case].append(cost)
