@@ -51,3 +51,7 @@ class Reply:
     @property
     def all_thinking(self) -> str:
         return (self.previous.thinking if self.previous is not None else "") + self.thinking
+
+    def so_far(self) -> tuple[str, str]:
+        """The answer and the thinking so far: what a checkpoint writes."""
+        return self.answer, self.all_thinking

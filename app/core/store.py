@@ -23,21 +23,20 @@ gets a notice saying where the old one went.
 An open store has two connections: one that writes and one that reads. WAL
 lets a reader go on beside a writer, so the window's reads never wait for a
 commit that is waiting for the disk (app.presenters.saving commits on a
-worker thread). A read can be handed the writes not committed yet, and
-shows them as if they were.
+worker thread). A read answers what is committed, and only that: this module
+is the one place that knows what a write does to the data.
 """
 
 from __future__ import annotations
 
 import sqlite3
-import string
 import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Literal
 
 from kvchat.engine.protocol import Role
 
@@ -242,14 +241,7 @@ _CONVERSATION_COLUMNS = ", ".join(CONVERSATION_FIELDS)
 _MESSAGE_COLUMNS = ", ".join(MESSAGE_FIELDS)
 
 
-# What `apply` does, done in Python for reads given writes not committed yet.
-
-_Row = TypeVar("_Row", Conversation, Message)
-# SQLite's LIKE folds the case of ASCII letters only.
-_ASCII_FOLD = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
-
-
-def _conversation_of(write: Write) -> str:
+def conversation_of(write: Write) -> str:
     """The key of the conversation a write changes."""
     if isinstance(write, PutConversation):
         return write.conversation.key
@@ -258,109 +250,6 @@ def _conversation_of(write: Write) -> str:
     if isinstance(write, DeleteMessage):
         return write.conversation_key
     return write.key
-
-
-def _as_stored(row: _Row) -> _Row:
-    """The row as SQLite would give it back: its text as `storable` makes it."""
-    texts: dict[str, Any] = {
-        f.name: storable(value)
-        for f in fields(row)
-        if isinstance(value := getattr(row, f.name), str)
-    }
-    return replace(row, **texts)
-
-
-def _like(text: str, needle: str) -> bool:
-    """`text LIKE '%needle%'` as SQLite matches it (the needle's % and _ literal)."""
-    return needle.translate(_ASCII_FOLD) in text.translate(_ASCII_FOLD)
-
-
-def _put_message(messages: list[Message], message: Message) -> None:
-    """`PutMessage` on a list in the store's order: an update keeps its place."""
-    for index, old in enumerate(messages):
-        if old.key == message.key:
-            messages[index] = replace(
-                old,
-                content=message.content,
-                state=message.state,
-                updated_at=message.updated_at,
-                stats=message.stats,
-                tokens=message.tokens,
-                tokens_model=message.tokens_model,
-                thinking=message.thinking,
-            )
-            return
-    messages.append(message)
-
-
-def _delete_message(messages: list[Message], write: DeleteMessage) -> None:
-    """`DeleteMessage`: the message and every message that follows it."""
-    gone = {write.key}
-    for message in sorted(messages, key=lambda m: m.position):
-        if message.conversation_key == write.conversation_key and message.parent_key in gone:
-            gone.add(message.key)
-    messages[:] = [m for m in messages if m.key not in gone]
-
-
-def _replay_messages(
-    messages: Sequence[Message], writes: Sequence[PutMessage | DeleteMessage]
-) -> list[Message]:
-    """A conversation's messages, as read, with these writes applied, in the store's order."""
-    replayed = list(messages)
-    for write in writes:
-        if isinstance(write, PutMessage):
-            _put_message(replayed, _as_stored(write.message))
-        else:
-            _delete_message(replayed, write)
-    # Stable: what ties keeps its order, which is the order the rows were made.
-    replayed.sort(key=lambda m: (m.position, m.created_at))
-    return replayed
-
-
-@dataclass
-class _Draft:
-    """One conversation as committed, then as the unsaved writes leave it.
-
-    `messages` is None when they were not read (nothing asked for them).
-    """
-
-    conversation: Conversation | None
-    deleted: bool
-    messages: list[Message] | None
-
-    def apply(self, write: Write) -> None:
-        """Applies one write of this conversation as `ConversationStore.apply` does."""
-        c = self.conversation
-        if isinstance(write, PutConversation):
-            new = _as_stored(write.conversation)
-            if c is None:
-                self.conversation, self.deleted = new, False
-            else:
-                self.conversation = replace(
-                    new, created_at=c.created_at, updated_at=max(c.updated_at, new.updated_at)
-                )
-        elif isinstance(write, PutMessage):
-            if c is not None:
-                self.conversation = replace(
-                    c, updated_at=max(c.updated_at, write.message.updated_at)
-                )
-            if self.messages is not None:
-                _put_message(self.messages, _as_stored(write.message))
-        elif isinstance(write, DeleteMessage):
-            if self.messages is not None:
-                _delete_message(self.messages, write)
-        elif c is not None:
-            self.deleted = isinstance(write, TrashConversation)
-
-    def shown(self, search: str = "") -> bool:
-        """Whether a read lists it: it exists, is not in the trash, and matches `search`."""
-        if self.conversation is None or self.deleted:
-            return False
-        needle = storable(search.strip())
-        if not needle:
-            return True
-        texts = [m.content for m in self.messages or ()]
-        return any(_like(text, needle) for text in (self.conversation.title, *texts))
 
 
 def _describe(exc: sqlite3.Error) -> str:
@@ -498,12 +387,7 @@ class ConversationStore:
     Reading (`conversations`, `conversation`, `messages`, `integrity`) is for
     one thread, writing (`apply`, `checkpoint`) for one thread, which may be
     another: each has a connection of its own. `close` once neither runs.
-
-    Each read may be given `unsaved`, writes in the order they were made
-    that are not committed yet (or are being committed as it reads): it
-    answers as if they were. They are applied in Python over what is
-    committed, as `apply` would apply them; applying one that did reach the
-    disk meanwhile again changes nothing, since writes are idempotent.
+    A read sees what is committed: a write still on its way is not in it.
     """
 
     def __init__(
@@ -527,57 +411,10 @@ class ConversationStore:
             self._reader.close()  # first: the writer's close folds the WAL in
         self._connection.close()
 
-    # Reading.
+    # Reading: what is committed, and nothing else.
 
-    @contextmanager
-    def _snapshot(self) -> Iterator[sqlite3.Connection]:
-        """One read transaction: what several statements read was committed together."""
-        self._reader.execute("BEGIN")
-        try:
-            yield self._reader
-        finally:
-            self._reader.execute("COMMIT")
-
-    def conversations(self, search: str = "", unsaved: Sequence[Write] = ()) -> list[Conversation]:
+    def conversations(self, search: str = "") -> list[Conversation]:
         """The conversations, newest activity first; `search` matches titles and text."""
-        touched = {_conversation_of(write) for write in unsaved}
-        if not touched:
-            return self._listed(search)
-        with self._snapshot():
-            listed = [c for c in self._listed(search) if c.key not in touched]
-            for key in touched:
-                draft = self._draft(key, unsaved, with_messages=bool(search.strip()))
-                if draft.shown(search):
-                    assert draft.conversation is not None
-                    listed.append(draft.conversation)
-        # Stable, so conversations as active as one another keep SQLite's order.
-        listed.sort(key=lambda c: c.updated_at, reverse=True)
-        return listed
-
-    def conversation(self, key: str, unsaved: Sequence[Write] = ()) -> Conversation | None:
-        if any(_conversation_of(write) == key for write in unsaved):
-            with self._snapshot():
-                draft = self._draft(key, unsaved, with_messages=False)
-            return draft.conversation if draft.shown() else None
-        row = self._reader.execute(
-            f"SELECT {_CONVERSATION_COLUMNS} FROM conversations "
-            "WHERE key = ? AND deleted_at IS NULL",
-            (key,),
-        ).fetchone()
-        return Conversation(*row) if row else None
-
-    def messages(self, conversation_key: str, unsaved: Sequence[Write] = ()) -> list[Message]:
-        """Every message of the conversation, on every branch: by depth, then
-        oldest first (so versions come in the order they were made)."""
-        mine = [
-            w
-            for w in unsaved
-            if isinstance(w, PutMessage | DeleteMessage) and _conversation_of(w) == conversation_key
-        ]
-        messages = self._messages(conversation_key)
-        return _replay_messages(messages, mine) if mine else messages
-
-    def _listed(self, search: str) -> list[Conversation]:
         sql = f"SELECT {_CONVERSATION_COLUMNS} FROM conversations c WHERE deleted_at IS NULL"
         arguments: list[str] = []
         if search.strip():
@@ -591,30 +428,25 @@ class ConversationStore:
         sql += " ORDER BY updated_at DESC"
         return [Conversation(*row) for row in self._reader.execute(sql, arguments)]
 
-    def _messages(self, conversation_key: str) -> list[Message]:
+    def conversation(self, key: str, in_trash: bool = False) -> Conversation | None:
+        """The conversation with this key; one in the trash (until the next
+        start purges it) only if `in_trash`."""
+        row = self._reader.execute(
+            f"SELECT {_CONVERSATION_COLUMNS} FROM conversations "
+            f"WHERE key = ?{'' if in_trash else ' AND deleted_at IS NULL'}",
+            (key,),
+        ).fetchone()
+        return Conversation(*row) if row else None
+
+    def messages(self, conversation_key: str) -> list[Message]:
+        """Every message of the conversation, on every branch: by depth, then
+        oldest first (so versions come in the order they were made)."""
         rows = self._reader.execute(
             f"SELECT {_MESSAGE_COLUMNS} FROM messages "
             "WHERE conversation_key = ? ORDER BY position, created_at, rowid",
             (conversation_key,),
         )
         return [Message(*row) for row in rows]
-
-    def _draft(self, key: str, unsaved: Sequence[Write], with_messages: bool) -> _Draft:
-        """The conversation with this key as committed, with the unsaved writes applied."""
-        row = self._reader.execute(
-            f"SELECT {_CONVERSATION_COLUMNS}, deleted_at IS NOT NULL FROM conversations "
-            "WHERE key = ?",
-            (key,),
-        ).fetchone()
-        draft = _Draft(
-            Conversation(*row[:-1]) if row else None,
-            bool(row[-1]) if row else False,
-            self._messages(key) if with_messages else None,
-        )
-        for write in unsaved:
-            if _conversation_of(write) == key:
-                draft.apply(write)
-        return draft
 
     def integrity(self) -> str:
         """SQLite's full integrity check: "ok", or what is wrong."""

@@ -4,8 +4,9 @@
 through versions, asks the engine (through the supervisor) for replies,
 and turns the reply's events into what the chat view shows and the store
 keeps. While a reply is written its text lives here, in the turn, and
-nowhere else: the chat view is shown each piece as it comes, and the store
-is handed checkpoints of the turn's text.
+nowhere else: the chat view is shown each piece as it comes, and the
+history reads the turn's text (`Reply.so_far`) at each checkpoint and at
+the end.
 
 The engine decides what the model sees (engine.overflow): a request carries
 the conversation from where the model's view starts now and the room kept
@@ -15,7 +16,6 @@ for the reply, and the engine says where the view starts from then on.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 from PySide6.QtCore import QObject, Signal
 
@@ -35,9 +35,13 @@ class ChatSession(QObject):
 
     Signals:
         reply_finished(object): TurnStats of a reply that ended (done or stopped).
+        conversation_changed(): a message began a conversation, or one that was
+            not sent took its conversation back: the list shows it at once, even
+            while the disk refuses writes.
     """
 
     reply_finished = Signal(object)
+    conversation_changed = Signal()
 
     def __init__(
         self,
@@ -55,8 +59,6 @@ class ChatSession(QObject):
         self.conversation_settings = conversation_settings
         self.transcript = transcript
         self.turn: Reply | None = None
-        # Called when the list should show a change (set by the conversations presenter).
-        self.conversation_began: Callable[[], None] = lambda: None
         engine = supervisor.engine
         engine.prompt_evaluated.connect(self._on_prompt_evaluated)
         engine.text_received.connect(self._on_text)
@@ -97,7 +99,7 @@ class ChatSession(QObject):
             # A conversation began: what was set for it belongs to it now.
             self.conversation_settings.forget_new()
         self.transcript.show_person(message)
-        self.conversation_began()
+        self.conversation_changed.emit()
         self._request("send", leaf_before=leaf_before)
 
     def edit(self, key: str, text: str) -> None:
@@ -110,7 +112,7 @@ class ChatSession(QObject):
         leaf_before = self.transcript.leaf()
         self.window.chat_view.truncate_from(key)
         self.transcript.show_person(self.history.edit(index, text))
-        self.conversation_began()
+        self.conversation_changed.emit()
         self._request("edit", leaf_before=leaf_before)
 
     def regenerate(self, key: str) -> None:
@@ -140,7 +142,6 @@ class ChatSession(QObject):
         previous = self.history.messages[index]
         self.window.clear_error()
         self.window.chat_view.resume_reply(key)
-        self.history.reopen_reply()
         self._request("continue", previous)
 
     def page(self, key: str, step: int) -> None:
@@ -168,17 +169,19 @@ class ChatSession(QObject):
         model = self.model
         self.history.use_model(model)
         sampling = self.conversation_settings.sampling()
+        turn = Reply(0, kind, [], previous, self.history.view_start, leaf_before)
+        if kind == "continue":
+            self.history.reopen_reply(turn.so_far)
         first = self._view_from()
-        sent = [m for m in self.history.messages[first:] if m.content or m.thinking]
+        turn.sent = [m for m in self.history.messages[first:] if m.content or m.thinking]
         if kind != "continue":
-            reply = self.history.begin_reply()
+            reply = self.history.begin_reply(turn.so_far)
             self.window.chat_view.begin_reply(
                 model.name, reply.key, versions=self.history.versions(reply)
             )
         self.window.chat_view.set_reply_actions(regenerate=False, continue_=False)
         self.window.set_busy(True)
-        prompt = prompt_of(self.history.conversation.system_prompt, sent)
-        turn = Reply(0, kind, sent, previous, self.history.view_start, leaf_before)
+        prompt = prompt_of(self.history.conversation.system_prompt, turn.sent)
         turn.started_at = time.monotonic()
         self.turn = turn
 
@@ -234,7 +237,6 @@ class ChatSession(QObject):
         turn.text += text
         if self.transcript.reply_on_screen():
             self.window.chat_view.append_reply(text)
-        self.history.reply_grew(turn.answer, turn.all_thinking)
 
     def _on_thinking(self, request_id: int, text: str) -> None:
         """A reasoning model's thinking, shown apart from its answer."""
@@ -249,7 +251,6 @@ class ChatSession(QObject):
             self.window.chat_view.set_thinking_note(
                 f"Thinking… {turn.thinking_deltas} tokens, {seconds:.1f} s"
             )
-        self.history.reply_grew(turn.answer, turn.all_thinking)
 
     def end_reply(self, footer: str) -> None:
         """Ends a reply in flight where it got to (a switch, a crash, another
@@ -334,7 +335,7 @@ class ChatSession(QObject):
         if not self.history.messages:
             self.history.trash(self.history.conversation.key)
             self.window.chat_view.clear_conversation()
-        self.conversation_began()  # the list shows the conversation as it is now
+        self.conversation_changed.emit()  # the list shows the conversation as it is now
         self._ended()
         self.window.return_message(user.content)
         self.window.show_error(f"The message was not sent: {reason}")

@@ -1,4 +1,10 @@
-"""The list of conversations: new, open, search, rename, delete (with undo) and export."""
+"""The list of conversations: new, open, search, rename, delete (with undo) and export.
+
+The list is read from the store, which has a change once the save worker
+committed it: it is drawn again when `SaveQueue.committed` says so, and at
+once after a change made here (History lists what it holds that is not on
+disk yet).
+"""
 
 from __future__ import annotations
 
@@ -7,10 +13,9 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject, Signal
 
-from kvchat.app.core.conversation_tree import ConversationTree
 from kvchat.app.core.export import ExportError, to_json, to_markdown, write_text
 from kvchat.app.core.formatting import describe_model
-from kvchat.app.core.store import Opened
+from kvchat.app.core.store import Opened, PutMessage, Write
 from kvchat.app.presenters.chat_session import ChatSession
 from kvchat.app.presenters.conversation_settings import ConversationSettings
 from kvchat.app.presenters.history import History
@@ -46,7 +51,7 @@ class ConversationsPresenter(QObject):
         self._search = ""
         self._load_notice_shown = ""  # the model the conversation on screen was told of
         self._shown_before_delete: str | None = None  # deleted while on screen: Undo shows it
-        session.conversation_began = self.refresh_list
+        session.conversation_changed.connect(self.refresh_list)
         session.supervisor.model_ready.connect(self._on_model_ready)
         listing = window.conversation_list
         listing.new_requested.connect(self.new_conversation)
@@ -58,6 +63,7 @@ class ConversationsPresenter(QObject):
         window.export_requested.connect(self.export)
         window.conversation_model_requested.connect(self.load_conversation_model)
         saver = history.saver
+        saver.committed.connect(self._on_committed)
         saver.save_failed.connect(window.show_storage_problem)
         saver.saved_again.connect(self._on_saved_again)
         saver.store_opened.connect(self._on_store_opened)
@@ -163,6 +169,12 @@ class ConversationsPresenter(QObject):
         self._search = text
         self.refresh_list()
 
+    def _on_committed(self, writes: tuple[Write, ...]) -> None:
+        """The list is drawn again for what changes it: not for the checkpoints
+        of a reply (a message's text alone), written every second as it streams."""
+        if not all(isinstance(write, PutMessage) for write in writes):
+            self.refresh_list()
+
     def refresh_list(self) -> None:
         items = [
             ConversationItem(
@@ -178,15 +190,12 @@ class ConversationsPresenter(QObject):
 
     def export(self, key: str, path: str, kind: str) -> None:
         """Writes a conversation to `path` as "markdown" or "json"."""
-        current = self.history.conversation
-        saver = self.history.saver  # what it reads includes what is not on disk yet
-        if current is not None and current.key == key:
-            conversation, tree = current, self.history.tree
-        elif (found := saver.conversation(key)) is not None:
-            conversation, tree = found, ConversationTree(saver.messages(key))
-        else:
+        self.history.checkpoint_reply()  # a reply being written: as far as it got
+        found = self.history.load(key)
+        if found is None:
             self.window.show_error("That conversation could not be exported: it is gone.")
             return
+        conversation, tree = found
         if kind == "json":
             text = to_json(conversation, tree.all())
         else:

@@ -5,8 +5,17 @@ request for its reply is to leave once it is on disk: SaveQueue.when_saved),
 then a reply being generated is checkpointed every CHECKPOINT_MS, and its
 end (done, or interrupted) is written with its figures. Writes go through
 the SaveQueue, so a full disk delays them but never loses them, and a slow
-one never holds up the window. Reads go through it too: they see the writes
-not on disk yet.
+one never holds up the window.
+
+The store answers with what is committed, so what was written and is not on
+disk yet is never read back from it: the conversation on screen lives here,
+and so does one left (or renamed) before its writes reached the disk, until
+they do. The list is read from the store, and shows a change once
+`SaveQueue.committed` says it is there.
+
+A reply being written has one owner, the chat session: its text is read
+from there (the callable given to `begin_reply`) at each checkpoint and at
+its end, and the tree holds what was last written.
 """
 
 from __future__ import annotations
@@ -14,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 from PySide6.QtCore import QObject, QTimer
@@ -30,6 +39,7 @@ from kvchat.app.core.store import (
     PutMessage,
     RestoreConversation,
     TrashConversation,
+    Write,
     new_key,
     storable,
 )
@@ -38,6 +48,9 @@ from kvchat.engine.protocol import ModelInfo, TurnStats
 
 CHECKPOINT_MS = 1000
 TITLE_LENGTH = 60
+
+# The answer and the thinking of a reply being written, as they are now.
+ReplyText = Callable[[], tuple[str, str]]
 
 
 def title_for(text: str) -> str:
@@ -107,38 +120,93 @@ class History(QObject):
         self.tree = ConversationTree()
         self.messages: list[Message] = []
         self._reply_key: str | None = None
-        self._reply_saved = ("", "")  # the reply's answer and thinking as last written
+        self._reply_text: ReplyText | None = None  # its owner's, while it is written
+        # Conversations not on screen with writes not on disk yet, as written.
+        self._left: dict[str, tuple[Conversation, ConversationTree]] = {}
+        # Sent to the trash and not restored: gone from here at once (purged at the next start).
+        self._trashed: set[str] = set()
         self._checkpoint = QTimer(self)
         self._checkpoint.setInterval(CHECKPOINT_MS)
-        self._checkpoint.timeout.connect(self._save_reply)
+        self._checkpoint.timeout.connect(self.checkpoint_reply)
+        saver.committed.connect(self._on_committed)
 
     # Reading.
 
     def conversations(self, search: str = "") -> list[Conversation]:
-        return self.saver.conversations(search)
+        """The stored conversations, newest activity first (see
+        ConversationStore.conversations); one sent to the trash is left out at once.
 
-    def open(self, key: str) -> bool:
-        """Makes the stored conversation with this key the current one, on the
-        branch it was last shown on."""
+        One with writes not on disk yet is listed as it is held here (renamed,
+        say); one the store has nothing of yet (begun while the disk refuses
+        writes) comes first, when nothing is searched: its text is searched
+        by SQL once it is on disk, not here.
+        """
+        held = {
+            conversation.key: conversation
+            for conversation, _tree in self._held()
+            if conversation.key not in self._trashed and self.saver.unsaved(conversation.key)
+        }
+        stored = self.saver.conversations(search)
+        listed = [held.pop(c.key, c) for c in stored if c.key not in self._trashed]
+        if search.strip():
+            return listed
+        return sorted(held.values(), key=lambda c: c.updated_at, reverse=True) + listed
+
+    def _held(self) -> list[tuple[Conversation, ConversationTree]]:
+        """The conversations held here: the one on screen, and those left unsaved."""
+        current = [(self.conversation, self.tree)] if self.conversation is not None else []
+        return current + list(self._left.values())
+
+    def load(self, key: str) -> tuple[Conversation, ConversationTree] | None:
+        """The conversation with this key and its messages, as last written
+        (from here where its writes are not all on disk); None if it is gone."""
+        if key in self._trashed:
+            return None
+        if self.conversation is not None and self.conversation.key == key:
+            return self.conversation, self.tree
+        if key in self._left:
+            return self._left[key]
         conversation = self.saver.conversation(key)
         if conversation is None:
+            return None
+        return conversation, ConversationTree(self.saver.messages(key))
+
+    def open(self, key: str) -> bool:
+        """Makes the conversation with this key the current one, on the branch
+        it was last shown on."""
+        found = self.load(key)
+        if found is None:
             return False
         self._forget_reply()
-        self.conversation = conversation
-        self.tree = ConversationTree(self.saver.messages(key))
-        self.messages = self.tree.branch(conversation.leaf_key)
+        self._leave()
+        self.conversation, self.tree = found
+        self._left.pop(key, None)
+        self.messages = self.tree.branch(self.conversation.leaf_key)
         return True
 
     def new(self) -> None:
         """The next message starts a new conversation."""
         self._forget_reply()
+        self._leave()
         self.conversation = None
         self.tree = ConversationTree()
         self.messages = []
 
+    def _leave(self) -> None:
+        """The current conversation leaves the screen; kept here until its writes are on disk."""
+        conversation = self.conversation
+        if conversation is not None and self.saver.unsaved(conversation.key):
+            self._left[conversation.key] = (conversation, self.tree)
+
+    def _on_committed(self, _writes: tuple[Write, ...]) -> None:
+        """Writes reached the disk: what the store now has need not be kept here."""
+        for key in [key for key in self._left if not self.saver.unsaved(key)]:
+            del self._left[key]
+
     def _forget_reply(self) -> None:
         self._checkpoint.stop()
         self._reply_key = None
+        self._reply_text = None
 
     @property
     def view_start(self) -> int:
@@ -149,9 +217,19 @@ class History(QObject):
         return self.tree.versions(message)
 
     @property
+    def reply_key(self) -> str | None:
+        """The key of the reply being written; None when none is."""
+        return self._reply_key
+
+    @property
     def reply(self) -> Message | None:
-        """The reply being written, on screen or not; None when none is."""
-        return self.tree.get(self._reply_key) if self._reply_key else None
+        """The reply being written, on screen or not, with its text as its
+        owner has it now; None when none is."""
+        last = self.tree.get(self._reply_key) if self._reply_key else None
+        if last is None or self._reply_text is None:
+            return last
+        answer, thinking = self._reply_text()
+        return replace(last, content=answer, thinking=thinking)
 
     # Writing.
 
@@ -257,24 +335,24 @@ class History(QObject):
         leaf = self.messages[-1].key if self.messages else ""
         self.saver.submit(DeleteMessage(self.conversation.key, key), *self._show_leaf(leaf))
 
-    def begin_reply(self) -> Message:
-        """A reply starts; it is written at the first checkpoint that has text."""
+    def begin_reply(self, text: ReplyText) -> Message:
+        """A reply starts; `text` says its answer and thinking so far. It is
+        written at the first checkpoint that has text."""
         message = self._message("assistant", "", "streaming")
         self.tree.put(message)
         self.messages.append(message)
-        self._reply_key = message.key
-        self._reply_saved = ("", "")
+        self._reply_key, self._reply_text = message.key, text
         if self.conversation is not None:
             self.saver.submit(*self._show_leaf(message.key))
         self._checkpoint.start()
         return message
 
-    def reopen_reply(self) -> Message:
-        """The last reply on screen is continued; it streams again from its text."""
+    def reopen_reply(self, text: ReplyText) -> Message:
+        """The last reply on screen is continued; it streams again from its
+        text, and `text` says all of it so far (its earlier text included)."""
         last = replace(self.messages[-1], state="streaming", updated_at=time.time())
         self._update(last)
-        self._reply_key = last.key
-        self._reply_saved = (last.content, last.thinking)
+        self._reply_key, self._reply_text = last.key, text
         self._checkpoint.start()
         return last
 
@@ -286,21 +364,17 @@ class History(QObject):
         ):
             self.messages[message.position] = message
 
-    def reply_grew(self, text: str, thinking: str = "") -> None:
-        """The reply's answer and thinking so far (saved at the next checkpoint)."""
-        reply = self.reply
-        if reply is not None:
-            self._update(replace(reply, content=text, thinking=thinking))
-
-    def _save_reply(self) -> None:
-        reply = self.reply
-        if reply is None or reply.state != "streaming":
+    def checkpoint_reply(self) -> None:
+        """Writes the reply being written as its owner has it now, unless that
+        is what was written last (every CHECKPOINT_MS, and before an export)."""
+        last = self.tree.get(self._reply_key) if self._reply_key else None
+        if last is None or last.state != "streaming" or self._reply_text is None:
             return
-        if (reply.content, reply.thinking) == self._reply_saved:
+        answer, thinking = self._reply_text()
+        if (answer, thinking) == (last.content, last.thinking):
             return
-        reply = replace(reply, updated_at=time.time())
+        reply = replace(last, content=answer, thinking=thinking, updated_at=time.time())
         self._update(reply)
-        self._reply_saved = (reply.content, reply.thinking)
         self.saver.submit(PutMessage(reply), durable=False)
 
     def finish_reply(
@@ -314,8 +388,8 @@ class History(QObject):
     ) -> Message | None:
         """The reply ended ("done", or "interrupted" when stopped or cut off).
 
-        `thinking` None keeps the thinking it has. Returns the reply as
-        stored, or None when no reply was being written.
+        `thinking` None takes the thinking its owner has. Returns the reply
+        as stored, or None when no reply was being written.
         """
         reply = self.reply
         self._forget_reply()
@@ -372,25 +446,31 @@ class History(QObject):
         self.saver.submit(PutConversation(self.conversation))
 
     def rename(self, key: str, title: str) -> None:
-        conversation = (
-            self.conversation if self.conversation and self.conversation.key == key else None
-        )
-        if conversation is None:
-            conversation = self.saver.conversation(key)
-        if conversation is None:
+        found = self.load(key)
+        if found is None:
             return
+        conversation, tree = found
         conversation = replace(conversation, title=storable(title))
         if self.conversation is not None and self.conversation.key == key:
             self.conversation = conversation
+        else:
+            # Opened before the store has the new title, it must not bring back the old.
+            self._left[key] = (conversation, tree)
         self.saver.submit(PutConversation(conversation))
 
     def trash(self, key: str) -> None:
         """Deletes a conversation, recoverably until the next start (see `restore`)."""
         if self.conversation is not None and self.conversation.key == key:
             self.new()
+        self._trashed.add(key)
         self.saver.submit(TrashConversation(key))
 
     def restore(self, key: str) -> None:
+        """Takes a conversation out of the trash: it can be opened and is listed
+        at once (held here until that is on disk)."""
+        self._trashed.discard(key)
+        if key not in self._left and (found := self.saver.conversation(key, in_trash=True)):
+            self._left[key] = (found, ConversationTree(self.saver.messages(key)))
         self.saver.submit(RestoreConversation(key))
 
     def close(self) -> None:

@@ -8,9 +8,9 @@ the disk refused is kept, in order, and written again every few seconds.
 The window never waits on a commit or a retry and never drops text: the
 writes are the store's idempotent values, so applying one twice is harmless,
 and a newer checkpoint of a reply replaces an older one still waiting. Reads
-go through a connection of their own and see the writes not on disk yet
-(ConversationStore's `unsaved`), so what the window reads right after a
-change shows the change.
+go through a connection of their own and answer what is committed; what the
+window wrote and is not on disk yet it holds itself (app.presenters.history),
+and `committed` says when a read would show it.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from kvchat.app.core.store import (
     SaveError,
     StoreUnavailableError,
     Write,
+    conversation_of,
 )
 
 RETRY_MS = 3000
@@ -145,11 +146,14 @@ class SaveQueue(QObject):
     on a worker thread. Everything else, its signals included, is on the GUI thread.
 
     Signals:
+        committed(object): tuple[Write, ...], writes that reached the disk, in
+            order: a read made from now on shows them.
         save_failed(str): writes did not reach the disk; the text says why, for a person.
         saved_again(): everything that had failed is on disk now.
         store_opened(object): Opened, when a store that could not be opened now is.
     """
 
+    committed = Signal(object)
     save_failed = Signal(str)
     saved_again = Signal()
     store_opened = Signal(object)
@@ -204,23 +208,28 @@ class SaveQueue(QObject):
         """Groups of writes not on disk yet (the one being written included)."""
         return len(self._pending)
 
-    # Reading: what is committed, with what is not yet on top.
+    def unsaved(self, conversation_key: str) -> bool:
+        """Whether writes of this conversation are not on disk yet (a read misses them)."""
+        return any(
+            conversation_of(write) == conversation_key
+            for group in self._pending
+            for write in group.writes
+        )
+
+    # Reading: what is committed (see `committed` for when that changes).
 
     def conversations(self, search: str = "") -> list[Conversation]:
         """The store's conversations (see ConversationStore.conversations); none without one."""
         store = self.store
-        return store.conversations(search, self._unsaved()) if store is not None else []
+        return store.conversations(search) if store is not None else []
 
-    def conversation(self, key: str) -> Conversation | None:
+    def conversation(self, key: str, in_trash: bool = False) -> Conversation | None:
         store = self.store
-        return store.conversation(key, self._unsaved()) if store is not None else None
+        return store.conversation(key, in_trash) if store is not None else None
 
     def messages(self, conversation_key: str) -> list[Message]:
         store = self.store
-        return store.messages(conversation_key, self._unsaved()) if store is not None else []
-
-    def _unsaved(self) -> list[Write]:
-        return [write for group in self._pending for write in group.writes]
+        return store.messages(conversation_key) if store is not None else []
 
     # Writing.
 
@@ -303,6 +312,7 @@ class SaveQueue(QObject):
         if batch is not self._in_flight:
             return  # taken already, by close or open waiting for it
         self._in_flight = None
+        saved = self._pending[: batch.saved]
         del self._pending[: batch.saved]
         for group in self._pending[: len(batch.groups) - batch.saved]:
             group.sent = False  # not saved: sent again, in order, at the next try
@@ -325,6 +335,8 @@ class SaveQueue(QObject):
                 self._timer.stop()
                 self._rescue.remove()
                 self.saved_again.emit()
+        if saved:
+            self.committed.emit(tuple(write for group in saved for write in group.writes))
         self._answer_waiting()
         if opened is not None and not opened.store.read_only_reason:
             self.store_opened.emit(opened)

@@ -114,8 +114,8 @@ class Transcript:
         return self.history.messages[-1].key if self.history.messages else ""
 
     def reply_on_screen(self) -> bool:
-        reply = self.history.reply
-        return reply is not None and self.index(reply.key) is not None
+        key = self.history.reply_key
+        return key is not None and self.index(key) is not None
 
 
 def footer_of(message: Message) -> str:

@@ -361,6 +361,7 @@ def test_the_list_news_renames_deletes_undoes_and_searches(
         )
     assert "about apples" in window.chat_view.toPlainText()
     listing.rename_requested.emit(apples, "Fruit talk")
+    wait_until_saved(qtbot, controller.history.saver)  # the list shows what is on disk
     assert listing.titles() == ["about pears", "Fruit talk"]
     listing.search.setText("PEAR")
     qtbot.waitUntil(lambda: listing.titles() == ["about pears"])
@@ -373,6 +374,7 @@ def test_the_list_news_renames_deletes_undoes_and_searches(
     assert listing.undo_bar.isVisibleTo(listing)
     assert listing.undo_label.text() == "Deleted “Fruit talk”."
     qtbot.mouseClick(listing.undo_button, Qt.MouseButton.LeftButton)
+    wait_until_saved(qtbot, controller.history.saver)
     assert listing.titles() == ["about pears", "Fruit talk"]
     assert "about apples" in window.chat_view.toPlainText()  # and comes back with Undo
     listing.delete_requested.emit(apples)
@@ -436,6 +438,25 @@ def test_export_as_markdown_and_json(qtbot: QtBot, scripted: App, tmp_path: Path
     ]
     assert document["messages"][1]["stats"]["generated_tokens"] == 2
     assert "Exported “Show code” to " in window.chat_view.toPlainText()
+
+
+def test_an_export_while_a_reply_streams_has_it_as_far_as_it_got(
+    qtbot: QtBot, scripted: App, tmp_path: Path
+) -> None:
+    """The reply's text has one owner while it streams (the chat session):
+    an export asks for it, rather than reading a copy made at each piece."""
+    window, controller, _engine = scripted.open(numbered(400), rate=200.0)
+    controller.send("Count")
+    qtbot.waitUntil(lambda: "w5 " in window.chat_view.toPlainText(), timeout=10_000)
+    key = controller.history.conversation.key  # type: ignore[union-attr]
+    window.export_requested.emit(key, str(tmp_path / "chat.json"), "json")
+    shown = window.chat_view.toPlainText()
+    document = json.loads((tmp_path / "chat.json").read_text(encoding="utf-8"))
+    _user, reply = document["messages"]
+    assert reply["state"] == "streaming"
+    assert reply["content"].startswith("w0 w1 w2 w3 w4 w5 ") and reply["content"].strip() in shown
+    with qtbot.waitSignal(controller.reply_finished, timeout=10_000):
+        window.stop_action.trigger()
 
 
 def test_a_full_disk_keeps_the_text_says_so_and_saves_it_later(
@@ -581,6 +602,7 @@ def test_deleting_the_shown_conversation_opens_another_and_undo_brings_it_back(
     assert controller.history.conversation.key == pears
     assert "about pears" in window.chat_view.toPlainText()
     # The last one left: a new conversation takes its place.
+    wait_until_saved(qtbot, controller.history.saver)  # listed again once that is on disk
     for key in list(listing.keys()):
         controller.open_conversation(key)
         controller.delete_conversation(key)

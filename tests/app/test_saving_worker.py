@@ -1,6 +1,6 @@
 """The save queue's worker: commits leave the GUI thread, go in order, one
-transaction a group, and the window's reads neither wait for them nor miss
-what they hold.
+transaction a group; the window's reads never wait for them, and what the
+window wrote is never lost to a read that came before its commit.
 
 No timing: the store's writing connection (open_store's `connection_class`)
 records each commit's thread and, while `Disk.hold` is clear, holds commits
@@ -22,18 +22,15 @@ from pytestqt.qtbot import QtBot
 from kvchat.app.core.store import (
     DB_NAME,
     Conversation,
-    ConversationStore,
     DeleteMessage,
     Message,
     PutConversation,
     PutMessage,
-    RestoreConversation,
-    TrashConversation,
-    Write,
     open_store,
 )
 from kvchat.app.presenters.history import History
 from kvchat.app.presenters.saving import SaveQueue
+from tests.scripted_engine import model_info
 from tests.stored import wait_until_saved
 
 WAIT_MS = 5000
@@ -134,14 +131,18 @@ def test_a_commit_runs_on_the_worker_while_the_gui_thread_goes_on_and_reads(
     # The GUI thread runs its event loop while the commit waits for the disk.
     qtbot.waitUntil(disk.holding.is_set, timeout=WAIT_MS)
     assert queue.pending == 1
+    assert queue.unsaved("c") and not queue.unsaved("other")
     assert _on_disk(data_dir) == []
-    # Reads go on beside the writer and show what it holds.
+    # Reads go on beside the writer, and answer what is committed: nothing yet.
+    assert queue.messages("c") == [] and queue.conversations() == []
+    assert queue.store is not None and queue.store.messages("c") == []  # committed: nothing
+    with qtbot.waitSignal(queue.committed, timeout=WAIT_MS) as committed:
+        disk.hold.set()
+    assert committed.args == [(PutConversation(_conversation()), _put(0, "first"))]
+    wait_until_saved(qtbot, queue)
+    assert queue.pending == 0 and not queue.unsaved("c")
     assert [m.content for m in queue.messages("c")] == ["first"]
     assert [c.title for c in queue.conversations()] == ["Chat"]
-    assert queue.store is not None and queue.store.messages("c") == []  # committed: nothing
-    disk.hold.set()
-    wait_until_saved(qtbot, queue)
-    assert queue.pending == 0
     assert _on_disk(data_dir) == [("m0", "first")]
     assert disk.threads and threading.main_thread() not in disk.threads
     assert queue.close() is None
@@ -181,9 +182,9 @@ def test_a_checkpoint_being_committed_is_not_replaced_by_a_newer_one(
     queue.submit(_put(1, "Hello", "streaming"), durable=False)
     queue.submit(_put(1, "Hello there", "streaming"), durable=False)
     assert queue.pending == 2  # the one on its way, and the newest
-    assert [m.content for m in queue.messages("c")] == ["Hello there"]
     disk.hold.set()
     wait_until_saved(qtbot, queue)
+    assert [m.content for m in queue.messages("c")] == ["Hello there"]
     assert disk.transactions == [["m1"], ["m1"]]
     assert _on_disk(data_dir) == [("m1", "Hello there")]
     queue.close()
@@ -229,11 +230,12 @@ def test_a_refused_write_is_retried_on_the_worker_and_read_meanwhile(
     queue.when_saved(lambda: refused.append(True))
     assert refused == [True]  # refused: the caller need not wait for the retry
     queue.submit(_put(1, "after"))
-    # What the disk refused is shown as it will be once saved.
-    assert [m.key for m in queue.messages("c")] == ["m0", "m1"]
+    # Reads meanwhile answer what is committed; the refused writes wait for the retry.
+    assert queue.messages("c") == [] and queue.unsaved("c")
     with qtbot.waitSignal(queue.saved_again, timeout=WAIT_MS):
         store._connection.execute("PRAGMA max_page_count = 1073741823")
     wait_until_saved(qtbot, queue)
+    assert [m.key for m in queue.messages("c")] == ["m0", "m1"]
     assert [key for key, _text in _on_disk(data_dir)] == ["m0", "m1"]
     assert not rescue.exists()
     assert disk.threads and threading.main_thread() not in disk.threads
@@ -258,11 +260,12 @@ def test_close_waits_for_the_worker_and_saves_everything(
     assert threading.main_thread() not in disk.threads
 
 
-def test_what_the_list_shows_right_after_a_change_is_the_change(
+def test_the_list_shows_a_change_once_it_is_committed_and_nothing_waits_for_it(
     qtbot: QtBot, data_dir: Path, disk: Disk
 ) -> None:
-    """The window refreshes its list, or opens a conversation, right after it
-    wrote: a commit still waiting for the disk must not hide what it holds."""
+    """The window refreshes its list when a commit says it may
+    (`committed`), not by reading back what is still on its way: a read made
+    while a commit waits for the disk answers what is on disk, at once."""
     queue = _queue(data_dir, disk)
     history = History(queue)
     queue.submit(PutConversation(_conversation("old", "Old one", at=5.0)))
@@ -271,64 +274,56 @@ def test_what_the_list_shows_right_after_a_change_is_the_change(
     greeting = _put(0, "hi", key="n0", conversation_key="new")
     queue.submit(PutConversation(_conversation("new", "New one", at=6.0)), greeting)
     qtbot.waitUntil(disk.holding.is_set, timeout=WAIT_MS)
+    assert [c.title for c in history.conversations()] == ["Old one"]
+    disk.hold.set()
+    wait_until_saved(qtbot, queue)
     assert [c.title for c in history.conversations()] == ["New one", "Old one"]
+    disk.hold.clear()
     history.rename("old", "Renamed")
     history.trash("new")
+    # Both shown at once, before they are on disk: the history holds the rename.
     assert [c.title for c in history.conversations()] == ["Renamed"]
+    disk.hold.set()
+    wait_until_saved(qtbot, queue)
+    assert [c.title for c in history.conversations()] == ["Renamed"]
+    assert not history.open("new")  # in the trash
     history.restore("new")
+    wait_until_saved(qtbot, queue)
     assert history.open("new")
     assert [m.content for m in history.messages] == ["hi"]
     assert [c.title for c in history.conversations("hi")] == ["New one"]
-    disk.hold.set()
-    wait_until_saved(qtbot, queue)
     assert [c.title for c in history.conversations()] == ["New one", "Renamed"]
     queue.close()
 
 
-def test_reads_given_unsaved_writes_answer_as_if_they_were_committed(tmp_path: Path) -> None:
-    """Every read, handed writes not committed yet, against the same read once
-    they are."""
-    store = open_store(tmp_path).store
-    store.apply(
-        [
-            PutConversation(_conversation("a", "Alpha", 1.0)),
-            PutConversation(_conversation("b", "Beta", 2.0)),
-            PutConversation(_conversation("gone", "Trashed", 3.0)),
-            PutMessage(Message("a0", "a", 0, "user", "about gold", "done", 1.0, 1.0)),
-            PutMessage(
-                Message("a1", "a", 1, "assistant", "yes", "done", 1.1, 1.1, parent_key="a0")
-            ),
-            PutMessage(
-                Message("a2", "a", 2, "user", "and more", "done", 1.2, 1.2, parent_key="a1")
-            ),
-            TrashConversation("gone"),
-        ]
-    )
-    unsaved: list[Write] = [
-        PutConversation(_conversation("c", "Gamma ✓", 4.0)),
-        PutMessage(Message("c0", "c", 0, "user", "SILVER\ud800", "done", 4.0, 4.0)),
-        PutMessage(Message("b0", "b", 0, "user", "late", "done", 9.0, 9.0)),
-        PutConversation(_conversation("b", "Beta, renamed", 2.5)),
-        DeleteMessage("a", "a1"),  # a2 follows it, so goes too
-        PutMessage(
-            Message("a1b", "a", 1, "assistant", "other", "streaming", 1.5, 1.5, parent_key="a0")
-        ),
-        PutMessage(Message("a0", "a", 0, "user", "about GOLD", "done", 1.0, 5.0)),
-        RestoreConversation("gone"),
-        TrashConversation("c"),
-        RestoreConversation("c"),
-    ]
-    searches = ["", "gold", "silver\ufffd", "renamed", "late", "✓", "nothing"]
-    before = _reads(store, searches, unsaved)
-    store.apply(unsaved)
-    assert before == _reads(store, searches, ())
-    store.close()
-
-
-def _reads(
-    store: ConversationStore, searches: list[str], unsaved: list[Write] | tuple[()]
-) -> list[object]:
-    answers: list[object] = [store.conversations(search, unsaved) for search in searches]
-    for key in ("a", "b", "c", "gone", "none"):
-        answers += [store.conversation(key, unsaved), store.messages(key, unsaved)]
-    return answers
+def test_a_conversation_left_before_its_writes_are_on_disk_opens_as_written(
+    qtbot: QtBot, data_dir: Path, disk: Disk
+) -> None:
+    """The store answers what is committed, so History keeps a conversation it
+    left (or renamed) with writes still on their way, and opens it from there."""
+    queue = _queue(data_dir, disk)
+    history = History(queue)
+    model = model_info()
+    history.add_user("first", model, "")
+    first = history.conversation
+    assert first is not None
+    wait_until_saved(qtbot, queue)
+    disk.hold.clear()
+    history.add_user("second", model, "")  # waits for the disk
+    history.new()
+    history.add_user("elsewhere", model, "")
+    history.rename(first.key, "Renamed")
+    assert queue.store is not None and len(queue.store.messages(first.key)) == 1
+    # Listed as held here: the one the store has nothing of yet first.
+    assert [c.title for c in history.conversations()] == ["elsewhere", "Renamed"]
+    assert history.open(first.key)
+    assert history.conversation is not None and history.conversation.title == "Renamed"
+    assert [m.content for m in history.messages] == ["first", "second"]
+    history.new()
+    disk.hold.set()
+    wait_until_saved(qtbot, queue)
+    assert history._left == {}  # on disk: read from the store again
+    assert history.open(first.key)
+    assert history.conversation is not None and history.conversation.title == "Renamed"
+    assert [m.content for m in history.messages] == ["first", "second"]
+    queue.close()
