@@ -100,6 +100,32 @@ _retiring_lock = threading.Lock()
 _retiring: set[threading.Event] = set()
 
 
+# The engine's threads are started by a thread of their own (`_launch`):
+# Thread.start waits until the new thread runs, which on a busy machine is a
+# time slice of the scheduler's (several ms), and at a model switch the
+# caller is the GUI thread, starting two (the new host's writer, the old
+# host's stopper).
+_launches: queue.SimpleQueue[threading.Thread] = queue.SimpleQueue()
+_launcher: threading.Thread | None = None
+_launcher_lock = threading.Lock()
+LAUNCHER_NAME = "kvchat-engine-launcher"
+
+
+def _launch(thread: threading.Thread) -> None:
+    """Has `thread` started, without waiting for it to run."""
+    global _launcher
+    with _launcher_lock:
+        if _launcher is None:
+            _launcher = threading.Thread(target=_start_launched, name=LAUNCHER_NAME, daemon=True)
+            _launcher.start()
+    _launches.put(thread)
+
+
+def _start_launched() -> None:
+    while True:
+        _launches.get().start()
+
+
 def _still_retiring() -> list[threading.Event]:
     with _retiring_lock:
         return list(_retiring)
@@ -166,7 +192,7 @@ class HostProcess:
         self._writer = threading.Thread(
             target=self._write_commands, args=(child_end,), name="kvchat-engine-writer", daemon=True
         )
-        self._writer.start()
+        _launch(self._writer)
 
     def _start(self, child_end: Connection) -> bool:
         try:
@@ -286,7 +312,8 @@ def retire(host: EngineHost, before_close: Callable[[], None] = lambda: None) ->
     ended and before it is closed: there the caller's thread that receives
     the host's events is waited for.
 
-    Returns the thread. It is not a daemon: a process that exits waits for it.
+    Returns the thread, started at once by the launcher thread (see
+    `_launch`). It is not a daemon: a process that exits waits for it.
     """
     ended = threading.Event()
     with _retiring_lock:
@@ -307,5 +334,5 @@ def retire(host: EngineHost, before_close: Callable[[], None] = lambda: None) ->
             host.close()
 
     thread = threading.Thread(target=run, name="kvchat-engine-stopper")
-    thread.start()
+    _launch(thread)
     return thread

@@ -22,6 +22,8 @@ import psutil
 import shiboken6
 from PySide6.QtCore import QThread, QTimer
 
+from kvchat.engine.client import LAUNCHER_NAME
+
 GRACE_S = 5.0
 POLL_S = 0.02
 
@@ -53,10 +55,11 @@ def _alive(obj: Any) -> bool:
 
 
 # Children and threads that live as long as the process that started them, by
-# design: multiprocessing's resource tracker, started at the first spawn, and
-# tqdm's monitor of stalled progress bars, started at the first bar.
+# design: multiprocessing's resource tracker, started at the first spawn,
+# tqdm's monitor of stalled progress bars, started at the first bar, and the
+# thread that starts the engine's threads (engine.client._launch).
 LIFELONG_CHILDREN = ("multiprocessing.resource_tracker",)
-LIFELONG_THREADS = ("tqdm_monitor",)
+LIFELONG_THREADS = ("tqdm_monitor", LAUNCHER_NAME)
 
 
 def _children() -> dict[int, psutil.Process]:
