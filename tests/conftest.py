@@ -78,6 +78,20 @@ def pytest_fixture_setup(fixturedef: pytest.FixtureDef[object]) -> Iterator[None
     leaks.share_what_started_since(before)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """Once a test's fixtures are let go of, collects what they leave (here, on
+    the main thread, as `nothing_left_running` does) and freezes what outlives
+    the test (gc.freeze): the next test's collection then walks only what that
+    test made. A full collection over everything imported and kept so far
+    takes 0.1 to 0.5 s, and every test ends with one."""
+    try:
+        return (yield)
+    finally:
+        gc.collect()
+        gc.freeze()
+
+
 @pytest.fixture(autouse=True)
 def nothing_left_running() -> Iterator[None]:
     """Fails a test that leaves a thread, a QThread, an active QTimer or a child
