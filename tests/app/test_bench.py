@@ -127,8 +127,15 @@ def test_the_burner_keeps_a_cpu_busy_until_stopped() -> None:
     with Burner() as burner:
         assert burner.running
         process = psutil.Process(burner._process.pid)  # type: ignore[union-attr]
-        process.cpu_percent()
-        time.sleep(0.5)
-        assert process.cpu_percent() > 50
+        # Busy: past its start it runs, or waits for a CPU, whenever it is
+        # looked at. How much CPU it gets is the scheduler's business: other
+        # processes (another test worker, a build) may share the cores.
+        deadline = time.monotonic() + 30.0
+        while sum(process.cpu_times()[:2]) < 0.2:
+            assert time.monotonic() < deadline, "the burner never got going"
+            time.sleep(0.01)
+        for _ in range(20):
+            assert process.status() == psutil.STATUS_RUNNING
+            time.sleep(0.01)
     assert not burner.running
     assert not psutil.pid_exists(process.pid) or process.status() == psutil.STATUS_ZOMBIE
