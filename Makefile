@@ -46,9 +46,12 @@ test: lint
 	QT_QPA_PLATFORM=offscreen $(BIN)/pytest
 
 # The fast lane: everything but the tests that run real llama.cpp (marked
-# `model` by rule in tests/conftest.py). The whole suite is `make test`.
+# `model` by rule in tests/conftest.py) and the extra seeds and rounds of the
+# longest random checks (marked `thorough`), on a pytest worker per core
+# (pytest-xdist; most tests wait on a window, a child or a server). The whole
+# suite, serial, is `make test`.
 test-fast: lint
-	QT_QPA_PLATFORM=offscreen $(BIN)/pytest -m "not model"
+	QT_QPA_PLATFORM=offscreen $(BIN)/pytest -m "not model and not thorough" -n auto --maxprocesses=8
 
 # llama.cpp's own llama-server and llama-bench, built from the llama.cpp that
 # the installed llama-cpp-python vendors (its source package, from PyPI): the

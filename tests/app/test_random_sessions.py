@@ -21,6 +21,8 @@ from tests.random_sessions import Session
 from tests.scripted_engine import SCRIPTED_MODEL, ScriptedEngine, open_window
 
 WINDOWS = 30
+# The fast lane (make test-fast) runs the first seeds; the whole suite all of them.
+FAST_LANE_WINDOWS = 8
 SESSIONS_PER_WINDOW = 10
 STEPS_PER_SESSION = 12
 
@@ -40,7 +42,13 @@ def tags_of(content: str, request_id: int) -> str:
     return f"words of another request in reply {request_id}: {wrong[:5]}" if wrong else ""
 
 
-@pytest.mark.parametrize("seed", range(WINDOWS))
+@pytest.mark.parametrize(
+    "seed",
+    [
+        pytest.param(seed, marks=() if seed < FAST_LANE_WINDOWS else pytest.mark.thorough)
+        for seed in range(WINDOWS)
+    ],
+)
 def test_random_sessions_keep_the_store_whole_and_replies_apart(
     qtbot: QtBot, data_dir: Path, seed: int
 ) -> None:
