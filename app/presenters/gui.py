@@ -38,6 +38,9 @@ from kvchat.ui.theme import apply_theme
 # before anything that waits for it starts) and when the model was ready for the
 # first message, the process's RSS then, and "error" when the model failed to load.
 EXIT_WHEN_READY_ENV = "KVCHAT_BENCH_EXIT_WHEN_READY"
+# How long a Python thread of the window's process holds the GIL before the
+# GUI thread may take it (see build_window).
+GUI_SWITCH_INTERVAL_S = 0.001
 
 
 def build_window(
@@ -65,6 +68,13 @@ def build_window(
     """
     lock = InstanceLock(data_dir)
     lock.acquire()
+    # The window's process runs Python threads beside the GUI thread (the
+    # estimate after a load, the save worker, the engine's reader, the API
+    # server), and a thread that computes holds the GIL for the switch
+    # interval before it hands over: 5 ms by default, so the GUI thread
+    # waited in steps of 5 ms during a model switch (benchmarks/gui_stall.py:
+    # median stall 47 ms at 5 ms, 9-15 ms at 1 ms).
+    sys.setswitchinterval(GUI_SWITCH_INTERVAL_S)
     window = MainWindow()
     if engine is None:
         engine = EngineClient(engine_log_path(data_dir), kv_cache_dir=kv_cache_path(data_dir))
