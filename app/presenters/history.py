@@ -123,7 +123,7 @@ class History(QObject):
         self._reply_text: ReplyText | None = None  # its owner's, while it is written
         # Conversations not on screen with writes not on disk yet, as written.
         self._left: dict[str, tuple[Conversation, ConversationTree]] = {}
-        # Sent to the trash and not restored: gone from here at once (purged at the next start).
+        # Sent to the trash and not on disk yet: gone from here at once.
         self._trashed: set[str] = set()
         self._checkpoint = QTimer(self)
         self._checkpoint.setInterval(CHECKPOINT_MS)
@@ -199,9 +199,11 @@ class History(QObject):
             self._left[conversation.key] = (conversation, self.tree)
 
     def _on_committed(self, _writes: tuple[Write, ...]) -> None:
-        """Writes reached the disk: what the store now has need not be kept here."""
+        """Writes reached the disk: what the store now has need not be kept here
+        (a conversation in the trash on disk is one the store leaves out)."""
         for key in [key for key in self._left if not self.saver.unsaved(key)]:
             del self._left[key]
+        self._trashed = {key for key in self._trashed if self.saver.unsaved(key)}
 
     def _forget_reply(self) -> None:
         self._checkpoint.stop()
