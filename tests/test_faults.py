@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,10 +18,12 @@ from pytestqt.qtbot import QtBot
 from kvchat.app.core.load_marker import LoadMarker
 from kvchat.app.core.settings import EngineSettings
 from kvchat.app.core.store import open_store
+from kvchat.app.presenters import gui
 from kvchat.app.presenters.controller import Controller
 from kvchat.app.presenters.gui import build_window
 from kvchat.engine import faults
 from kvchat.engine.faults import POINTS, Fault, Kind, Point
+from kvchat.ui.background_import import POLL_MS
 from kvchat.ui.main_window import MainWindow
 
 WAIT_MS = 60_000
@@ -301,13 +304,29 @@ def test_a_model_whose_load_crashed_is_not_loaded_at_the_next_start(
 
 
 def test_a_load_interrupted_by_closing_the_window_is_not_held_against_the_model(
-    qtbot: QtBot, data_dir: Path, open_windows: list[MainWindow]
+    qtbot: QtBot,
+    data_dir: Path,
+    open_windows: list[MainWindow],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    window, _controller = _start(data_dir, open_windows)
+    made: list[Controller] = []
+    monkeypatch.setattr(gui, "_make_flows", lambda controller, _data_dir: made.append(controller))
+    window, controller = _start(data_dir, open_windows)
     # Written before the load, which starts after the window's first paint.
     qtbot.waitUntil(lambda: LoadMarker(data_dir).read() is not None, timeout=WAIT_MS)
     window.close()
     assert LoadMarker(data_dir).read() is None
+
+    # The flows' modules finish importing after the close, and the host may
+    # still say it started: no flow is made then (its worker thread would
+    # outlive the window).
+    def imported() -> bool:
+        importing = any(t.name == "kvchat-import" for t in threading.enumerate())
+        polls = [t for t in controller.findChildren(QTimer) if t.interval() == POLL_MS]
+        return not importing and not any(t.isActive() for t in polls)
+
+    qtbot.waitUntil(imported, timeout=WAIT_MS)
+    assert made == []
 
 
 def test_a_host_that_stops_answering_is_ended_and_restarted(

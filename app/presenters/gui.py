@@ -147,7 +147,8 @@ def _start_the_rest(controller: Controller, data_dir: Path, model_path: str | No
     The flows are made by the time the engine host says it started, at the
     latest: the settings flow shows the loaded model's estimate, so it must be
     there before the load ends. A server's model waits for them instead: its
-    key is the servers flow's.
+    key is the servers flow's. None are made once the window has closed: their
+    worker threads end with the window, so one made later would outlive it.
     """
     made = False
 
@@ -156,6 +157,12 @@ def _start_the_rest(controller: Controller, data_dir: Path, model_path: str | No
         if not made:
             made = True
             _make_flows(controller, data_dir)
+
+    def never() -> None:
+        nonlocal made
+        made = True
+
+    controller.window.closing.connect(never)
 
     if model_path is not None and is_remote(model_path):
         make_flows()
