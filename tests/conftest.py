@@ -21,9 +21,17 @@ from tests.hub_fixture import hub  # noqa: F401  (the download tests' mirror; on
 
 # What marks a test `model` (it runs real llama.cpp, so it is not in the fast
 # lane): a fixture that gives it a model file, or a module that starts the
-# real engine or the real command line.
+# real engine or the real command line: a module-level name that begins with
+# one of ENGINE_STARTERS (`_kvchat_serve` starts `kvchat serve`, say).
 MODEL_FIXTURES = frozenset({"model_path", "model_factory"})
-ENGINE_STARTERS = frozenset({"build_window", "HostProcess", "ModelRunner", "run_chat", "_kvchat"})
+ENGINE_STARTERS = (
+    "build_window",
+    "HostProcess",
+    "LocalEngine",
+    "ModelRunner",
+    "run_chat",
+    "_kvchat",
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -32,7 +40,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         fixtures = set(getattr(item, "fixturenames", ()))
         module = getattr(item, "module", None)
         names = set(vars(module)) if module is not None else set()
-        if fixtures & MODEL_FIXTURES or names & ENGINE_STARTERS:
+        if fixtures & MODEL_FIXTURES or any(name.startswith(ENGINE_STARTERS) for name in names):
             item.add_marker(pytest.mark.model)
 
 
