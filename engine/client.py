@@ -154,6 +154,30 @@ class EngineHost(Protocol):
     def close(self) -> None: ...
 
 
+class Inbox:
+    """The events an EngineHost's own threads put, for its `receive`: the next
+    one, None on timeout, and nothing after HostExited (RemoteHost's, and the
+    scripted engine's for tests)."""
+
+    def __init__(self) -> None:
+        self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        self._ended = False
+
+    def put(self, event: Event) -> None:
+        self._events.put(event)
+
+    def get(self, timeout: float | None = None) -> Event | None:
+        if self._ended:
+            return None
+        try:
+            event = self._events.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if isinstance(event, HostExited):
+            self._ended = True
+        return event
+
+
 class HostProcess:
     """One engine host process and the pipe to it.
 

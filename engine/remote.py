@@ -50,7 +50,7 @@ from typing import Any, TypeVar
 import httpx
 
 from kvchat.engine import overflow, remote_servers
-from kvchat.engine.client import usable_log_path
+from kvchat.engine.client import Inbox, usable_log_path
 from kvchat.engine.protocol import (
     Cancel,
     Chat,
@@ -234,7 +234,7 @@ class RemoteHost:
         self.log_path, self.log_note = usable_log_path(log_path)
         self.api_key = api_key or None
         self.reply_timeout_s = REPLY_TIMEOUT_S
-        self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        self._events = Inbox()
         self._commands: queue.SimpleQueue[Command | None] = queue.SimpleQueue()
         self._client = httpx.Client(
             timeout=httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
@@ -252,7 +252,6 @@ class RemoteHost:
         self._prompt_size = PromptSize()
         self._loaded_at = 0.0
         self._stopping = threading.Event()
-        self._exited = False
         self._events.put(HostStarted(0, "", False))
         self._worker = threading.Thread(target=self._serve, name="kvchat-remote", daemon=True)
         self._worker.start()
@@ -280,15 +279,7 @@ class RemoteHost:
         return True
 
     def receive(self, timeout: float | None = None) -> Event | None:
-        if self._exited:
-            return None
-        try:
-            event = self._events.get(timeout=timeout)
-        except queue.Empty:
-            return None
-        if isinstance(event, HostExited):
-            self._exited = True
-        return event
+        return self._events.get(timeout)
 
     def kill(self, reason: str) -> None:
         """Gives up on the server now: the stream under way is closed."""

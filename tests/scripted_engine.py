@@ -47,7 +47,7 @@ from kvchat.app.core.settings import EngineSettings
 from kvchat.app.presenters.controller import Controller
 from kvchat.app.presenters.engine_client import EngineClient
 from kvchat.app.presenters.gui import build_window
-from kvchat.engine.client import SHUTDOWN_GRACE_S
+from kvchat.engine.client import SHUTDOWN_GRACE_S, Inbox
 from kvchat.engine.overflow import first_in_view, turn_starts
 from kvchat.engine.protocol import (
     Cancel,
@@ -344,7 +344,7 @@ class ScriptedHost:
         self.log_path = log_path
         self.log_note = ""
         self._script = script
-        self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        self._events = Inbox()
         self._commands: queue.SimpleQueue[LoadModel | _Reply | Complete | None] = (
             queue.SimpleQueue()
         )
@@ -354,7 +354,6 @@ class ScriptedHost:
         self._loaded = False
         self._stopping = threading.Event()  # asked to stop, or killed: the worker ends now
         self._exited = False  # its HostExited is queued: nothing goes after it
-        self._exit_received = False
         self._emit(HostStarted(0, "", False))
         self._worker = threading.Thread(
             target=self._serve, name="kvchat-scripted-engine", daemon=True
@@ -396,15 +395,7 @@ class ScriptedHost:
 
     def receive(self, timeout: float | None = None) -> Event | None:
         """The next event; None on timeout, and after HostExited."""
-        if self._exit_received:
-            return None
-        try:
-            event = self._events.get(timeout=timeout)
-        except queue.Empty:
-            return None
-        if isinstance(event, HostExited):
-            self._exit_received = True
-        return event
+        return self._events.get(timeout)
 
     def kill(self, reason: str) -> None:
         """Ends the host at once, as a crash: nothing more comes but its HostExited."""
