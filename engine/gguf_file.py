@@ -186,6 +186,9 @@ def describe_start(head: bytes) -> str:
     return f"it starts with bytes {head[:4].hex(' ')}, not with GGUF"
 
 
+_U64 = struct.Struct("<Q")
+
+
 class _Reader:
     """Reads little-endian values from the file at a moving position, checking every bound.
 
@@ -250,6 +253,32 @@ class _Reader:
     def string(self, what: str, limit: int = MAX_STRING_BYTES) -> str:
         """A length-prefixed UTF-8 string of at most `limit` bytes."""
         return self.string_or_skip(what, keep_up_to=limit, limit=limit) or ""
+
+    def skip_strings(self, count: int, what: str, limit: int = MAX_STRING_BYTES) -> None:
+        """Steps over `count` length-prefixed strings, checking their bounds.
+
+        A tokenizer's vocabulary and merges are tens of thousands of strings
+        each: they are walked in one tight loop over the window read, and only
+        a string the window cuts, or one at fault, goes the way of
+        `string_or_skip` (which reads on, and says what is wrong).
+        """
+        unpack = _U64.unpack_from
+        index = 0
+        while index < count:
+            window, offset = self._window, self.pos - self._base
+            # What is real of the window: a sparse file's hole is not.
+            end = min(len(window), self._known - self._base) if offset >= 0 else 0
+            while index < count and offset + 8 <= end:
+                (length,) = unpack(window, offset)
+                if length > limit or offset + 8 + length > end:
+                    break
+                offset += 8 + length
+                index += 1
+            if offset >= 0:
+                self.pos = self._base + offset
+            if index < count:
+                self.string_or_skip(f"item {index} of {what}", keep_up_to=0, limit=limit)
+                index += 1
 
     def string_or_skip(
         self, what: str, keep_up_to: int, limit: int = MAX_STRING_BYTES
@@ -368,8 +397,7 @@ class _Metadata:
         # Checked before the walk over the items, which could take long.
         reader.need(length * item_size, f"the {length} items of {key}")
         if item_type == GGUFValueType.STRING:
-            for index in range(length):
-                reader.string_or_skip(f"item {index} of {key}", keep_up_to=0)
+            reader.skip_strings(length, key)
             return ArraySummary(item_type.name, length)
         if length > KEEP_ARRAY_ITEMS or self._kept_items + length > KEEP_TOTAL_ARRAY_ITEMS:
             reader.skip(item_size * length, f"metadata {key}")

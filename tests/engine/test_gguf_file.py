@@ -13,8 +13,15 @@ import gguf
 import numpy as np
 import pytest
 
+from kvchat.engine import gguf_file
 from kvchat.engine.client import HostProcess
-from kvchat.engine.gguf_file import ArraySummary, GgufInfo, ModelFileError, read_gguf
+from kvchat.engine.gguf_file import (
+    MAX_STRING_BYTES,
+    ArraySummary,
+    GgufInfo,
+    ModelFileError,
+    read_gguf,
+)
 from kvchat.engine.protocol import (
     Chat,
     ChatFailed,
@@ -301,6 +308,35 @@ def test_array_longer_than_the_file(tmp_path: Path) -> None:
     _expect(
         _raw_gguf(tmp_path / "m.gguf", [entry]), "the 16777216 items of 'x.scores'", "runs past"
     )
+
+
+@pytest.mark.parametrize("window", [64, 4096])
+def test_a_vocabulary_the_read_window_cuts_reads_the_same(
+    model_path: Path, monkeypatch: pytest.MonkeyPatch, window: int
+) -> None:
+    # Tens of thousands of tokens and merges, walked a window at a time.
+    whole = read_gguf(model_path)
+    monkeypatch.setattr(gguf_file._Reader, "_WINDOW", window)
+    assert read_gguf(model_path) == whole
+
+
+def test_a_vocabulary_item_longer_than_allowed_is_named(tmp_path: Path) -> None:
+    items = _text(b"a") + _text(b"b") + struct.pack("<Q", MAX_STRING_BYTES + 1) + b"c" * 64
+    tokens = _kv("tokenizer.ggml.tokens", _ARRAY, struct.pack("<IQ", _STRING, 3) + items)
+    _expect(
+        _raw_gguf(tmp_path / "m.gguf", [tokens]),
+        "item 2 of 'tokenizer.ggml.tokens' is 67108865 bytes long",
+    )
+
+
+def test_a_vocabulary_past_the_end_of_the_file_is_named(tmp_path: Path) -> None:
+    header = b"GGUF" + struct.pack("<IQQ", 3, 0, 1)
+    items = _text(b"a") + struct.pack("<Q", 50) + b"bc"
+    path = tmp_path / "m.gguf"
+    path.write_bytes(
+        header + _kv("tokenizer.ggml.tokens", _ARRAY, struct.pack("<IQ", _STRING, 2) + items)
+    )
+    _expect(path, "item 1 of 'tokenizer.ggml.tokens'", "runs past the end of the file")
 
 
 def test_kept_arrays_are_bounded_in_total(tmp_path: Path) -> None:
