@@ -44,7 +44,7 @@ from kvchat.engine.buffer_report import (
     parse_buffer_report,
 )
 from kvchat.engine.children import child_environment, python_command, safe_working_folder
-from kvchat.engine.gguf_file import GgufInfo, TensorInfo, read_model
+from kvchat.engine.gguf_file import GgufInfo, ModelFileError, TensorInfo
 from kvchat.engine.load_params import ALL_LAYERS, KV_TYPE_NAMES, LoadParams
 from kvchat.engine.protocol import DeviceSample, KvCache, LoadConfig
 
@@ -541,7 +541,9 @@ def estimate(
             would refuse the load.
         DryRunError: the child process crashed or timed out.
     """
-    check_metadata(read_model(config.model_path))
+    # The child reads and checks the file before llama.cpp sees it; this
+    # process does not (a vocabulary's header is tens of milliseconds of
+    # Python that would compete with the window's thread for the GIL).
     request = {"config": asdict(config), "fit": fit}
     with tempfile.TemporaryDirectory(prefix="kvchat-estimate-") as folder:
         result_path = Path(folder) / "result.json"
@@ -570,6 +572,8 @@ def estimate(
             return Estimate.from_wire(answer["estimate"])
     except (ValueError, KeyError, TypeError) as exc:
         raise DryRunError(f"the dry run answered in a form kvchat cannot read ({exc})") from None
+    if answer.get("model_file"):
+        raise ModelFileError(str(answer["error"]))
     raise CannotEstimateError(str(answer["error"]))
 
 

@@ -2,7 +2,8 @@
 
 Run as `python -m kvchat.engine.llama.dry_run RESULT_PATH` with a JSON request on stdin
 (`{"config": LoadConfig fields, "fit": bool}`); it writes
-`{"estimate": ...}` or `{"error": "..."}` to RESULT_PATH. It loads the
+`{"estimate": ...}` or `{"error": "..."}` to RESULT_PATH (with `"model_file":
+true` when the file itself is not one llama.cpp may be given). It loads the
 model with `no_alloc = True` and `load_mode = LLAMA_LOAD_MODE_NONE`, as
 llama.cpp's own memory-fit code does, and creates a context: nothing is
 allocated, and llama.cpp logs every buffer it would allocate. Left at its
@@ -191,8 +192,11 @@ def run(
     try:
         config = LoadConfig(**request["config"])
         gguf = read_model(config.model_path)
+    except ModelFileError as exc:
+        return {"error": str(exc), "model_file": True}
+    try:
         check_metadata(gguf)
-    except (ModelFileError, Error) as exc:
+    except Error as exc:
         return {"error": str(exc)}
     llama_cpp.llama_backend_init()
     probed, probe_note = probe_devices(raw, nvml)
