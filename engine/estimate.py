@@ -44,7 +44,7 @@ from kvchat.engine.buffer_report import (
     parse_buffer_report,
 )
 from kvchat.engine.children import child_environment, python_command, safe_working_folder
-from kvchat.engine.gguf_file import GgufInfo, ModelFileError, TensorInfo
+from kvchat.engine.gguf_file import GgufInfo, ModelFileError, TensorInfo, check_start
 from kvchat.engine.load_params import ALL_LAYERS, KV_TYPE_NAMES, LoadParams
 from kvchat.engine.protocol import DeviceSample, KvCache, LoadConfig
 
@@ -541,9 +541,12 @@ def estimate(
             would refuse the load.
         DryRunError: the child process crashed or timed out.
     """
-    # The child reads and checks the file before llama.cpp sees it; this
-    # process does not (a vocabulary's header is tens of milliseconds of
-    # Python that would compete with the window's thread for the GIL).
+    # The child reads and checks the whole header before llama.cpp sees it;
+    # this process only looks at the file's start, so that a missing file or
+    # one of another kind is told at once. (The whole header, a vocabulary of
+    # tens of thousands of strings, is tens of milliseconds of Python that would
+    # compete with the window's GUI thread for the GIL.)
+    check_start(config.model_path)
     request = {"config": asdict(config), "fit": fit}
     with tempfile.TemporaryDirectory(prefix="kvchat-estimate-") as folder:
         result_path = Path(folder) / "result.json"

@@ -15,10 +15,12 @@ here is our own.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import stat
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -505,7 +507,26 @@ def read_gguf(path: str | os.PathLike[str], known: int | None = None) -> GgufInf
             unsupported version, truncated, or its header is inconsistent.
         HeaderIncompleteError: the header runs past the `known` bytes.
     """
-    path = Path(path)
+    with _opened(Path(path)) as (fd, size):
+        return _parse(Path(path), fd, size, known)
+
+
+def check_start(path: str | os.PathLike[str]) -> None:
+    """What `read_gguf` checks first, without the walk over the header: the
+    file is there, a plain file, and GGUF of a version kvchat reads. For a
+    caller that leaves the rest to a process of its own (the estimate's dry
+    run); a few system calls.
+
+    Raises:
+        ModelFileError: as `read_gguf`, for those checks.
+    """
+    with _opened(Path(path)) as (fd, size):
+        _start(fd, size, None)
+
+
+@contextlib.contextmanager
+def _opened(path: Path) -> Iterator[tuple[int, int]]:
+    """The file's descriptor and size, for a plain file that is not empty."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
@@ -527,14 +548,15 @@ def read_gguf(path: str | os.PathLike[str], known: int | None = None) -> GgufInf
             raise ModelFileError(f"it is not a regular file ({path})")
         if status.st_size == 0:
             raise ModelFileError("not a GGUF file: the file is empty")
-        return _parse(path, fd, status.st_size, known)
+        yield fd, status.st_size
     except OSError as exc:
         raise ModelFileError(f"it cannot be read: {exc.strerror or exc}") from None
     finally:
         os.close(fd)
 
 
-def _parse(path: Path, fd: int, size: int, known: int | None) -> GgufInfo:
+def _start(fd: int, size: int, known: int | None) -> tuple[_Reader, int]:
+    """A reader past the magic and the version, and the version."""
     head = os.pread(fd, min(64, size if known is None else known), 0)
     if not head.startswith(GGUF_MAGIC):
         if known is not None and len(head) < 64 and GGUF_MAGIC.startswith(head[:4]):
@@ -548,6 +570,11 @@ def _parse(path: Path, fd: int, size: int, known: int | None) -> GgufInfo:
             f"it is GGUF version {version}; kvchat reads versions "
             f"{' and '.join(map(str, SUPPORTED_VERSIONS))}"
         )
+    return reader, version
+
+
+def _parse(path: Path, fd: int, size: int, known: int | None) -> GgufInfo:
+    reader, version = _start(fd, size, known)
     n_tensors = reader.u64("the tensor count")
     n_kv = reader.u64("the metadata count")
     if n_tensors > MAX_TENSORS or n_kv > MAX_KV_PAIRS:

@@ -16,6 +16,7 @@ projection with a recorded device list.
 from __future__ import annotations
 
 import bisect
+import struct
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -23,6 +24,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from kvchat.engine import estimate as estimate_module
 from kvchat.engine.buffer_report import MIB, parse_buffer_report
 from kvchat.engine.estimate import (
     CannotEstimateError,
@@ -289,10 +291,27 @@ def test_metadata_only_llama_cpp_needs_is_named_too(model_factory: ModelFactory)
     )
 
 
-def test_a_file_that_is_not_gguf_never_reaches_llama_cpp(tmp_path: Path) -> None:
+def test_a_file_that_is_not_gguf_never_reaches_llama_cpp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_child(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("a dry run was started")
+
+    # Told at once, from the file's start: no dry run is started for it.
+    monkeypatch.setattr(estimate_module.subprocess, "run", no_child)
     path = tmp_path / "notes.gguf"
     path.write_text("just some notes\n")
     with pytest.raises(ModelFileError, match="not a GGUF file: it is a text file"):
+        estimate(LoadConfig(str(path)))
+    with pytest.raises(ModelFileError, match="the file does not exist"):
+        estimate(LoadConfig(str(tmp_path / "gone.gguf")))
+
+
+def test_a_header_at_fault_past_its_start_is_refused_by_the_child(tmp_path: Path) -> None:
+    # The start is GGUF; the header claims more than the file holds.
+    path = tmp_path / "cut.gguf"
+    path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", 1000) + b"abc")
+    with pytest.raises(ModelFileError, match="runs past the end of the file"):
         estimate(LoadConfig(str(path)))
 
 
