@@ -25,7 +25,9 @@ def test_serving_from_the_window_shares_its_engine_and_keeps_its_cache(
 ) -> None:
     window, controller = build_window(None, EngineSettings(seed=1, max_tokens=40), data_dir)
     try:
-        service = attach_serving(window, controller.engine, Settings(serve_port=0), data_dir)
+        service = attach_serving(
+            window, controller.engine, Settings(serve_port=0), controller.settings_file
+        )
         with qtbot.waitSignal(controller.engine.model_loaded, timeout=WAIT_MS):
             pass
         with qtbot.waitSignal(controller.reply_finished, timeout=WAIT_MS) as first:
@@ -35,6 +37,7 @@ def test_serving_from_the_window_shares_its_engine_and_keeps_its_cache(
         window.serve_action.trigger()
         assert service.running and window.serve_button.isVisible()
         assert service.url in window.serve_button.text()
+        assert controller.settings_file.join(WAIT_MS / 1000)
         assert read_settings(settings_path(data_dir)).settings.serve_on_localhost
 
         fills: list[int] = []
@@ -77,6 +80,7 @@ def test_serving_from_the_window_shares_its_engine_and_keeps_its_cache(
         assert not window.serve_action.isChecked()
         dialog.close()
         assert not service.running and not window.serve_button.isVisible()
+        assert controller.settings_file.join(WAIT_MS / 1000)
         assert not read_settings(settings_path(data_dir)).settings.serve_on_localhost
         qtbot.wait(1500)  # the server's thread ends by itself
         with pytest.raises(httpx.ConnectError):

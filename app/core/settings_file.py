@@ -1,4 +1,5 @@
-"""settings.json: read forgivingly, written atomically and only when changed.
+"""settings.json: read forgivingly, written atomically and only when changed
+(by a running window, on a worker thread: SettingsFile).
 
 A settings file that is empty, cut short, not JSON, or holds values of the
 wrong type or out of range never stops kvchat: the good fields are kept,
@@ -12,13 +13,16 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from kvchat.app.core.serial_worker import SerialWorker
 from kvchat.app.core.settings import SCHEMA_VERSION, Appearance, EngineSettings, Settings
 
 SETTINGS_FILE = "settings.json"
@@ -174,3 +178,54 @@ def write_atomically(path: Path, text: str) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+class SettingsFile:
+    """settings.json as a running window changes it: off the caller's thread.
+
+    Each change (fields of Settings to replace) is written on a worker
+    thread of its own, in the order made, so that the file's fsync, a long
+    wait on a slow disk, never holds the GUI thread. The worker reads the
+    file, replaces only those fields and writes it back (when it changed),
+    so what another kvchat command wrote to other fields meanwhile stays.
+    `read` shows the changes not yet written.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._worker = SerialWorker("kvchat-settings")
+        self._lock = threading.Lock()
+        self._pending: list[dict[str, object]] = []
+
+    def read(self) -> Settings:
+        """The file's settings, with the changes still on their way to it."""
+        settings = read_settings(self.path).settings
+        with self._lock:
+            pending = list(self._pending)
+        for changes in pending:
+            settings = settings.model_copy(update=changes)
+        return settings
+
+    def change(
+        self, changes: dict[str, object], failed: Callable[[OSError], None] | None = None
+    ) -> None:
+        """Queues the change; `failed` is called, on the worker, if the disk refuses it."""
+        with self._lock:
+            self._pending.append(changes)
+
+        def write() -> None:
+            try:
+                current = read_settings(self.path).settings
+                write_settings(self.path, current.model_copy(update=changes))
+            except OSError as exc:
+                if failed is not None:
+                    failed(exc)
+            finally:
+                with self._lock:
+                    self._pending.remove(changes)
+
+        self._worker.submit(write)
+
+    def join(self, timeout_s: float) -> bool:
+        """Waits until the changes made are written; False if still writing after `timeout_s`."""
+        return self._worker.join(timeout_s)

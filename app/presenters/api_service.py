@@ -8,15 +8,13 @@ What the server does reaches the GUI thread as queued Qt signals.
 
 from __future__ import annotations
 
-import contextlib
 import errno
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QObject, Signal
 
 from kvchat.app.core.settings import EngineSettings, Settings
-from kvchat.app.core.settings_file import read_settings, settings_path, write_settings
+from kvchat.app.core.settings_file import SettingsFile
 from kvchat.app.presenters.engine_client import EngineClient
 from kvchat.ui.main_window import MainWindow
 
@@ -120,7 +118,7 @@ class ApiService(QObject):
 
 
 def attach_serving(
-    window: MainWindow, engine: EngineClient, settings: Settings, data_dir: Path
+    window: MainWindow, engine: EngineClient, settings: Settings, settings_file: SettingsFile
 ) -> ApiService:
     """Wires the window's "Serve on localhost" switch to an API server on its engine.
 
@@ -155,7 +153,8 @@ def attach_serving(
             service.start(port)
         else:
             service.stop()
-        _remember_serving(data_dir, service.running)
+        # A convenience: a read-only data folder only forgets the choice.
+        settings_file.change({"serve_on_localhost": service.running})
 
     service.started.connect(on_started)
     service.stopped.connect(on_stopped)
@@ -172,12 +171,3 @@ def attach_serving(
     if settings.serve_on_localhost:
         service.start(port)
     return service
-
-
-def _remember_serving(data_dir: Path, serving: bool) -> None:
-    file = settings_path(data_dir)
-    current = read_settings(file).settings
-    if current.serve_on_localhost != serving:
-        # A convenience: a read-only data folder only forgets the choice.
-        with contextlib.suppress(OSError):
-            write_settings(file, current.model_copy(update={"serve_on_localhost": serving}))

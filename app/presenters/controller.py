@@ -13,6 +13,7 @@ from PySide6.QtCore import QObject
 from kvchat.app.core.load_marker import LoadMarker
 from kvchat.app.core.reply import prompt_of
 from kvchat.app.core.settings import EngineSettings
+from kvchat.app.core.settings_file import SettingsFile
 from kvchat.app.presenters.chat_session import ChatSession
 from kvchat.app.presenters.conversation_settings import ConversationSettings
 from kvchat.app.presenters.conversations import ConversationsPresenter
@@ -40,6 +41,7 @@ class Controller(QObject):
         settings: EngineSettings | None = None,
         *,
         history: History,
+        settings_file: SettingsFile,
         lock: InstanceLock | None = None,
         marker: LoadMarker | None = None,
     ) -> None:
@@ -47,6 +49,8 @@ class Controller(QObject):
         self.window = window
         self.engine = engine
         self.history = history
+        # settings.json, changed off the GUI thread.
+        self.settings_file = settings_file
         self._lock = lock
         settings = settings or EngineSettings()
         self.supervisor = EngineSupervisor(window, engine, settings, marker, self)

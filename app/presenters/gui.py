@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
@@ -16,7 +15,7 @@ from PySide6.QtWidgets import QApplication, QMessageBox
 from kvchat.app.core.load_marker import LoadMarker
 from kvchat.app.core.paths import engine_log_path, kv_cache_path, rescue_folders
 from kvchat.app.core.settings import EngineSettings, Settings
-from kvchat.app.core.settings_file import read_settings, settings_path, write_settings
+from kvchat.app.core.settings_file import SettingsFile, settings_path
 from kvchat.app.core.store import open_store
 from kvchat.app.presenters.api_service import attach_serving
 from kvchat.app.presenters.controller import Controller
@@ -84,7 +83,13 @@ def build_window(
     saver = SaveQueue(lambda: open_store(data_dir), rescue_folders(data_dir))
     opened = saver.open()
     controller = Controller(
-        window, engine, settings, history=History(saver), lock=lock, marker=LoadMarker(data_dir)
+        window,
+        engine,
+        settings,
+        history=History(saver),
+        settings_file=SettingsFile(settings_path(data_dir)),
+        lock=lock,
+        marker=LoadMarker(data_dir),
     )
     keeper = WindowKeeper(window, controller, data_dir)
     HelpFlow(controller, data_dir)
@@ -254,29 +259,28 @@ def run_gui(
     window.apply_appearance(settings.appearance)
     if notice:
         window.chat_view.add_notice(notice)
-    controller.engine.model_loaded.connect(lambda info: _remember_model(data_dir, info.path))
+    controller.engine.model_loaded.connect(
+        lambda info: _remember_model(controller.settings_file, info.path)
+    )
     # Serving imports FastAPI and uvicorn when it starts at once (it served last time).
-    after_first_paint(window, lambda: _serve(window, controller, settings, data_dir))
+    after_first_paint(window, lambda: _serve(window, controller, settings))
     if os.environ.get(EXIT_WHEN_READY_ENV) == "1":
         _exit_when_ready(window, controller)
     app.styleHints().colorSchemeChanged.connect(lambda _scheme: window.refresh_theme())
     return app.exec()
 
 
-def _serve(window: MainWindow, controller: Controller, settings: Settings, data_dir: Path) -> None:
-    attach_serving(window, controller.engine, settings, data_dir)
+def _serve(window: MainWindow, controller: Controller, settings: Settings) -> None:
+    attach_serving(window, controller.engine, settings, controller.settings_file)
 
 
-def _remember_model(data_dir: Path, path: str) -> None:
-    """The next start opens the model that loaded last (None: the bundled one)."""
+def _remember_model(settings_file: SettingsFile, path: str) -> None:
+    """The next start opens the model that loaded last (None: the bundled one).
+
+    A convenience: a read-only data folder only loses it."""
     bundled = bundled_model_path()
     remembered = None if bundled is not None and Path(path) == bundled else path
-    file = settings_path(data_dir)
-    current = read_settings(file).settings
-    if current.model_path != remembered:
-        # Remembering the model is a convenience: a read-only data dir only loses it.
-        with contextlib.suppress(OSError):
-            write_settings(file, current.model_copy(update={"model_path": remembered}))
+    settings_file.change({"model_path": remembered})
 
 
 def _exit_when_ready(window: MainWindow, controller: Controller) -> None:

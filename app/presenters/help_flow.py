@@ -27,7 +27,6 @@ from PySide6.QtCore import QObject
 from PySide6.QtGui import QGuiApplication
 
 from kvchat.app.core.settings import Settings
-from kvchat.app.core.settings_file import read_settings, settings_path
 from kvchat.app.presenters.about import (
     NOT_REPORTED,
     devices_text,
@@ -249,7 +248,7 @@ class HelpFlow(QObject):
         """The plain-text report for a bug: never a conversation's text."""
         controller, engine = self._controller, self._controller.engine
         monitor = controller.memory_monitor
-        settings = read_settings(settings_path(self._data_dir)).settings.model_copy(
+        settings = controller.settings_file.read().model_copy(
             update={"engine": controller.settings}
         )
         if engine.remote:

@@ -21,7 +21,6 @@ from PySide6.QtWidgets import QWidget
 
 from kvchat.app.core.formatting import model_label
 from kvchat.app.core.settings import Appearance, EngineSettings
-from kvchat.app.core.settings_file import read_settings, settings_path, write_settings
 from kvchat.app.presenters.controller import Controller
 from kvchat.engine.estimate import Error as EstimateError
 from kvchat.engine.estimate import Estimate, estimate
@@ -176,6 +175,7 @@ class SettingsFlow(QObject):
         layers_found(str, object, object): path, EngineSettings, GPU layers that fit or None.
         loaded_estimate(str, object): a loaded model's path and its Estimate or error text.
         get_models_requested(): the dialog's Get models… button (app.gui opens that dialog).
+        not_saved(str): why settings.json refused the applied settings, from its writer.
     """
 
     models_found = Signal(object)
@@ -187,6 +187,7 @@ class SettingsFlow(QObject):
     layers_found = Signal(str, object, object)
     loaded_estimate = Signal(str, object)
     get_models_requested = Signal()
+    not_saved = Signal(str)
 
     def __init__(self, controller: Controller, data_dir: Path) -> None:
         super().__init__(controller)
@@ -219,13 +220,12 @@ class SettingsFlow(QObject):
         controller.engine.model_loaded.connect(self._estimate_loaded_model)
         controller.window.destroyed.connect(lambda: self._worker.shutdown(wait=False))
         # The look chosen before: the window is made before this flow, on the system's.
-        controller.window.apply_appearance(
-            read_settings(settings_path(data_dir)).settings.appearance
-        )
+        controller.window.apply_appearance(controller.settings_file.read().appearance)
+        self.not_saved.connect(self._show_not_saved)
 
     def discover(self) -> None:
         """Looks for models in the background; the toolbar's list and the dialog follow."""
-        folders = read_settings(settings_path(self.data_dir)).settings.model_folders
+        folders = self.controller.settings_file.read().model_folders
         self._worker.submit(lambda: self.models_found.emit(find_models(folders)))
         self.discover_remote()
 
@@ -256,7 +256,7 @@ class SettingsFlow(QObject):
             self.dialog.raise_()
             return self.dialog
         current = self.controller.model.path if self.controller.model else ""
-        appearance = read_settings(settings_path(self.data_dir)).settings.appearance
+        appearance = self.controller.settings_file.read().appearance
         dialog = dialog_for(
             choice_of(current, self.controller.settings, appearance),
             os.cpu_count() or 1,
@@ -473,6 +473,9 @@ class SettingsFlow(QObject):
             "<td>compute</td></tr>" + "".join(rows) + "</table>"
         )
 
+    def _show_not_saved(self, reason: str) -> None:
+        self.controller.window.show_error(f"Settings apply now but could not be saved: {reason}")
+
     def apply(self, choice: Choice) -> None:
         """Saves the choice, shows its appearance, and, if it changes how the
         model loads, switches to it."""
@@ -482,16 +485,11 @@ class SettingsFlow(QObject):
         except ValidationError as exc:
             self.controller.window.show_error(f"Settings not applied: {exc.errors()[0]['msg']}")
             return
-        file = settings_path(self.data_dir)
-        stored = read_settings(file).settings
         model_path = choice.model_path or None
         changes: dict[str, object] = {"engine": settings, "model_path": model_path}
         if appearance is not None:
             changes["appearance"] = appearance
-        try:
-            write_settings(file, stored.model_copy(update=changes))
-        except OSError as exc:
-            self.controller.window.show_error(f"Settings apply now but could not be saved: {exc}")
+        self.controller.settings_file.change(changes, lambda exc: self.not_saved.emit(str(exc)))
         if appearance is not None:
             self.controller.window.apply_appearance(appearance)
         current = self.controller.model

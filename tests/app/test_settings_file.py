@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
+import threading
 from pathlib import Path
 
 import pytest
 
+from kvchat.app.core import settings_file
 from kvchat.app.core.settings import Appearance, EngineSettings, Settings
-from kvchat.app.core.settings_file import NewerSettingsError, read_settings, write_settings
+from kvchat.app.core.settings_file import (
+    NewerSettingsError,
+    SettingsFile,
+    read_settings,
+    write_settings,
+)
+
+WAIT_S = 60.0
 
 
 def _backups(path: Path) -> list[Path]:
@@ -155,3 +165,63 @@ def test_an_appearance_that_is_not_a_group_takes_the_defaults(tmp_path: Path) ->
     assert loaded.settings.appearance == Appearance()
     assert loaded.settings.engine.top_k == 5
     assert "appearance (not a group of settings)" in loaded.notice
+
+
+def test_a_change_is_written_off_the_calling_thread_and_read_before_it_lands(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A disk whose fsync waits until the test lets it go: a slow disk, held.
+    held, entered = threading.Event(), threading.Event()
+    writers: list[str] = []
+    fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:
+        writers.append(threading.current_thread().name)
+        entered.set()
+        held.wait(WAIT_S)
+        fsync(fd)
+
+    monkeypatch.setattr(settings_file.os, "fsync", slow_fsync)
+    file = SettingsFile(tmp_path / "settings.json")
+    file.change({"model_path": "/models/a.gguf"})
+    file.change({"serve_on_localhost": True})
+    assert entered.wait(WAIT_S)
+    # Both are seen at once, though neither is on disk yet.
+    assert not (tmp_path / "settings.json").exists()
+    assert file.read().model_path == "/models/a.gguf" and file.read().serve_on_localhost
+    held.set()
+    assert file.join(WAIT_S)
+    stored = read_settings(tmp_path / "settings.json").settings
+    assert stored.model_path == "/models/a.gguf" and stored.serve_on_localhost
+    assert writers and threading.current_thread().name not in writers
+
+
+def test_a_change_keeps_what_another_kvchat_wrote_to_other_fields(tmp_path: Path) -> None:
+    path = tmp_path / "settings.json"
+    file = SettingsFile(path)
+    file.change({"model_path": "/models/a.gguf"})
+    assert file.join(WAIT_S)
+    write_settings(path, read_settings(path).settings.model_copy(update={"serve_port": 9000}))
+    file.change({"serve_on_localhost": True})
+    assert file.join(WAIT_S)
+    stored = read_settings(path).settings
+    assert (stored.model_path, stored.serve_port, stored.serve_on_localhost) == (
+        "/models/a.gguf",
+        9000,
+        True,
+    )
+
+
+def test_a_change_the_disk_refuses_is_reported_and_later_ones_still_land(tmp_path: Path) -> None:
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps({"schema_version": 999}))
+    file = SettingsFile(path)
+    refused: list[OSError] = []
+    file.change({"model_path": "/models/a.gguf"}, refused.append)
+    assert file.join(WAIT_S)
+    assert len(refused) == 1 and isinstance(refused[0], NewerSettingsError)
+    assert file.read().model_path is None  # what did not land is not shown either
+    path.unlink()
+    file.change({"model_path": "/models/b.gguf"}, refused.append)
+    assert file.join(WAIT_S)
+    assert len(refused) == 1 and read_settings(path).settings.model_path == "/models/b.gguf"

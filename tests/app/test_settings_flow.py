@@ -110,6 +110,7 @@ def test_apply_saves_and_reloads_with_the_choice(
         dialog.applied.emit(dialog.choice())
     assert loaded.args[0].n_ctx == 2048
     assert window.context_label.text() == "context 2048 tokens"
+    assert controller.settings_file.join(WAIT_MS / 1000)
     saved = json.loads((data_dir / "settings.json").read_text())
     assert saved["engine"]["n_ctx"] == 2048
     assert saved["engine"]["temperature"] == 0.2
@@ -223,6 +224,7 @@ def test_a_chat_template_chosen_for_a_model_is_saved_and_loaded_with_it(
     with qtbot.waitSignal(controller.engine.model_loaded, timeout=WAIT_MS) as loaded:
         dialog.applied.emit(dialog.choice())
     assert loaded.args[0].chat_template_source == "llama.cpp's chatml (chosen in settings)"
+    assert controller.settings_file.join(WAIT_MS / 1000)
     saved = json.loads((data_dir / "settings.json").read_text())
     assert saved["engine"]["chat_templates"] == {path: "llama.cpp:chatml"}
     # Back to the model's own: the entry goes, and the model's template is used.
@@ -230,6 +232,7 @@ def test_a_chat_template_chosen_for_a_model_is_saved_and_loaded_with_it(
     with qtbot.waitSignal(controller.engine.model_loaded, timeout=WAIT_MS) as loaded:
         dialog.applied.emit(dialog.choice())
     assert loaded.args[0].chat_template_source == "model"
+    assert controller.settings_file.join(WAIT_MS / 1000)
     assert json.loads((data_dir / "settings.json").read_text())["engine"]["chat_templates"] == {}
 
 
@@ -249,9 +252,28 @@ def test_budgets_for_kept_states_are_saved_without_a_reload(
     assert loads == []  # the next load takes them
     assert controller.settings.kv_ram_budget_mib == 64
     assert controller.settings.kv_disk_budget_mib == 0
+    assert controller.settings_file.join(WAIT_MS / 1000)
     stored = read_settings(settings_path(data_dir)).settings.engine
     assert (stored.kv_ram_budget_mib, stored.kv_disk_budget_mib) == (64, 0)
     assert controller.settings.load_config("m").kv_ram_budget_bytes == 64 * 1024 * 1024
+
+
+def test_settings_the_disk_refuses_still_apply_and_say_so(
+    qtbot: QtBot,
+    opened: tuple[MainWindow, Controller, SettingsFlow, SettingsDialog],
+    data_dir: Path,
+) -> None:
+    window, controller, flow, dialog = opened
+    assert controller.settings_file.join(WAIT_MS / 1000)
+    # A newer kvchat's file is never written over: the writer refuses it.
+    newer = '{"schema_version": 999, "engine": {"temperature": 0.3}}'
+    settings_path(data_dir).write_text(newer)
+    dialog.numbers["temperature"].box.setValue(0.7)
+    flow.apply(dialog.choice())
+    assert controller.settings.temperature == 0.7
+    qtbot.waitUntil(lambda: "could not be saved" in window.banner.text(), timeout=WAIT_MS)
+    assert "newer version of kvchat" in window.banner.text()
+    assert settings_path(data_dir).read_text() == newer
 
 
 def test_the_dialogs_appearance_is_the_settings_one() -> None:
@@ -277,10 +299,12 @@ def test_apply_saves_the_appearance_and_shows_it(
     chosen = Appearance(theme="dark", chat_width=600, show_thinking=False)
     assert told == [chosen]
     assert _window_is_dark()
+    assert controller.settings_file.join(WAIT_MS / 1000)
     assert read_settings(settings_path(data_dir)).settings.appearance == chosen
     # A choice made without the dialog (Get models… loads a model) keeps it.
     flow.apply(choice_of(controller.model.path, controller.settings))  # type: ignore[union-attr]
     assert told == [chosen]
+    assert controller.settings_file.join(WAIT_MS / 1000)
     assert read_settings(settings_path(data_dir)).settings.appearance == chosen
 
 
