@@ -190,22 +190,19 @@ class HostProcess:
     `retire`): the process starts at once, but its model loads only once
     the memory of the one before, GPU memory included, is back.
 
-    The process itself is started by the writer thread, which then writes
-    the commands: starting a Python process (its pipe, its arguments
+    The process itself is made and started by the writer thread, which then
+    writes the commands: starting a Python process (its pipe, its arguments
     pickled, a fork and exec) takes the caller 5-15 ms, and the caller is
-    the GUI thread at a model switch.
+    the GUI thread at a model switch. The log's folder is made there too, so
+    `log_path` and `log_note` say where the log goes once the process has
+    started (until then, where it is wanted).
     """
 
+    _process: multiprocessing.process.BaseProcess
+
     def __init__(self, log_path: Path) -> None:
-        self.log_path, self.log_note = usable_log_path(log_path)
-        context = multiprocessing.get_context("spawn")
-        self._connection, child_end = context.Pipe(duplex=True)
-        self._process = context.Process(
-            target=host.main,
-            args=(child_end, str(self.log_path), faults.armed()),
-            name="kvchat-engine",
-            daemon=True,
-        )
+        self.log_path, self.log_note = log_path, ""
+        self._connection, child_end = multiprocessing.get_context("spawn").Pipe(duplex=True)
         self._outbox: queue.SimpleQueue[Command | None] = queue.SimpleQueue()
         self._pipe_broken = threading.Event()
         self._exit_reported = False
@@ -214,11 +211,21 @@ class HostProcess:
         self._started = threading.Event()
         self._start_failed: OSError | None = None
         self._writer = threading.Thread(
-            target=self._write_commands, args=(child_end,), name="kvchat-engine-writer", daemon=True
+            target=self._write_commands,
+            args=(child_end, faults.armed()),
+            name="kvchat-engine-writer",
+            daemon=True,
         )
         _launch(self._writer)
 
-    def _start(self, child_end: Connection) -> bool:
+    def _start(self, child_end: Connection, fault: faults.Fault | None) -> bool:
+        self.log_path, self.log_note = usable_log_path(self.log_path)
+        self._process = multiprocessing.get_context("spawn").Process(
+            target=host.main,
+            args=(child_end, str(self.log_path), fault),
+            name="kvchat-engine",
+            daemon=True,
+        )
         try:
             self._process.start()
         except OSError as exc:  # no memory or no process left to fork
@@ -231,8 +238,8 @@ class HostProcess:
             self._started.set()
         return True
 
-    def _write_commands(self, child_end: Connection) -> None:
-        if not self._start(child_end):
+    def _write_commands(self, child_end: Connection, fault: faults.Fault | None) -> None:
+        if not self._start(child_end, fault):
             return
         for ended in self._after:
             ended.wait()
