@@ -635,6 +635,11 @@ class _PlotStandIn(QGraphicsView):
         self.setSceneRect(QRectF(self.rect()))
 
 
+# One plot's drawing (LivePlot._frames): its index, the line's points, its
+# value axis (span, tick step) and the time range.
+_Frame = tuple[int, list[float], list[float], float, float, float, float]
+
+
 class LivePlot(QWidget):
     """Since the model loaded: KV cache bytes, the engine's memory, and tokens/s.
 
@@ -681,6 +686,8 @@ class LivePlot(QWidget):
         self._arrange(tabbed=False)
         self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Expanding)
         self.clear()
+        # What `redraw_in_turns` has still to draw, a plot a turn.
+        self._pending: list[_Frame] = []
         self._importing = False
         # The plots made so far by `build_soon`, with their curves.
         self._made: list[tuple[pg.PlotWidget, pg.PlotDataItem]] = []
@@ -732,8 +739,6 @@ class LivePlot(QWidget):
             item.getAxis(axis).setTextPen(foreground)
         # Seconds stay seconds: no "(x0.001)" on an empty plot's axis.
         item.getAxis("bottom").enableAutoSIPrefix(False)
-        if self._made:
-            plot.setXLink(self._made[0][0])
         curve = plot.plot(pen=pg.mkPen(color, width=2))
         # Sizes and rates start at zero: an axis that zooms to the data's
         # own span makes noise of a few KiB look like a climb. Both ranges
@@ -843,17 +848,45 @@ class LivePlot(QWidget):
 
     def redraw(self) -> None:
         """Draws the points kept so far (nothing before `build`: it draws them then)."""
+        self._pending = self._frames()
+        while self._pending:
+            self._draw(*self._pending.pop(0))
+
+    def redraw_in_turns(self) -> None:
+        """As `redraw`, the first plot now and each other one a turn of the event
+        loop later, painted in between.
+
+        pyqtgraph paints a plot whose axes moved in Python, several milliseconds
+        each; after a load all three move at once (the time axis starts again,
+        the new model's sizes differ), and painted in one go they held the GUI
+        thread for a frame and more. Each plot has its own time range (the same
+        one), so that drawing one does not move the others' axes.
+        """
+        waiting = bool(self._pending)
+        self._pending = self._frames()
+        if self._pending and not waiting:
+            self._draw_next()
+
+    def _draw_next(self) -> None:
+        if self._pending:
+            self._draw(*self._pending.pop(0))
+        if self._pending:
+            QTimer.singleShot(0, self, self._draw_next)
+
+    def _frames(self) -> list[_Frame]:
+        """Per plot: its index, the line's points, its value axis (span, tick step)
+        and the shared time range."""
         if not self.plots:
-            return
+            return []
         rows = (
             (self.kv_points, MIN_SPAN_MIB, None),
             (self.process_points, MIN_SPAN_MIB, None),
             # Decode speed exists only while a reply is written: idle time is a gap.
             (self.speed_points, MIN_SPAN_TOKENS_PER_S, SPEED_GAP_S),
         )
-        lines = zip(self.plots, self._curves, rows, strict=True)
+        lines: list[tuple[list[float], list[float], float, float]] = []
         first_x, last_x = math.inf, 0.0
-        for plot, curve, (points, min_span, gap) in lines:
+        for points, min_span, gap in rows:
             xs: list[float] = []
             ys: list[float] = []
             for x, y in points:
@@ -862,18 +895,31 @@ class LivePlot(QWidget):
                     ys.append(math.nan)
                 xs.append(x)
                 ys.append(y)
-            curve.setData(xs, ys, connect="finite")
             if xs:
                 first_x, last_x = min(first_x, xs[0]), max(last_x, xs[-1])
             top = max((y for y in ys if not math.isnan(y)), default=0.0)
             _low, span, step = _steady_range(0.0, top * 1.05, min_span)
-            item = plot.getPlotItem()
-            item.setYRange(0.0, span, padding=0)
-            item.getAxis("left").setTickSpacing(levels=[(step, 0.0)])
-        # The plots share the time axis (linked to the first plot's), which moves
-        # in half steps: the line's end stays near the right edge.
+            lines.append((xs, ys, span, step))
+        # The plots show the same time range, which moves in half steps: the
+        # line's end stays near the right edge.
         start, end, _step = _steady_range(min(first_x, last_x), last_x, MIN_SPAN_S, snap=0.5)
-        self.plots[0].getPlotItem().setXRange(start, end, padding=0)
+        return [(index, *line, start, end) for index, line in enumerate(lines)]
+
+    def _draw(
+        self,
+        index: int,
+        xs: list[float],
+        ys: list[float],
+        span: float,
+        step: float,
+        start: float,
+        end: float,
+    ) -> None:
+        self._curves[index].setData(xs, ys, connect="finite")
+        item = self.plots[index].getPlotItem()
+        item.setYRange(0.0, span, padding=0)
+        item.getAxis("left").setTickSpacing(levels=[(step, 0.0)])
+        item.setXRange(start, end, padding=0)
 
 
 class MemoryPanel(QScrollArea):
@@ -1019,5 +1065,5 @@ class MemoryPanel(QScrollArea):
             self._server = None
         self._refreshes += 1
         if self._plot_dirty and self._refreshes % PLOT_EVERY == 0:
-            self.plot.redraw()
+            self.plot.redraw_in_turns()
             self._plot_dirty = False

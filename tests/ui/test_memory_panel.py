@@ -193,8 +193,10 @@ def test_plots_stack_on_one_time_axis_or_go_into_tabs(qtbot: QtBot) -> None:
     live.show()
     qtbot.waitExposed(live)
     *upper, last = live.plots
-    first = live.plots[0].getViewBox()
-    assert all(each.getViewBox().linkedView(0) is first for each in live.plots[1:])
+    live.add_kv(12.0, 5 * MIB)
+    live.redraw()
+    times = {tuple(each.getPlotItem().viewRange()[0]) for each in live.plots}
+    assert times == {(12.0, 17.0)}  # one time range, from the first point
     # Room for all three: one above the other, the time axis drawn once under the last.
     assert not live.is_tabbed()
     assert all(each.isVisible() for each in live.plots)
@@ -211,6 +213,26 @@ def test_plots_stack_on_one_time_axis_or_go_into_tabs(qtbot: QtBot) -> None:
     qtbot.waitUntil(lambda: not live.is_tabbed())
     assert all(each.isVisible() for each in live.plots)
     assert not any(_own_time_axis(each) for each in upper)
+
+
+def test_the_plots_are_drawn_a_turn_of_the_event_loop_apart(qtbot: QtBot) -> None:
+    live = LivePlot()
+    qtbot.addWidget(live)
+    live.build()
+    live.add_kv(1.0, 10 * MIB)
+    live.add_process(1.0, 300 * MIB)
+    live.add_speed(1.0, 40.0)
+    live.redraw_in_turns()
+    drawn = [
+        len(curve.getData()[0] if curve.getData()[0] is not None else []) for curve in live.curves()
+    ]
+    assert drawn == [1, 0, 0]  # the first now, the others on later turns
+    qtbot.waitUntil(
+        lambda: all(
+            curve.getData()[0] is not None and len(curve.getData()[0]) for curve in live.curves()
+        )
+    )
+    assert {tuple(each.getPlotItem().viewRange()[0]) for each in live.plots} == {(1.0, 6.0)}
 
 
 def test_size_axes_keep_few_labels(qtbot: QtBot) -> None:
