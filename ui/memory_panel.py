@@ -963,6 +963,7 @@ class MemoryPanel(QScrollArea):
         self._refreshes = 0
         # The figures that keep their height while a model loads (`show_loading`).
         self._held: list[QWidget] = []
+        self._awaiting_estimate = False
         self._timer = QTimer(self)
         self._timer.setInterval(REFRESH_MS)
         self._timer.timeout.connect(self.refresh)
@@ -999,8 +1000,30 @@ class MemoryPanel(QScrollArea):
         self._plot_dirty = True
 
     def set_estimate(self, text: str) -> None:
-        self.estimate_label.setText(text)
-        self.estimate_label.setVisible(bool(text) or self.estimate_label in self._held)
+        """The estimate beside the loaded model's figures ("": none), in the place
+        the last one kept (`await_estimate`)."""
+        self._awaiting_estimate = False
+        label = self.estimate_label
+        label.setText(text)
+        if label in self._held:
+            self._held.remove(label)
+            label.setMinimumHeight(0)
+        label.setVisible(bool(text))
+
+    def await_estimate(self) -> None:
+        """The estimate shown is the last model's; the new one comes after its load.
+
+        Its place stays as it is (blank) until then: the estimate arrives a
+        second after the load, and a column that shrank without it and grew
+        back with it would lay the plots below out twice more.
+        """
+        label = self.estimate_label
+        label.setText("")
+        if label.isVisible():
+            self._awaiting_estimate = True
+            if label not in self._held:
+                label.setMinimumHeight(label.height())
+                self._held.append(label)
 
     def reset(self) -> None:
         """A new model: the plot starts again from its load."""
@@ -1023,11 +1046,15 @@ class MemoryPanel(QScrollArea):
                 self._held.append(widget)
         self._clear(text)
 
-    def _let_go(self) -> None:
+    def _let_go(self, keep_estimate: bool = False) -> None:
+        kept = [self.estimate_label] if keep_estimate and self._awaiting_estimate else []
         for widget in self._held:
-            widget.setMinimumHeight(0)
-        self._held = []
-        self.estimate_label.setVisible(bool(self.estimate_label.text()))
+            if widget not in kept:
+                widget.setMinimumHeight(0)
+        self._held = [widget for widget in self._held if widget in kept]
+        if not kept:
+            self._awaiting_estimate = False
+            self.estimate_label.setVisible(bool(self.estimate_label.text()))
 
     def show_engine_stopped(self, text: str) -> None:
         """The engine has ended: the figures it reported are gone with it."""
@@ -1053,7 +1080,8 @@ class MemoryPanel(QScrollArea):
             self.device_panel.show_devices(*self._devices)
             self._devices = None
             if self._held:
-                self._let_go()  # the new model's figures are all in
+                # The new model's figures are all in; its estimate comes later.
+                self._let_go(keep_estimate=True)
         if self._speed is not None:
             self.speed_panel.show_speed(self._speed)
             self._speed = None

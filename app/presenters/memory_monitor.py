@@ -202,7 +202,7 @@ class MemoryMonitor(QObject):
             return
         self._set_model(None)
         self.panel.show_loading("Loading a model: its figures come once it is in memory.")
-        self.panel.set_estimate("")
+        self.panel.await_estimate()
 
     def _on_host_exited(self, _event: object) -> None:
         self._set_model(None)

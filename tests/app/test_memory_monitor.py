@@ -123,7 +123,19 @@ def test_figures_of_the_last_model_go_when_another_load_begins(
     panel.refresh()
     assert len(panel.device_panel.rows()) == 2
     assert panel.device_panel.minimumHeight() == 0
+    # The estimate comes after the load, into the place the last one kept.
+    assert panel.estimate_label.isVisibleTo(panel)
+    assert panel.estimate_label.minimumHeight() == heights[2]
+    panel.set_estimate("Estimate / actual: the new model's")
+    assert panel.estimate_label.minimumHeight() == 0
+    assert panel.estimate_label.isVisibleTo(panel)
+    # None for the next model (one on a server): its place goes.
+    engine.load_progress.emit(0.0)
+    engine.memory_reported.emit(MEMORY)
+    engine.model_loaded.emit(_Info())
+    panel.set_estimate("")
     assert not panel.estimate_label.isVisibleTo(panel)
+    assert panel.estimate_label.minimumHeight() == 0
 
 
 def test_restored_tokens_and_the_conversations_kept_aside_are_shown(
