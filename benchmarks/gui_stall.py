@@ -11,8 +11,10 @@ under 16 ms, one frame at 60 Hz.
   engine host and the bundled model, switched between the model at a
   context of 2,048 tokens and the same model at 4,096 (each switch ends the
   old engine process and loads the model in a new one). A run goes from the
-  switch until the new model is loaded, and 200 ms after. Also shown: how
-  long the switch call itself (Controller.switch_model) holds the GUI thread,
+  switch until the new model is loaded and its estimate (the dry run the
+  window runs after a load) is shown beside its figures, and 200 ms after.
+  Also shown: how long the switch call itself (Controller.switch_model)
+  holds the GUI thread,
   the part that joined the old engine process when the GUI thread did that;
   the rest of a switch's stall is the window's own work around a load (its
   slots for the new host's events, painting), and the load competing with
@@ -127,18 +129,32 @@ def measure_switches(switches: int) -> tuple[list[float], list[float]]:
     stalls, calls = [], []
     with tempfile.TemporaryDirectory() as data_dir:
         window, controller = build_window(model, EngineSettings(n_ctx=2048), Path(data_dir))
-        run_until(lambda: controller.model is not None, "the first load")
+        run_until(lambda: controller.settings_flow is not None, "the settings flow")
+        estimates: list[str] = []
+
+        def shown(path: str, _answer: object) -> None:
+            estimates.append(path)
+
+        controller.settings_flow.loaded_estimate.connect(shown)  # type: ignore[attr-defined]
+        run_until(lambda: bool(estimates), "the first load and its estimate")
         settle()
         for index in range(switches + 1):  # the first warms up
             n_ctx = 4096 if index % 2 == 0 else 2048
             settings = controller.settings.model_copy(update={"n_ctx": n_ctx})
+            estimates.clear()
             with Heartbeat() as heartbeat:
                 called = time.perf_counter()
                 controller.switch_model(model, settings)
                 calls.append((time.perf_counter() - called) * 1000)
+                # Until the new model's estimate is shown beside its figures:
+                # the dry run after a load is part of a switch.
                 run_until(
-                    lambda n=n_ctx: controller.model is not None and controller.model.n_ctx == n,
-                    "the switched model",
+                    lambda n=n_ctx: (
+                        controller.model is not None
+                        and controller.model.n_ctx == n
+                        and bool(estimates)
+                    ),
+                    "the switched model and its estimate",
                 )
                 settle()
             stalls.append(heartbeat.stall_ms)

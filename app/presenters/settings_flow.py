@@ -40,6 +40,11 @@ from kvchat.ui.settings_dialog import (
 
 # A dry run starts when the controls have been still this long.
 DRY_RUN_DELAY_MS = 250
+# The estimate shown beside a loaded model's figures waits this long after the
+# load: its dry run (a child importing llama.cpp) and its worker thread would
+# otherwise compete for the CPU and the GIL with the window drawing the new
+# model's panels and plots, which it does in the first second after a load.
+LOADED_ESTIMATE_DELAY_MS = 1000
 # Fields that change what a load takes, and so the Fits column's answers.
 LOAD_FIELDS = (
     "n_ctx",
@@ -217,7 +222,12 @@ class SettingsFlow(QObject):
         self.model_fit.connect(self._on_model_fit)
         self.layers_found.connect(self._on_layers_found)
         self.loaded_estimate.connect(self._show_estimate_beside_actual)
-        controller.engine.model_loaded.connect(self._estimate_loaded_model)
+        self._loaded_timer = QTimer(self)
+        self._loaded_timer.setSingleShot(True)
+        self._loaded_timer.setInterval(LOADED_ESTIMATE_DELAY_MS)
+        self._loaded_timer.timeout.connect(self._estimate_loaded_model)
+        controller.engine.model_loaded.connect(lambda _info: self._loaded_timer.start())
+        controller.window.closing.connect(self._loaded_timer.stop)
         controller.window.destroyed.connect(lambda: self._worker.shutdown(wait=False))
         # The look chosen before: the window is made before this flow, on the system's.
         controller.window.apply_appearance(controller.settings_file.read().appearance)
@@ -425,9 +435,12 @@ class SettingsFlow(QObject):
             self.dialog.show_projection([], str(answer))
         self.projection_shown.emit(answer)
 
-    def _estimate_loaded_model(self, info: object) -> None:
+    def _estimate_loaded_model(self) -> None:
         """After a load, the estimate of the same load, to show beside what it took."""
-        path = str(getattr(info, "path", ""))
+        model = self.controller.model
+        if model is None:
+            return  # it has gone meanwhile (another load, or the engine ended)
+        path = model.path
         if is_remote(path):
             self.controller.memory_monitor.panel.set_estimate("")
             return  # its memory is the server's, which reports it
