@@ -476,7 +476,7 @@ class SettingsFlow(QObject):
                 (device.kv_bytes, real.kv_bytes if real else 0),
                 (device.compute_bytes, real.compute_bytes if real else 0),
             ):
-                cells.append(f"{format_bytes(projected)} / {format_bytes(measured)}")
+                cells.append(_estimate_and_actual(projected, measured))
             rows.append(
                 f"<tr><td><b>{device.name}</b></td><td>" + "</td><td>".join(cells) + "</td></tr>"
             )
@@ -543,3 +543,13 @@ class SettingsFlow(QObject):
             settings if layers is None else settings.model_copy(update={"n_gpu_layers": layers})
         )
         self.controller.switch_model(path, chosen)
+
+
+def _estimate_and_actual(projected: int, measured: int) -> str:
+    """ "92.1 / 92.1 MiB": the unit once where both share it, so that a cell
+    fits on one line of the memory column."""
+    first, second = format_bytes(projected), format_bytes(measured)
+    number, _space, unit = first.rpartition(" ")
+    if number and second.endswith(f" {unit}"):
+        return f"{number} / {second}"
+    return f"{first} / {second}"

@@ -142,7 +142,7 @@ def test_panel_shows_estimate_beside_actual_after_load(qtbot: QtBot, data_dir: P
         window.memory_panel.refresh()
         text = window.memory_panel.estimate_label.text()
         assert "Estimate / actual" in text
-        assert "90.0 MiB / 90.0 MiB" in text  # the KV cache, 4096 tokens
+        assert "90.0 / 90.0 MiB" in text  # the KV cache, 4096 tokens
     finally:
         window.close()
         window.deleteLater()

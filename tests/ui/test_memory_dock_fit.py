@@ -21,7 +21,7 @@ ESTIMATE = (
     "<table cellspacing='6'><tr><td></td><td>weights</td><td>KV cache</td>"
     "<td>compute</td></tr>{rows}</table>"
 )
-ESTIMATE_ROW = "<tr><td><b>{}</b></td><td>{} / {}</td><td>{} / {}</td><td>{} / {}</td></tr>"
+ESTIMATE_ROW = "<tr><td><b>{}</b></td><td>{}</td><td>{}</td><td>{}</td></tr>"
 
 
 def _fill(panel: MemoryPanel, gpu: bool, estimate: bool) -> None:
@@ -30,13 +30,13 @@ def _fill(panel: MemoryPanel, gpu: bool, estimate: bool) -> None:
     panel.set_kv(replace(kv, reused_tokens=0, evaluated_tokens=39), seconds=1.0)
     host = "Intel(R) Xeon(R) Processor"
     devices = [DeviceView("CPU", host, 23 * GIB, 22 * GIB, 92 * MIB, 90 * MIB, 98 * MIB)]
-    rows = [ESTIMATE_ROW.format("CPU", *["92.1 MiB"] * 2, *["90.0 MiB"] * 2, *["98.4 MiB"] * 2)]
+    rows = [ESTIMATE_ROW.format("CPU", "92.1 / 92.1 MiB", "90.0 / 90.0 MiB", "98.4 / 98.4 MiB")]
     note = "CPU-only build: the model runs in RAM."
     if gpu:
         card = "NVIDIA H100 80GB HBM3"
         devices.append(DeviceView("CUDA0", card, 80 * GIB, 60 * GIB, 14 * GIB, 2 * GIB, 512 * MIB))
         rows.append(
-            ESTIMATE_ROW.format("CUDA0", *["14.0 GiB"] * 2, *["2.0 GiB"] * 2, *["512.0 MiB"] * 2)
+            ESTIMATE_ROW.format("CUDA0", "14.0 / 14.0 GiB", "2.0 / 2.0 GiB", "512.0 / 512.0 MiB")
         )
         note = ""
     panel.set_devices(devices, note, seconds=2.0, engine_bytes=280 * MIB)
