@@ -41,6 +41,9 @@ if TYPE_CHECKING:
 # cores all decode, every repaint takes time from llama.cpp's threads.
 REFRESH_MS = 250
 PLOT_EVERY = 4
+# How long after one plot is drawn the next one is: long enough for the first
+# to be painted, and for the event loop to run its timers, in between.
+PLOT_TURN_MS = 5
 PLOT_POINTS = 600
 
 WEIGHTS = QColor("#3b82f6")
@@ -853,8 +856,9 @@ class LivePlot(QWidget):
             self._draw(*self._pending.pop(0))
 
     def redraw_in_turns(self) -> None:
-        """As `redraw`, the first plot now and each other one a turn of the event
-        loop later, painted in between.
+        """As `redraw`, each plot a turn of the event loop after the one before,
+        painted in between; the first a turn from now, after the figures the
+        same refresh changed have been painted.
 
         pyqtgraph paints a plot whose axes moved in Python, several milliseconds
         each; after a load all three move at once (the time axis starts again,
@@ -865,13 +869,14 @@ class LivePlot(QWidget):
         waiting = bool(self._pending)
         self._pending = self._frames()
         if self._pending and not waiting:
-            self._draw_next()
+            QTimer.singleShot(PLOT_TURN_MS, self, self._draw_next)
 
     def _draw_next(self) -> None:
+        if not self._pending:
+            return
+        self._draw(*self._pending.pop(0))
         if self._pending:
-            self._draw(*self._pending.pop(0))
-        if self._pending:
-            QTimer.singleShot(0, self, self._draw_next)
+            QTimer.singleShot(PLOT_TURN_MS, self, self._draw_next)
 
     def _frames(self) -> list[_Frame]:
         """Per plot: its index, the line's points, its value axis (span, tick step)
