@@ -14,8 +14,8 @@ under 16 ms, one frame at 60 Hz.
   switch until the new model is loaded and its estimate (the dry run the
   window runs after a load) is shown beside its figures, and 200 ms after.
   Also shown: how long the switch call itself (Controller.switch_model)
-  holds the GUI thread,
-  the part that joined the old engine process when the GUI thread did that;
+  holds the GUI thread, the part that joined the old engine process when
+  the GUI thread did that;
   the rest of a switch's stall is the window's own work around a load (its
   slots for the new host's events, painting), and the load competing with
   it for the CPU.

@@ -12,7 +12,7 @@ import html
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from PySide6.QtCore import QRectF, QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QPainter, QPaintEvent, QPalette, QResizeEvent
@@ -638,9 +638,16 @@ class _PlotStandIn(QGraphicsView):
         self.setSceneRect(QRectF(self.rect()))
 
 
-# One plot's drawing (LivePlot._frames): its index, the line's points, its
-# value axis (span, tick step) and the time range.
-_Frame = tuple[int, list[float], list[float], float, float, float, float]
+class _Frame(NamedTuple):
+    """One plot's drawing (LivePlot._frames)."""
+
+    plot: int  # which of the three
+    xs: list[float]
+    ys: list[float]
+    span: float  # the value axis: 0 to span, ticks every step
+    step: float
+    start: float  # the time range, the same for every plot
+    end: float
 
 
 class LivePlot(QWidget):
@@ -853,7 +860,7 @@ class LivePlot(QWidget):
         """Draws the points kept so far (nothing before `build`: it draws them then)."""
         self._pending = self._frames()
         while self._pending:
-            self._draw(*self._pending.pop(0))
+            self._draw(self._pending.pop(0))
 
     def redraw_in_turns(self) -> None:
         """As `redraw`, each plot a turn of the event loop after the one before,
@@ -874,13 +881,12 @@ class LivePlot(QWidget):
     def _draw_next(self) -> None:
         if not self._pending:
             return
-        self._draw(*self._pending.pop(0))
+        self._draw(self._pending.pop(0))
         if self._pending:
             QTimer.singleShot(PLOT_TURN_MS, self, self._draw_next)
 
     def _frames(self) -> list[_Frame]:
-        """Per plot: its index, the line's points, its value axis (span, tick step)
-        and the shared time range."""
+        """What each plot is to show, in order."""
         if not self.plots:
             return []
         rows = (
@@ -908,23 +914,14 @@ class LivePlot(QWidget):
         # The plots show the same time range, which moves in half steps: the
         # line's end stays near the right edge.
         start, end, _step = _steady_range(min(first_x, last_x), last_x, MIN_SPAN_S, snap=0.5)
-        return [(index, *line, start, end) for index, line in enumerate(lines)]
+        return [_Frame(index, *line, start, end) for index, line in enumerate(lines)]
 
-    def _draw(
-        self,
-        index: int,
-        xs: list[float],
-        ys: list[float],
-        span: float,
-        step: float,
-        start: float,
-        end: float,
-    ) -> None:
-        self._curves[index].setData(xs, ys, connect="finite")
-        item = self.plots[index].getPlotItem()
-        item.setYRange(0.0, span, padding=0)
-        item.getAxis("left").setTickSpacing(levels=[(step, 0.0)])
-        item.setXRange(start, end, padding=0)
+    def _draw(self, frame: _Frame) -> None:
+        self._curves[frame.plot].setData(frame.xs, frame.ys, connect="finite")
+        item = self.plots[frame.plot].getPlotItem()
+        item.setYRange(0.0, frame.span, padding=0)
+        item.getAxis("left").setTickSpacing(levels=[(frame.step, 0.0)])
+        item.setXRange(frame.start, frame.end, padding=0)
 
 
 class MemoryPanel(QScrollArea):
@@ -968,7 +965,6 @@ class MemoryPanel(QScrollArea):
         self._refreshes = 0
         # The figures that keep their height while a model loads (`show_loading`).
         self._held: list[QWidget] = []
-        self._awaiting_estimate = False
         self._timer = QTimer(self)
         self._timer.setInterval(REFRESH_MS)
         self._timer.timeout.connect(self.refresh)
@@ -1007,7 +1003,6 @@ class MemoryPanel(QScrollArea):
     def set_estimate(self, text: str) -> None:
         """The estimate beside the loaded model's figures ("": none), in the place
         the last one kept (`await_estimate`)."""
-        self._awaiting_estimate = False
         label = self.estimate_label
         label.setText(text)
         if label in self._held:
@@ -1024,11 +1019,9 @@ class MemoryPanel(QScrollArea):
         """
         label = self.estimate_label
         label.setText("")
-        if label.isVisible():
-            self._awaiting_estimate = True
-            if label not in self._held:
-                label.setMinimumHeight(label.height())
-                self._held.append(label)
+        if label.isVisible() and label not in self._held:
+            label.setMinimumHeight(label.height())
+            self._held.append(label)
 
     def reset(self) -> None:
         """A new model: the plot starts again from its load."""
@@ -1052,14 +1045,17 @@ class MemoryPanel(QScrollArea):
         self._clear(text)
 
     def _let_go(self, keep_estimate: bool = False) -> None:
-        kept = [self.estimate_label] if keep_estimate and self._awaiting_estimate else []
+        """Lets the held figures take their own heights; with `keep_estimate`, not
+        the estimate's place while it waits for the new one (held and blank)."""
+        label = self.estimate_label
+        awaiting = label in self._held and not label.text()
+        kept: list[QWidget] = [label] if keep_estimate and awaiting else []
         for widget in self._held:
             if widget not in kept:
                 widget.setMinimumHeight(0)
-        self._held = [widget for widget in self._held if widget in kept]
+        self._held = kept
         if not kept:
-            self._awaiting_estimate = False
-            self.estimate_label.setVisible(bool(self.estimate_label.text()))
+            label.setVisible(bool(label.text()))
 
     def show_engine_stopped(self, text: str) -> None:
         """The engine has ended: the figures it reported are gone with it."""
