@@ -237,6 +237,20 @@ def test_memory_panels_follow_a_streamed_reply(
     (host_row,) = panel.device_panel.rows()
     assert host_row.title.text().startswith("<b>CPU</b> RAM")
     assert panel.device_panel.note_label.text().startswith("CPU-only build")
+    # Another context: the figures go as the switch is asked for, before the
+    # new engine process says anything, and the new model's come with it.
+    settings = controller.settings.model_copy(update={"n_ctx": 2048})
+    with qtbot.waitSignal(controller.engine.model_loaded, timeout=WAIT_MS):
+        controller.switch_model(controller.model.path, settings)
+        assert monitor.kv_view() is None
+        panel.refresh()
+        assert panel.kv_panel.fill_label.text().startswith("Loading a model")
+        assert panel.device_panel.rows() == []
+    with qtbot.waitSignal(controller.engine.memory_sampled, timeout=WAIT_MS):
+        pass
+    panel.refresh()
+    assert panel.kv_panel.fill_label.text() == "0 of 2,048 tokens (0%)"
+    assert len(panel.device_panel.rows()) == 1
 
 
 def test_switching_to_a_broken_model_brings_the_previous_back(

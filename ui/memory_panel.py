@@ -965,6 +965,8 @@ class MemoryPanel(QScrollArea):
         self._refreshes = 0
         # The figures that keep their height while a model loads (`show_loading`).
         self._held: list[QWidget] = []
+        # What `show_loading` is to say at the next refresh.
+        self._loading: str | None = None
         self._timer = QTimer(self)
         self._timer.setInterval(REFRESH_MS)
         self._timer.timeout.connect(self.refresh)
@@ -1002,7 +1004,7 @@ class MemoryPanel(QScrollArea):
 
     def set_estimate(self, text: str) -> None:
         """The estimate beside the loaded model's figures ("": none), in the place
-        the last one kept (`await_estimate`)."""
+        the last one kept (`show_loading`)."""
         label = self.estimate_label
         label.setText(text)
         if label in self._held:
@@ -1010,38 +1012,37 @@ class MemoryPanel(QScrollArea):
             label.setMinimumHeight(0)
         label.setVisible(bool(text))
 
-    def await_estimate(self) -> None:
-        """The estimate shown is the last model's; the new one comes after its load.
-
-        Its place stays as it is (blank) until then: the estimate arrives a
-        second after the load, and a column that shrank without it and grew
-        back with it would lay the plots below out twice more.
-        """
-        label = self.estimate_label
-        label.setText("")
-        if label.isVisible() and label not in self._held:
-            label.setMinimumHeight(label.height())
-            self._held.append(label)
-
     def reset(self) -> None:
-        """A new model: the plot starts again from its load."""
+        """A new model: the plot starts again from its load (and a load not yet
+        shown is shown first: the new model's figures come after it)."""
+        if self._loading is not None:
+            self._show_loading(self._loading)
         self.plot.clear()
         self._plot_dirty = True
 
     def show_loading(self, text: str) -> None:
-        """Another model loads: the last one's figures are gone, and the new
-        one's come once it is in memory.
+        """Another model loads: the last one's figures, its estimate among them,
+        are gone, and the new one's come once it is in memory.
 
+        Said at the next refresh, as the figures are: a switch's own turn on
+        the GUI thread, and the paint after it, are long enough already.
         Meanwhile the figures keep their heights (`refresh` lets go when the
-        new model's devices are shown): a column that shrank and grew back
-        would resize the plots below it twice, and pyqtgraph lays a plot out
-        again, in Python, at each resize.
+        new model's devices are shown, the estimate's place when the new
+        estimate comes, a second after the load): a column that shrank and
+        grew back would resize the plots below it twice, and pyqtgraph lays a
+        plot out again, in Python, at each resize.
         """
+        self._kv, self._devices, self._server = None, None, None
+        self._loading = text
+
+    def _show_loading(self, text: str) -> None:
+        self._loading = None
         figures = [self.kv_panel, self.device_panel, self.estimate_label]
         for widget in figures:
             if widget.isVisible() and widget not in self._held:
                 widget.setMinimumHeight(widget.height())
                 self._held.append(widget)
+        self.estimate_label.setText("")
         self._clear(text)
 
     def _let_go(self, keep_estimate: bool = False) -> None:
@@ -1059,6 +1060,7 @@ class MemoryPanel(QScrollArea):
 
     def show_engine_stopped(self, text: str) -> None:
         """The engine has ended: the figures it reported are gone with it."""
+        self._loading = None
         self._let_go()
         self._clear(text)
 
@@ -1074,6 +1076,8 @@ class MemoryPanel(QScrollArea):
         """Repaints what changed since the last refresh (only while shown)."""
         if not self.isVisible():
             return
+        if self._loading is not None:
+            self._show_loading(self._loading)
         if self._kv is not None:
             self.kv_panel.show_kv(self._kv)
             self._kv = None

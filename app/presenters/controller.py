@@ -55,6 +55,7 @@ class Controller(QObject):
         settings = settings or EngineSettings()
         self.supervisor = EngineSupervisor(window, engine, settings, marker, self)
         self.memory_monitor = MemoryMonitor(window.memory_panel, engine)
+        self.supervisor.state_changed.connect(self.memory_monitor.engine_state_changed)
         self.conversation_settings = ConversationSettings(
             window, history, lambda: self.supervisor.settings, lambda: self.supervisor.model
         )

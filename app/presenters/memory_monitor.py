@@ -196,13 +196,22 @@ class MemoryMonitor(QObject):
             self.panel.kv_panel.show_empty("Asking the server about its KV cache…")
         self._show_kv()
 
+    def engine_state_changed(self, state: str) -> None:
+        """The supervisor's state (app.presenters.supervisor.State): a load asked
+        for ends the last model's figures at once, not when the new engine
+        first speaks (a new engine process takes a while to start)."""
+        if state in ("starting", "loading"):
+            self._load_begun()
+
     def _on_load_progress(self, _fraction: float) -> None:
+        self._load_begun()
+
+    def _load_begun(self) -> None:
         """Another load has begun: the last model's figures describe nothing now."""
         if self.memory is None:
             return
         self._set_model(None)
         self.panel.show_loading("Loading a model: its figures come once it is in memory.")
-        self.panel.await_estimate()
 
     def _on_host_exited(self, _event: object) -> None:
         self._set_model(None)

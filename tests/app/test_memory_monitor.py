@@ -12,6 +12,7 @@ from kvchat.app.presenters.memory_monitor import MemoryMonitor
 from kvchat.engine.protocol import (
     DeviceBuffers,
     DeviceSample,
+    HostExited,
     KvCache,
     LoadMemory,
     MemorySample,
@@ -136,6 +137,52 @@ def test_figures_of_the_last_model_go_when_another_load_begins(
     panel.set_estimate("")
     assert not panel.estimate_label.isVisibleTo(panel)
     assert panel.estimate_label.minimumHeight() == 0
+
+
+def test_a_load_asked_for_ends_the_figures_before_the_engine_speaks(
+    qtbot: QtBot, tmp_path: Path
+) -> None:
+    """A switch starts a new engine process, which says nothing for a while:
+    the last model's figures go at the panel's next refresh, not then."""
+    monitor, engine, panel = _monitor(qtbot, tmp_path)
+    engine.memory_sampled.emit(MemorySample(1.0, (HOST, GPU), 477, True, ""))
+    panel.refresh()
+    assert len(panel.device_panel.rows()) == 2
+    monitor.engine_state_changed("ready")  # not a load: the figures stay
+    assert monitor.kv_view() is not None
+    monitor.engine_state_changed("starting")
+    assert monitor.kv_view() is None
+    # A sample the old engine sent before it ended changes nothing now.
+    engine.memory_sampled.emit(MemorySample(2.0, (HOST, GPU), 477, True, ""))
+    # Said with the panel's next refresh, not inside the switch's own turn.
+    assert len(panel.device_panel.rows()) == 2
+    panel.refresh()
+    waiting = "Loading a model: its figures come once it is in memory."
+    assert panel.kv_panel.fill_label.text() == waiting
+    assert panel.device_panel.rows() == []
+
+
+def test_an_engine_that_ended_is_not_shown_as_loading(qtbot: QtBot, tmp_path: Path) -> None:
+    monitor, engine, panel = _monitor(qtbot, tmp_path)
+    monitor.engine_state_changed("loading")
+    engine.host_exited.emit(HostExited(-9, "killed", ""))
+    panel.refresh()
+    assert panel.kv_panel.fill_label.text() == "The engine is not running: no model is in memory."
+
+
+def test_a_load_not_yet_shown_is_shown_before_the_new_model(qtbot: QtBot, tmp_path: Path) -> None:
+    """A load quicker than a refresh (a model on a server): the new model's
+    figures and estimate come after the loading state, not before it."""
+    monitor, engine, panel = _monitor(qtbot, tmp_path)
+    panel.set_estimate("Estimate / actual: the last model's")
+    monitor.engine_state_changed("starting")
+    engine.memory_reported.emit(MEMORY)
+    engine.model_loaded.emit(_Info())
+    panel.set_estimate("Estimate / actual: the new model's")
+    panel.refresh()
+    assert panel.estimate_label.text() == "Estimate / actual: the new model's"
+    assert monitor.kv_view() is not None
+    assert panel.kv_panel.fill_label.text() == "0 of 4,096 tokens (0%)"
 
 
 def test_restored_tokens_and_the_conversations_kept_aside_are_shown(
