@@ -116,7 +116,8 @@ def test_a_crashed_engine_keeps_the_window_and_what_was_said(
     assert f"--- injecting fault: {kind} at {point}" in shown
     # The memory panels no longer show the figures of a process that is gone.
     stopped = "The engine is not running: no model is in memory."
-    assert window.memory_panel.kv_panel.fill_label.text() == stopped
+    assert window.memory_panel.kv_panel.fill_label.text() == "No model in memory"
+    assert window.memory_panel.device_panel.note_label.text() == stopped
     assert window.memory_panel.device_panel.rows() == []
 
     if point == "load":

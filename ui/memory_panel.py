@@ -40,6 +40,9 @@ if TYPE_CHECKING:
 # Numbers repaint four times a second and the plot once: on a machine whose
 # cores all decode, every repaint takes time from llama.cpp's threads.
 REFRESH_MS = 250
+# The KV cache panel's line while no model is in memory (MemoryPanel._clear).
+LOADING_HEADLINE = "Loading a model…"
+STOPPED_HEADLINE = "No model in memory"
 PLOT_EVERY = 4
 # How long after one plot is drawn the next one is: long enough for the first
 # to be painted, and for the event loop to run its timers, in between.
@@ -1043,7 +1046,7 @@ class MemoryPanel(QScrollArea):
                 widget.setMinimumHeight(widget.height())
                 self._held.append(widget)
         self.estimate_label.setText("")
-        self._clear(text)
+        self._clear(LOADING_HEADLINE, text)
 
     def _let_go(self, keep_estimate: bool = False) -> None:
         """Lets the held figures take their own heights; with `keep_estimate`, not
@@ -1062,14 +1065,16 @@ class MemoryPanel(QScrollArea):
         """The engine has ended: the figures it reported are gone with it."""
         self._loading = None
         self._let_go()
-        self._clear(text)
+        self._clear(STOPPED_HEADLINE, text)
 
-    def _clear(self, text: str) -> None:
+    def _clear(self, headline: str, text: str) -> None:
+        """No figures: the KV cache's one bold line says so in short (it does not
+        wrap), the memory panel in `text`."""
         self._kv = None
         self._devices = None
         self._server = None
         self.server_panel.hide()
-        self.kv_panel.show_empty(text)
+        self.kv_panel.show_empty(headline)
         self.device_panel.show_devices([], text)
 
     def refresh(self) -> None:

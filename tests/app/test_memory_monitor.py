@@ -109,7 +109,8 @@ def test_figures_of_the_last_model_go_when_another_load_begins(
     panel.refresh()
     assert monitor.kv_view() is None
     waiting = "Loading a model: its figures come once it is in memory."
-    assert panel.kv_panel.fill_label.text() == waiting
+    assert panel.kv_panel.fill_label.text() == "Loading a model…"
+    assert panel.device_panel.note_label.text() == waiting
     assert panel.device_panel.rows() == []
     assert panel.estimate_label.text() == ""
     # Meanwhile they keep their heights: the plots below are not resized twice.
@@ -158,7 +159,8 @@ def test_a_load_asked_for_ends_the_figures_before_the_engine_speaks(
     assert len(panel.device_panel.rows()) == 2
     panel.refresh()
     waiting = "Loading a model: its figures come once it is in memory."
-    assert panel.kv_panel.fill_label.text() == waiting
+    assert panel.kv_panel.fill_label.text() == "Loading a model…"
+    assert panel.device_panel.note_label.text() == waiting
     assert panel.device_panel.rows() == []
 
 
@@ -167,7 +169,9 @@ def test_an_engine_that_ended_is_not_shown_as_loading(qtbot: QtBot, tmp_path: Pa
     monitor.engine_state_changed("loading")
     engine.host_exited.emit(HostExited(-9, "killed", ""))
     panel.refresh()
-    assert panel.kv_panel.fill_label.text() == "The engine is not running: no model is in memory."
+    assert panel.kv_panel.fill_label.text() == "No model in memory"
+    stopped = "The engine is not running: no model is in memory."
+    assert panel.device_panel.note_label.text() == stopped
 
 
 def test_a_load_not_yet_shown_is_shown_before_the_new_model(qtbot: QtBot, tmp_path: Path) -> None:
