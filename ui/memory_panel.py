@@ -1035,7 +1035,7 @@ class MemoryPanel(QScrollArea):
         grew back would resize the plots below it twice, and pyqtgraph lays a
         plot out again, in Python, at each resize.
         """
-        self._kv, self._devices, self._server = None, None, None
+        self._drop_figures()
         self._loading = text
 
     def _show_loading(self, text: str) -> None:
@@ -1064,15 +1064,17 @@ class MemoryPanel(QScrollArea):
     def show_engine_stopped(self, text: str) -> None:
         """The engine has ended: the figures it reported are gone with it."""
         self._loading = None
+        self._drop_figures()
         self._let_go()
         self._clear(STOPPED_HEADLINE, text)
+
+    def _drop_figures(self) -> None:
+        """Forgets the figures set and not yet shown: they were the last engine's."""
+        self._kv, self._devices, self._server = None, None, None
 
     def _clear(self, headline: str, text: str) -> None:
         """No figures: the KV cache's one bold line says so in short (it does not
         wrap), the memory panel in `text`."""
-        self._kv = None
-        self._devices = None
-        self._server = None
         self.server_panel.hide()
         self.kv_panel.show_empty(headline)
         self.device_panel.show_devices([], text)

@@ -107,6 +107,26 @@ def test_device_rows_split_the_memory(qtbot: QtBot) -> None:
     assert panel.device_panel.note_label.isHidden()
 
 
+def test_a_load_shown_at_the_refresh_keeps_the_figures_set_after_it(qtbot: QtBot) -> None:
+    """show_loading drops the last engine's figures when it is called; the
+    refresh that says it drops nothing set since."""
+    panel = MemoryPanel()
+    qtbot.addWidget(panel)
+    panel.show()
+    old = DeviceView("CPU", "AMD EPYC", 24 * 1024 * MIB, 20 * 1024 * MIB, 0, 0, 10 * MIB)
+    panel.set_devices([old], "", seconds=1.0, engine_bytes=None)
+    panel.show_loading("Loading a model.")
+    panel.refresh()
+    assert panel.device_panel.rows() == []
+    assert panel.device_panel.note_label.text() == "Loading a model."
+    panel.show_loading("Loading another model.")
+    new = DeviceView("CPU", "AMD EPYC", 24 * 1024 * MIB, 19 * 1024 * MIB, 0, 0, 20 * MIB)
+    panel.set_devices([new], "", seconds=2.0, engine_bytes=None)
+    panel.refresh()
+    (row,) = panel.device_panel.rows()
+    assert "free 19.0 GiB" in row.detail.text()
+
+
 def test_speed_panel_shows_bandwidth_against_peak(qtbot: QtBot) -> None:
     panel = MemoryPanel()
     qtbot.addWidget(panel)
